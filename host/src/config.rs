@@ -1,0 +1,687 @@
+//! The configuration file: TOML -> raw serde structs that reject unknown keys
+//! -> a typed, validated [`Config`] (socket addresses, durations, CIDRs).
+//!
+//! Nothing on the request path reads TOML: the proxy is built from the typed
+//! config, and a reload is a comparison of two typed configs. Every key and
+//! its default is documented in the README's configuration reference; keep
+//! the two in step.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+/// Upper bound of a server `weight` (nginx has none; HAProxy caps at 256).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Directory watched for `*.wasm` strategies.
+    pub plugins: PathBuf,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Sandbox limits for every strategy instance.
+    pub plugin_limits: PluginLimits,
+    /// Upstreams, in file order (the order breaks routing ties).
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one `pick` (and of `init`/`set-backends`).
+    pub pick_deadline: Duration,
+    /// Largest linear memory an instance may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            pick_deadline: Duration::from_millis(10),
+            memory: 16 << 20,
+        }
+    }
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Unique name, used in logs and the admin API.
+    pub name: String,
+    /// File stem of the strategy plugin in the plugins directory.
+    pub strategy: String,
+    /// Parameters handed to the strategy's `init`.
+    pub params: toml::Table,
+    /// The backend servers.
+    pub servers: Vec<ServerConfig>,
+    /// Host names this upstream serves; empty means any host.
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix this upstream serves (longest prefix wins).
+    pub path_prefix: String,
+    /// Budget for opening a TCP connection to a backend.
+    pub connect_timeout: Duration,
+    /// Budget from sending the request to receiving the response head.
+    pub response_timeout: Duration,
+}
+
+/// One backend server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Stable identity handed to strategies (defaults to `address`).
+    pub id: String,
+    /// The address as written (`127.0.0.1:5001`, `app:8000`).
+    pub address: String,
+    /// Where the proxy connects.
+    pub addr: SocketAddr,
+    /// Relative weight, 1..=[`MAX_WEIGHT`].
+    pub weight: u32,
+}
+
+/// A `hosts` entry: an exact name or a `*.example.com` wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches this name exactly (case-insensitive, stored lower-case).
+    Exact(String),
+    /// `*.example.com`: matches any name ending in `.example.com`
+    /// (stored as `.example.com`).
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (lower-case, without port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// Why a configuration was rejected. The message names the key and what was
+/// expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key (the TOML error carries the
+    /// line and the key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value of the right type but not acceptable.
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the offending key (`upstream[0].servers[2]`).
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Raw file format.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_plugins")]
+    plugins: PathBuf,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    plugin_limits: RawPluginLimits,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_plugins() -> PathBuf {
+    "plugins".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPluginLimits {
+    #[serde(default = "default_pick_deadline", with = "humantime_serde")]
+    pick_deadline: Duration,
+    #[serde(default = "default_memory_mib")]
+    memory_mib: u32,
+}
+
+impl Default for RawPluginLimits {
+    fn default() -> Self {
+        Self {
+            pick_deadline: default_pick_deadline(),
+            memory_mib: default_memory_mib(),
+        }
+    }
+}
+
+fn default_pick_deadline() -> Duration {
+    PluginLimits::default().pick_deadline
+}
+
+fn default_memory_mib() -> u32 {
+    (PluginLimits::default().memory >> 20) as u32
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUpstream {
+    name: String,
+    #[serde(default = "default_strategy")]
+    strategy: String,
+    #[serde(default)]
+    params: toml::Table,
+    servers: Vec<RawServer>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default = "default_prefix")]
+    path_prefix: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    response_timeout: Duration,
+}
+
+fn default_strategy() -> String {
+    "round-robin".into()
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A server: either `"host:port"` or `{ address = "host:port", weight = 2,
+/// id = "a" }`.
+struct RawServer {
+    address: String,
+    weight: u32,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTable {
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "\"host:port\" or a table { address = \"host:port\", weight = N, id = \"name\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServer, E> {
+                Ok(RawServer {
+                    address: v.to_owned(),
+                    weight: default_weight(),
+                    id: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+                let t = RawServerTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawServer {
+                    address: t.address,
+                    weight: t.weight,
+                    id: t.id,
+                })
+            }
+        }
+        d.deserialize_any(ServerVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates a configuration file. Host names in server
+    /// addresses are resolved here (blocking), never on the request path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in
+    /// messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Validator { path }.config(raw)
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                "listen",
+                format!("`{}` is not an IP:port address (expected e.g. \"127.0.0.1:8080\" or \"[::]:80\")", raw.listen),
+            )
+        })?;
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_cidr(s).ok_or_else(|| {
+                self.err(
+                    format!("trusted-proxies[{i}]"),
+                    format!("`{s}` is not an IP address or CIDR (expected e.g. \"10.0.0.0/8\" or \"127.0.0.1\")"),
+                )
+            }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let limits = &raw.plugin_limits;
+        if limits.pick_deadline < Duration::from_millis(1)
+            || limits.pick_deadline > Duration::from_secs(10)
+        {
+            return Err(self.err(
+                "plugin-limits.pick-deadline",
+                "must be between 1ms and 10s (e.g. \"10ms\")",
+            ));
+        }
+        if !(1..=4096).contains(&limits.memory_mib) {
+            return Err(self.err(
+                "plugin-limits.memory-mib",
+                "must be between 1 and 4096 (MiB)",
+            ));
+        }
+        if raw.upstream.is_empty() {
+            return Err(self.err(
+                "upstream",
+                "at least one [[upstream]] is required (with `name` and `servers`)",
+            ));
+        }
+        let mut upstreams = Vec::with_capacity(raw.upstream.len());
+        for (i, u) in raw.upstream.into_iter().enumerate() {
+            let up = self.upstream(i, u)?;
+            if let Some(prev) = upstreams
+                .iter()
+                .position(|p: &UpstreamConfig| p.name == up.name)
+            {
+                return Err(self.err(
+                    format!("upstream[{i}].name"),
+                    format!(
+                        "`{}` is already the name of upstream[{prev}]; names must be unique",
+                        up.name
+                    ),
+                ));
+            }
+            if let Some(prev) = upstreams.iter().position(|p: &UpstreamConfig| {
+                p.hosts == up.hosts && p.path_prefix == up.path_prefix
+            }) {
+                return Err(self.err(
+                    format!("upstream[{i}]"),
+                    format!(
+                        "routes the same hosts and path-prefix `{}` as upstream[{prev}] (`{}`); one of them would never be used",
+                        up.path_prefix, upstreams[prev].name
+                    ),
+                ));
+            }
+            upstreams.push(up);
+        }
+        Ok(Config {
+            listen,
+            plugins: raw.plugins,
+            trusted_proxies,
+            plugin_limits: PluginLimits {
+                pick_deadline: limits.pick_deadline,
+                memory: (limits.memory_mib as usize) << 20,
+            },
+            upstreams,
+        })
+    }
+
+    fn upstream(&self, i: usize, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let key = |k: &str| format!("upstream[{i}].{k}");
+        if u.name.is_empty()
+            || !u
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(self.err(
+                key("name"),
+                format!(
+                    "`{}` must be non-empty and use only letters, digits, `-`, `_` and `.`",
+                    u.name
+                ),
+            ));
+        }
+        if !is_plugin_stem(&u.strategy) {
+            return Err(self.err(
+                key("strategy"),
+                format!("`{}` must be a plugin file stem such as \"round-robin\" (letters, digits, `-`, `_`, `.`; no path, no `.wasm`)", u.strategy),
+            ));
+        }
+        if u.servers.is_empty() {
+            return Err(self.err(
+                key("servers"),
+                "must list at least one server, e.g. [\"127.0.0.1:5001\"]",
+            ));
+        }
+        let mut servers: Vec<ServerConfig> = Vec::with_capacity(u.servers.len());
+        for (j, s) in u.servers.into_iter().enumerate() {
+            let skey = key(&format!("servers[{j}]"));
+            if !(1..=MAX_WEIGHT).contains(&s.weight) {
+                return Err(self.err(
+                    format!("{skey}.weight"),
+                    format!("{} is out of range (expected 1..={MAX_WEIGHT})", s.weight),
+                ));
+            }
+            let addr = resolve(&s.address).map_err(|why| self.err(skey.clone(), why))?;
+            let id = s.id.unwrap_or_else(|| s.address.clone());
+            if servers.iter().any(|p| p.id == id) {
+                return Err(self.err(
+                    skey,
+                    format!("`{id}` appears twice; give each server a distinct address or `id`"),
+                ));
+            }
+            servers.push(ServerConfig {
+                id,
+                address: s.address,
+                addr,
+                weight: s.weight,
+            });
+        }
+        let hosts = u
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(j, h)| {
+                parse_host_pattern(h).ok_or_else(|| {
+                    self.err(
+                        key(&format!("hosts[{j}]")),
+                        format!("`{h}` is not a host name or `*.domain` wildcard"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !u.path_prefix.starts_with('/') {
+            return Err(self.err(
+                key("path-prefix"),
+                format!("`{}` must start with `/`", u.path_prefix),
+            ));
+        }
+        for (k, d) in [
+            ("connect-timeout", u.connect_timeout),
+            ("response-timeout", u.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.err(key(k), "must be greater than zero (e.g. \"5s\")"));
+            }
+        }
+        Ok(UpstreamConfig {
+            name: u.name,
+            strategy: u.strategy,
+            params: u.params,
+            servers,
+            hosts,
+            path_prefix: u.path_prefix,
+            connect_timeout: u.connect_timeout,
+            response_timeout: u.response_timeout,
+        })
+    }
+}
+
+/// Whether `s` can name a plugin file `<s>.wasm` in the plugins directory.
+pub fn is_plugin_stem(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_host_pattern(h: &str) -> Option<HostPattern> {
+    let h = h.to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    };
+    match h.strip_prefix("*.") {
+        Some(rest) if valid(rest) => Some(HostPattern::Suffix(format!(".{rest}"))),
+        Some(_) => None,
+        None if valid(&h) => Some(HostPattern::Exact(h)),
+        None => None,
+    }
+}
+
+/// `ip:port`, or `name:port` resolved now to its first address.
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected \"ip:port\" or \"hostname:port\", e.g. \"127.0.0.1:5001\"";
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` has no port ({expected})"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{address}` is not a valid address ({expected})"));
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{address}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{address}` resolved to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:8080"
+plugins = "plugins"
+
+[[upstream]]
+name = "app"
+strategy = "round-robin"
+servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.plugin_limits, PluginLimits::default());
+        let u = &c.upstreams[0];
+        assert_eq!(u.path_prefix, "/");
+        assert!(u.hosts.is_empty());
+        assert_eq!(u.connect_timeout, Duration::from_secs(5));
+        assert_eq!(u.response_timeout, Duration::from_secs(60));
+        assert_eq!(u.servers.len(), 3);
+        assert_eq!(u.servers[1].id, "127.0.0.1:5002");
+        assert_eq!(u.servers[1].weight, 1);
+    }
+
+    #[test]
+    fn servers_take_tables_with_weight_and_id() {
+        let c = parse(
+            r#"
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:5001", { address = "127.0.0.1:5002", weight = 3, id = "big" }]
+hosts = ["Example.com", "*.example.org"]
+path-prefix = "/api"
+params = { answer = 42 }
+"#,
+        )
+        .expect("valid");
+        let u = &c.upstreams[0];
+        assert_eq!(u.strategy, "round-robin");
+        assert_eq!(u.servers[1].weight, 3);
+        assert_eq!(u.servers[1].id, "big");
+        assert!(u.hosts[0].matches("example.com"));
+        assert!(u.hosts[1].matches("a.example.org"));
+        assert!(!u.hosts[1].matches("example.org"));
+        assert_eq!(
+            u.params.get("answer").and_then(|v| v.as_integer()),
+            Some(42)
+        );
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = error_of(&MINIMAL.replace("plugins = \"plugins\"", "plugin = \"plugins\""));
+        assert!(e.contains("unknown field `plugin`"), "{e}");
+        let e = error_of(&format!("{MINIMAL}wieght = 2\n"));
+        assert!(e.contains("wieght"), "{e}");
+        let e = error_of(&MINIMAL.replace(
+            "\"127.0.0.1:5003\"",
+            "{ address = \"127.0.0.1:5003\", wieght = 2 }",
+        ));
+        assert!(e.contains("unknown field `wieght`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_expected_form() {
+        let cases = [
+            (MINIMAL.replace("127.0.0.1:8080", "localhost"), "`listen`"),
+            (
+                MINIMAL.replace("127.0.0.1:5002", "127.0.0.1"),
+                "`upstream[0].servers[1]`",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:5002", "127.0.0.1:99999"),
+                "`upstream[0].servers[1]`",
+            ),
+            (
+                MINIMAL.replace("round-robin", "../evil"),
+                "`upstream[0].strategy`",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"127.0.0.1:5003\"",
+                    "{ address = \"127.0.0.1:5003\", weight = 0 }",
+                ),
+                "`upstream[0].servers[2].weight`",
+            ),
+            (
+                format!("{MINIMAL}path-prefix = \"api\"\n"),
+                "`upstream[0].path-prefix`",
+            ),
+            (
+                MINIMAL.replace("\"127.0.0.1:5003\"", "\"127.0.0.1:5001\""),
+                "appears twice",
+            ),
+            (
+                format!("trusted-proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"),
+                "`trusted-proxies[0]`",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:1\"]\nhosts = [\"a\"]\n"
+                ),
+                "already the name",
+            ),
+            (
+                format!("{MINIMAL}\n[[upstream]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n"),
+                "would never be used",
+            ),
+            ("listen = \"127.0.0.1:1\"\n".to_string(), "`upstream`"),
+        ];
+        for (text, needle) in cases {
+            let e = error_of(&text);
+            assert!(e.contains(needle), "expected {needle} in: {e}");
+        }
+    }
+
+    #[test]
+    fn type_errors_come_with_line_and_key() {
+        let e = error_of(&MINIMAL.replace("\"127.0.0.1:5001\", ", "5001, "));
+        assert!(e.contains("line"), "{e}");
+        let e = error_of(&format!("{MINIMAL}connect-timeout = \"soon\"\n"));
+        assert!(e.contains("connect-timeout") || e.contains("line"), "{e}");
+    }
+}

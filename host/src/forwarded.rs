@@ -1,0 +1,190 @@
+//! Request and response header rewriting at the proxy boundary: the client's
+//! real address (`X-Forwarded-For` believed only from trusted proxies),
+//! `X-Real-IP`, `X-Forwarded-For`, `X-Forwarded-Proto`, and removal of
+//! hop-by-hop headers (RFC 9110 section 7.6.1).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Real-IP`.
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// Parses one `X-Forwarded-For` element: `1.2.3.4`, `1.2.3.4:5678`,
+/// `2001:db8::1` or `[2001:db8::1]:443`.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in
+/// which case `X-Forwarded-For` is read from the right and the first address
+/// that is not a trusted proxy is the client (nginx `real_ip_recursive on`).
+/// A malformed element stops the walk at the last good address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    if !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for hop in text.rsplit(',') {
+            match parse_hop(hop) {
+                Some(ip) => {
+                    client = ip;
+                    if !trusted(ip, proxies) {
+                        return ip;
+                    }
+                }
+                None => return client,
+            }
+        }
+    }
+    client
+}
+
+/// Hop-by-hop headers that never cross the proxy (RFC 9110 7.6.1, plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive`).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request head for the backend: strips hop-by-hop headers, sets
+/// `X-Real-IP` to the client, appends the peer to `X-Forwarded-For` (keeping
+/// what came before, trusted or not), and sets `X-Forwarded-Proto` unless a
+/// trusted proxy already did.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    scheme: &'static str,
+    proxies: &[IpNet],
+) {
+    strip_hop_by_hop(headers);
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        headers.insert(&X_REAL_IP, v);
+    }
+    let peer_text = peer.to_string();
+    let joined = {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if previous.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", previous.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if !(trusted(peer, proxies) && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &xff(&["1.1.1.1"]), &proxies),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_right() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let h = xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &proxies), ip("198.51.100.7"));
+        let h = xff(&["[2001:db8::5]:443, 10.2.2.2"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &proxies), ip("2001:db8::5"));
+        // Garbage stops the walk at the last good hop.
+        let h = xff(&["1.2.3.4, bogus, 10.3.3.3"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &proxies), ip("10.3.3.3"));
+        // No header: the peer itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &proxies),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn request_rewrite_strips_hop_by_hop_and_sets_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        rewrite_request(&mut h, ip("127.0.0.1"), ip("127.0.0.1"), "http", &[]);
+        for gone in ["connection", "x-secret", "keep-alive", "te"] {
+            assert!(!h.contains_key(gone), "{gone} must be stripped");
+        }
+        assert_eq!(h[header::HOST], "example.com");
+        assert_eq!(h[&X_REAL_IP], "127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 127.0.0.1");
+        assert_eq!(
+            h[&X_FORWARDED_PROTO], "http",
+            "untrusted peer cannot set the scheme"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The running proxy's state: the current [`RouteTable`] (read by every
+//! request with one atomic load) and what is needed to build the next one
+//! (the current config and the compiled plugins).
+//!
+//! Building is blocking and slow (plugin compilation): it runs at start-up
+//! and on reload threads, never on the request path. A new generation is
+//! complete and checked before it is swapped in; on any error the old one
+//! keeps serving and the error is returned to be logged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::plugin::{Compiled, PluginError, Runtime, content_hash, plugin_path};
+use crate::router::RouteTable;
+use crate::upstream::{BackendSet, Upstream};
+
+/// Shared state of one proxy.
+pub struct Gateway {
+    runtime: Arc<Runtime>,
+    routes: ArcSwap<RouteTable>,
+    reload: Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    config: Config,
+    /// Compiled plugins by file path; reused across config reloads.
+    compiled: HashMap<PathBuf, Arc<Compiled>>,
+}
+
+/// Why a generation could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A plugin failed to load for an upstream.
+    #[error("upstream `{upstream}`: {source}")]
+    Plugin {
+        /// The upstream.
+        upstream: String,
+        /// What went wrong with its plugin.
+        source: PluginError,
+    },
+    /// The wasmtime engine could not be created.
+    #[error("plugin runtime: {0}")]
+    Runtime(String),
+}
+
+/// What a plugin-file change did.
+#[derive(Debug)]
+pub enum PluginReload {
+    /// Upstreams now running the new build.
+    Swapped {
+        /// The plugin file.
+        path: PathBuf,
+        /// Upstreams that switched.
+        upstreams: Vec<String>,
+    },
+    /// Same bytes as the loaded build: nothing to do.
+    Unchanged {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// Compiled fine; no upstream uses it (yet).
+    Unused {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The file was removed; upstreams keep the build they have.
+    Removed {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The new file was rejected; the old build keeps serving.
+    Rejected {
+        /// The reason, naming the file.
+        error: String,
+    },
+}
+
+impl Gateway {
+    /// Compiles every plugin the config names and builds the first
+    /// generation. Blocking.
+    pub fn build(config: Config) -> Result<Arc<Self>, BuildError> {
+        let runtime = Runtime::new().map_err(|e| BuildError::Runtime(format!("{e:#}")))?;
+        let mut compiled = HashMap::new();
+        let table = build_table(&runtime, &config, &mut compiled, None)?;
+        Ok(Arc::new(Self {
+            runtime,
+            routes: ArcSwap::from_pointee(table),
+            reload: Mutex::new(ReloadState { config, compiled }),
+        }))
+    }
+
+    /// The current routing generation.
+    pub fn routes(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.routes.load()
+    }
+
+    /// A copy of the current configuration.
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReloadState> {
+        // A panic while holding the lock cannot leave the state half-changed
+        // (every change is a final assignment), so a poisoned lock is usable.
+        self.reload.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Switches to `config`. Upstreams whose config and plugin did not change
+    /// are kept as they are (counters, sequence, instances). Blocking.
+    pub fn apply_config(&self, config: Config) -> Result<(), BuildError> {
+        let mut state = self.lock();
+        if state.config == config {
+            return Ok(());
+        }
+        let current = self.routes.load_full();
+        let mut compiled = state.compiled.clone();
+        let table = build_table(&self.runtime, &config, &mut compiled, Some(&current))?;
+        if config.listen != state.config.listen {
+            tracing::warn!(old = %state.config.listen, new = %config.listen, "`listen` changed: restart the proxy to apply it");
+        }
+        self.routes.store(Arc::new(table));
+        state.compiled = compiled;
+        state.config = config;
+        Ok(())
+    }
+
+    /// The plugins directory of the current config.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.lock().config.plugins.clone()
+    }
+
+    /// Reacts to a change of the plugin file `path`: recompiles it and swaps
+    /// it into every upstream using it. Blocking.
+    pub fn reload_plugin(&self, path: &Path) -> PluginReload {
+        let mut state = self.lock();
+        let table = self.routes.load_full();
+        let users: Vec<&Arc<Upstream>> = table
+            .upstreams
+            .iter()
+            .filter(|u| plugin_path(&state.config.plugins, &u.config.strategy) == path)
+            .collect();
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return PluginReload::Removed {
+                    path: path.to_owned(),
+                };
+            }
+            Err(source) => {
+                let error = PluginError::Read {
+                    path: path.to_owned(),
+                    source,
+                };
+                return PluginReload::Rejected {
+                    error: error.to_string(),
+                };
+            }
+        };
+        if state
+            .compiled
+            .get(path)
+            .is_some_and(|c| c.hash == content_hash(&bytes))
+        {
+            return PluginReload::Unchanged {
+                path: path.to_owned(),
+            };
+        }
+        let compiled = match self.runtime.compile_bytes(path, &bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                return PluginReload::Rejected {
+                    error: e.to_string(),
+                };
+            }
+        };
+        // Prepare for every user first, then swap: all or nothing.
+        let mut prepared = Vec::with_capacity(users.len());
+        for upstream in &users {
+            let set = upstream.backends.load_full();
+            match self.runtime.prepare(
+                Arc::clone(&compiled),
+                upstream.name(),
+                &upstream.config.params,
+                &set,
+                state.config.plugin_limits,
+            ) {
+                Ok(strategy) => prepared.push((upstream, strategy)),
+                Err(e) => {
+                    return PluginReload::Rejected {
+                        error: e.to_string(),
+                    };
+                }
+            }
+        }
+        state.compiled.insert(path.to_owned(), compiled);
+        if prepared.is_empty() {
+            return PluginReload::Unused {
+                path: path.to_owned(),
+            };
+        }
+        let upstreams = prepared
+            .into_iter()
+            .map(|(upstream, strategy)| {
+                upstream.strategy.store(strategy);
+                upstream.name().to_owned()
+            })
+            .collect();
+        PluginReload::Swapped {
+            path: path.to_owned(),
+            upstreams,
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// Builds a routing generation for `config`, reusing what `previous` has
+/// when nothing changed.
+fn build_table(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    compiled: &mut HashMap<PathBuf, Arc<Compiled>>,
+    previous: Option<&RouteTable>,
+) -> Result<RouteTable, BuildError> {
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for uc in &config.upstreams {
+        let path = plugin_path(&config.plugins, &uc.strategy);
+        let plugin_err = |source| BuildError::Plugin {
+            upstream: uc.name.clone(),
+            source,
+        };
+        let plugin = match compiled.get(&path) {
+            Some(c) => Arc::clone(c),
+            None => {
+                let c = runtime.compile(&path).map_err(plugin_err)?;
+                compiled.insert(path.clone(), Arc::clone(&c));
+                c
+            }
+        };
+        let prev = previous.and_then(|t| t.upstream(&uc.name));
+        if let Some(prev) = prev {
+            let strategy = prev.strategy.load();
+            if prev.config == *uc
+                && Arc::ptr_eq(&strategy.compiled, &plugin)
+                && strategy.limits() == config.plugin_limits
+            {
+                upstreams.push(Arc::clone(prev));
+                continue;
+            }
+        }
+        let prev_set = prev.map(|p| p.backends.load_full());
+        let set = Arc::new(BackendSet::build(&uc.servers, prev_set.as_deref()));
+        let strategy = runtime
+            .prepare(plugin, &uc.name, &uc.params, &set, config.plugin_limits)
+            .map_err(plugin_err)?;
+        upstreams.push(Arc::new(Upstream::new(
+            uc.clone(),
+            set,
+            strategy,
+            prev.map(|p| &**p),
+        )));
+    }
+    Ok(RouteTable {
+        upstreams,
+        trusted_proxies: config.trusted_proxies.clone(),
+    })
+}

@@ -1,0 +1,120 @@
+//! Switchyard: an HTTP reverse proxy and load balancer whose balancing
+//! strategies are WebAssembly components, hot-reloaded from a directory.
+//!
+//! Where things live:
+//! - [`config`]: the TOML file, validated into typed structs;
+//! - [`listener`]: accepts client connections (HTTP/1.1, HTTP/2);
+//! - [`proxy`]: the request path (route, pick, forward);
+//! - [`router`]: host and path-prefix routing to upstreams;
+//! - [`upstream`]: backends, their live figures, the connection pool;
+//! - [`plugin`]: the Wasm strategy runtime (compile, per-thread instances,
+//!   deadlines, fallback);
+//! - [`reload`]: file watching and hot reload;
+//! - [`gateway`]: the running state that reloads swap;
+//! - [`forwarded`]: client IP and forwarding/hop-by-hop headers;
+//! - [`demo`]: built-in demo backends.
+
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod forwarded;
+pub mod gateway;
+pub mod listener;
+pub mod plugin;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::config::Config;
+pub use crate::gateway::Gateway;
+
+/// The reference strategies, compiled into the binary so that `demo` works
+/// from an empty directory. Built from `plugins/` by `build.rs`.
+pub const BUILTIN_PLUGINS: [(&str, &[u8]); 3] = [
+    (
+        "round-robin",
+        include_bytes!(env!("SWITCHYARD_WASM_ROUND_ROBIN")),
+    ),
+    (
+        "least-conn",
+        include_bytes!(env!("SWITCHYARD_WASM_LEAST_CONN")),
+    ),
+    ("ip-hash", include_bytes!(env!("SWITCHYARD_WASM_IP_HASH"))),
+];
+
+/// A running proxy: listener, gateway and (optionally) reloader.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    _reloader: Option<reload::Reloader>,
+}
+
+/// How to start a [`Proxy`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The config file, watched for changes when `watch` is set.
+    pub config_path: Option<PathBuf>,
+    /// Watch the plugins directory (and the config file) and hot-reload.
+    pub watch: bool,
+}
+
+impl Proxy {
+    /// Binds `config.listen`, compiles the plugins and starts serving.
+    pub async fn start(config: Config, options: Options) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let gateway = tokio::task::spawn_blocking(move || Gateway::build(config)).await??;
+        let reloader = if options.watch {
+            Some(reload::spawn(Arc::clone(&gateway), options.config_path)?)
+        } else {
+            None
+        };
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), async {
+            let _ = rx.await;
+        }));
+        Ok(Proxy {
+            addr,
+            gateway,
+            shutdown: Some(tx),
+            server,
+            _reloader: reloader,
+        })
+    }
+
+    /// The address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The proxy's state.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting, lets open connections finish (up to the drain
+    /// deadline) and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}

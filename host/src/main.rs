@@ -1,0 +1,235 @@
+//! The `switchyard` command: `run` a proxy from a config file, `check` a
+//! config file (like `nginx -t`), or run the `demo` (three built-in backends
+//! behind the round-robin plugin).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchyard::config::{Config, PluginLimits, ServerConfig, UpstreamConfig};
+use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "HTTP load balancer with hot-reloaded WebAssembly strategies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy from a config file; the file and the plugins directory
+    /// are watched and reloaded on change.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file, compile and initialise its plugins, and exit:
+    /// 0 when it would start, 1 with the reason when not.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three demo backends (127.0.0.1:5001-5003, answering
+    /// "Hello from backend N") behind the round-robin plugin.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Plugins directory; the built-in reference plugins are written
+        /// there if missing.
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+        /// Number of demo backends, on consecutive ports from --first-port.
+        #[arg(long, default_value_t = 3)]
+        backends: u16,
+        /// Port of demo backend 1.
+        #[arg(long, default_value_t = 5001)]
+        first_port: u16,
+        /// Strategy (plugin file stem).
+        #[arg(long, default_value = "round-robin")]
+        strategy: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { config } => check(&config).await,
+        Command::Run { config: path } => {
+            let config = Config::load(&path)?;
+            let proxy = Proxy::start(
+                config,
+                Options {
+                    config_path: Some(path),
+                    watch: true,
+                },
+            )
+            .await?;
+            tracing::info!(listen = %proxy.addr(), "switchyard is serving");
+            wait_for_signal().await;
+            proxy.shutdown().await;
+            Ok(())
+        }
+        Command::Demo {
+            listen,
+            plugins,
+            backends,
+            first_port,
+            strategy,
+        } => demo(listen, plugins, backends, first_port, strategy).await,
+    }
+}
+
+async fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let summary: Vec<String> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            format!(
+                "{} ({} servers, strategy {})",
+                u.name,
+                u.servers.len(),
+                u.strategy
+            )
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || Gateway::build(config)).await??;
+    println!(
+        "{}: configuration OK; upstreams: {}",
+        path.display(),
+        summary.join(", ")
+    );
+    Ok(())
+}
+
+async fn demo(
+    listen: SocketAddr,
+    plugins: PathBuf,
+    count: u16,
+    first_port: u16,
+    strategy: String,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&plugins)
+        .with_context(|| format!("cannot create {}", plugins.display()))?;
+    for (name, bytes) in BUILTIN_PLUGINS {
+        let path = plugins.join(format!("{name}.wasm"));
+        if !path.exists() {
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::info!(file = %path.display(), "wrote built-in plugin");
+        }
+    }
+    let mut servers = Vec::new();
+    let mut running = Vec::new();
+    for n in 0..count {
+        let port = first_port
+            .checked_add(n)
+            .context("--first-port + --backends exceeds 65535")?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let backend = switchyard::demo::spawn(addr, usize::from(n) + 1)
+            .await
+            .with_context(|| format!("cannot start demo backend {} on {addr}", n + 1))?;
+        servers.push(ServerConfig {
+            id: addr.to_string(),
+            address: addr.to_string(),
+            addr,
+            weight: 1,
+        });
+        running.push(backend);
+    }
+    let config = Config {
+        listen,
+        plugins: plugins.clone(),
+        trusted_proxies: Vec::new(),
+        plugin_limits: PluginLimits::default(),
+        upstreams: vec![UpstreamConfig {
+            name: "app".into(),
+            strategy,
+            params: toml::Table::new(),
+            servers,
+            hosts: Vec::new(),
+            path_prefix: "/".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+            response_timeout: std::time::Duration::from_secs(60),
+        }],
+    };
+    let proxy = Proxy::start(
+        config,
+        Options {
+            config_path: None,
+            watch: true,
+        },
+    )
+    .await?;
+    println!(
+        "switchyard demo: proxy on http://{} -> {} demo backends on 127.0.0.1:{}-{}\n\
+         try: curl http://{}/   (drop a .wasm into {}/ to change the strategy)",
+        proxy.addr(),
+        count,
+        first_port,
+        first_port + count.saturating_sub(1),
+        proxy.addr(),
+        plugins.display()
+    );
+    wait_for_signal().await;
+    proxy.shutdown().await;
+    drop(running);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new connections, draining open ones");
+}

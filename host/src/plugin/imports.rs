@@ -1,0 +1,125 @@
+//! What a strategy instance can call: the `request` and `backends` imports of
+//! the WIT world, served from the per-store [`GuestState`], plus an empty WASI
+//! (no files, network, environment or stdio) for guests built with `std`.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{HttpMethod, backends, request, types};
+use crate::router::host_of;
+use crate::upstream::BackendSet;
+
+/// Data of one instance's `Store`.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// The backend set the instance was last given.
+    pub(super) set: Arc<BackendSet>,
+    /// The request being picked for; `Some` only during a pick.
+    pub(super) request: Option<Parts>,
+    /// Backends this pick must avoid (already tried by this request).
+    pub(super) exclude: Vec<u32>,
+}
+
+impl GuestState {
+    pub(super) fn new(set: Arc<BackendSet>, memory: usize) -> Self {
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .instances(4)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            set,
+            request: None,
+            exclude: Vec::new(),
+        }
+    }
+
+    pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limits
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for GuestState {}
+
+impl request::Host for GuestState {
+    fn method(&mut self) -> HttpMethod {
+        let Some(parts) = &self.request else {
+            return HttpMethod::Get;
+        };
+        match parts.method {
+            http::Method::GET => HttpMethod::Get,
+            http::Method::HEAD => HttpMethod::Head,
+            http::Method::POST => HttpMethod::Post,
+            http::Method::PUT => HttpMethod::Put,
+            http::Method::DELETE => HttpMethod::Delete,
+            http::Method::CONNECT => HttpMethod::Connect,
+            http::Method::OPTIONS => HttpMethod::Options,
+            http::Method::TRACE => HttpMethod::Trace,
+            http::Method::PATCH => HttpMethod::Patch,
+            ref other => HttpMethod::Other(other.as_str().to_owned()),
+        }
+    }
+
+    fn host(&mut self) -> String {
+        self.request
+            .as_ref()
+            .map(|p| host_of(p).to_owned())
+            .unwrap_or_default()
+    }
+
+    fn path(&mut self) -> String {
+        self.request
+            .as_ref()
+            .map(|p| p.uri.path().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn query(&mut self) -> Option<String> {
+        self.request.as_ref()?.uri.query().map(str::to_owned)
+    }
+
+    fn header(&mut self, name: String) -> Option<String> {
+        let value = self.request.as_ref()?.headers.get(name.as_str())?;
+        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+    }
+}
+
+impl backends::Host for GuestState {
+    fn count(&mut self) -> u32 {
+        self.set.len() as u32
+    }
+
+    fn in_flight(&mut self, backend: u32) -> u32 {
+        self.set.get(backend).map_or(0, |b| b.in_flight())
+    }
+
+    fn in_flight_all(&mut self) -> Vec<u32> {
+        self.set.backends.iter().map(|b| b.in_flight()).collect()
+    }
+
+    fn healthy(&mut self, backend: u32) -> bool {
+        self.set.get(backend).is_some_and(|b| b.healthy())
+    }
+
+    fn usable(&mut self, backend: u32) -> bool {
+        self.set.usable(backend, &self.exclude)
+    }
+}

@@ -1,0 +1,461 @@
+//! The plugin runtime: compiles strategy components, prepares them for an
+//! upstream, and runs picks on long-lived per-thread instances under a
+//! deadline, with the host's round robin as the fallback.
+//!
+//! Shape (after pingora's swap-in selector and wasmtime's `serve`):
+//! compiling (`Runtime::compile`, tens of ms) and checking a plugin
+//! (`Runtime::prepare`) happen off the request path; the result, a
+//! [`Strategy`], is swapped into the upstream atomically. On the request path
+//! a worker thread finds its own instance of that strategy (instantiating it
+//! once from the shared `InstancePre`, ~15 µs) and calls `pick`.
+
+mod bindings;
+mod imports;
+mod instances;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+pub use self::bindings::ParamValue;
+use self::bindings::{BalancerPre, WitBackend};
+use self::imports::GuestState;
+pub use self::instances::{Choice, PickInput, fallback};
+use crate::config::PluginLimits;
+use crate::upstream::BackendSet;
+
+/// Why a plugin file could not become a strategy. The message says which file
+/// and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file is missing or unreadable.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Zero bytes: usually a copy still in progress.
+    #[error("{path}: file is empty (still being copied?)")]
+    Empty {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// Not WebAssembly at all.
+    #[error("{path}: not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A core module where a component is needed.
+    #[error(
+        "{path}: is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` (or `cargo component build`)"
+    )]
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// Compilation failed (truncated or corrupt file).
+    #[error("{path}: invalid component: {reason}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// The compiler's reason.
+        reason: String,
+    },
+    /// The component does not fit the `switchyard:balancer` world.
+    #[error("{path}: does not match the switchyard:balancer WIT world: {reason}")]
+    Mismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is missing or mistyped.
+        reason: String,
+    },
+    /// Instantiating, `init` or `set-backends` failed or trapped.
+    #[error("{path}: {stage} failed for upstream `{upstream}`: {reason}")]
+    Init {
+        /// The plugin file.
+        path: PathBuf,
+        /// The upstream it was being prepared for.
+        upstream: String,
+        /// `instantiate`, `init` or `set-backends`.
+        stage: &'static str,
+        /// The guest's message or the trap.
+        reason: String,
+    },
+}
+
+/// Shared wasmtime state: one engine (with its epoch ticker) and one linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// Epoch tick used for pick deadlines.
+const TICK: Duration = Duration::from_millis(1);
+
+impl Runtime {
+    /// A runtime with its epoch ticker running.
+    pub fn new() -> anyhow::Result<Arc<Self>> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        // The host never runs guests concurrently within a store; without
+        // this a call costs ~5x more (wasmtime >= 43).
+        config.concurrency_support(false);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Balancer::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, weak) = (Arc::clone(&ticker_stop), engine.weak());
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            ticker_stop,
+        }))
+    }
+
+    /// Reads, checks and compiles a plugin file. Blocking and slow (tens of
+    /// ms): call it off the request path.
+    pub fn compile(&self, path: &Path) -> Result<Arc<Compiled>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.compile_bytes(path, &bytes)
+    }
+
+    /// Like [`Runtime::compile`], from bytes already read.
+    pub fn compile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Compiled>, PluginError> {
+        let path_buf = || path.to_owned();
+        if bytes.is_empty() {
+            return Err(PluginError::Empty { path: path_buf() });
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::NotWasm { path: path_buf() });
+        }
+        // Preamble: magic, then version (1 for core modules) and layer (0 for
+        // core modules, 1 for components).
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(PluginError::CoreModule { path: path_buf() });
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+            path: path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        let mismatch = |e: wasmtime::Error| PluginError::Mismatch {
+            path: path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let pre = BalancerPre::new(pre).map_err(mismatch)?;
+        Ok(Arc::new(Compiled {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path_buf(),
+            hash: content_hash(bytes),
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            pre,
+        }))
+    }
+
+    /// Makes a strategy of `compiled` for one upstream: a trial instance runs
+    /// `init(params)` and `set-backends`, so a plugin that rejects its
+    /// parameters or traps never goes live.
+    pub fn prepare(
+        self: &Arc<Self>,
+        compiled: Arc<Compiled>,
+        upstream: &str,
+        params: &toml::Table,
+        set: &Arc<BackendSet>,
+        limits: PluginLimits,
+    ) -> Result<Arc<Strategy>, PluginError> {
+        let strategy = Arc::new(Strategy {
+            id: NEXT_STRATEGY_ID.fetch_add(1, Ordering::Relaxed),
+            upstream: upstream.to_owned(),
+            params: params_to_wit(params),
+            limits,
+            compiled,
+            runtime: Arc::clone(self),
+            stats: StrategyStats::default(),
+        });
+        // The trial instance is dropped: it lives on a blocking thread, and
+        // worker threads make their own on first use.
+        strategy
+            .instantiate(set)
+            .map_err(|(stage, reason)| PluginError::Init {
+                path: strategy.compiled.path.clone(),
+                upstream: upstream.to_owned(),
+                stage,
+                reason,
+            })?;
+        Ok(strategy)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// Hash identifying a plugin file's content.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// A compiled plugin file, ready to instantiate.
+pub struct Compiled {
+    /// File stem (`round-robin`).
+    pub name: String,
+    /// The file it was compiled from.
+    pub path: PathBuf,
+    /// Hash of the file's bytes (detects no-op rewrites).
+    pub hash: u64,
+    /// File size in bytes.
+    pub size: usize,
+    /// When it was compiled.
+    pub loaded_at: SystemTime,
+    pre: BalancerPre<GuestState>,
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled")
+            .field("path", &self.path)
+            .field("hash", &format_args!("{:016x}", self.hash))
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_STRATEGY_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A compiled plugin bound to one upstream's parameters: what an upstream
+/// swaps in on reload.
+pub struct Strategy {
+    id: u64,
+    upstream: String,
+    params: Vec<(String, ParamValue)>,
+    limits: PluginLimits,
+    /// The plugin this strategy runs.
+    pub compiled: Arc<Compiled>,
+    runtime: Arc<Runtime>,
+    /// Counters of picks and failures.
+    pub stats: StrategyStats,
+}
+
+impl fmt::Debug for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Strategy")
+            .field("upstream", &self.upstream)
+            .field("plugin", &self.compiled.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a pick did not come from the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (panic, unreachable, out of memory, ...).
+    Trap,
+    /// The guest ran past its deadline and was interrupted.
+    Timeout,
+    /// The guest answered an index outside the backend set.
+    BadAnswer,
+    /// A new instance could not be created on this thread.
+    Instantiate,
+}
+
+impl FailureKind {
+    /// Lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::BadAnswer => "bad_answer",
+            FailureKind::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// Counters of one strategy.
+#[derive(Debug, Default)]
+pub struct StrategyStats {
+    /// Picks answered by the plugin.
+    pub picks: AtomicU64,
+    /// Traps.
+    pub traps: AtomicU64,
+    /// Deadline overruns.
+    pub timeouts: AtomicU64,
+    /// Out-of-range answers.
+    pub bad_answers: AtomicU64,
+    /// Failed instantiations.
+    pub instantiate_failures: AtomicU64,
+    /// Instances created (per thread, plus replacements after failures).
+    pub instances: AtomicU64,
+    last_log_ms: AtomicU64,
+}
+
+impl StrategyStats {
+    fn count(&self, kind: FailureKind) {
+        let counter = match kind {
+            FailureKind::Trap => &self.traps,
+            FailureKind::Timeout => &self.timeouts,
+            FailureKind::BadAnswer => &self.bad_answers,
+            FailureKind::Instantiate => &self.instantiate_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total failures of every kind.
+    pub fn failures(&self) -> u64 {
+        [
+            &self.traps,
+            &self.timeouts,
+            &self.bad_answers,
+            &self.instantiate_failures,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    /// At most one log line per second per strategy, so a plugin that fails
+    /// every call cannot flood the log.
+    fn should_log(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .last_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Strategy {
+    /// The upstream this strategy serves.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// The sandbox limits its instances run under.
+    pub fn limits(&self) -> PluginLimits {
+        self.limits
+    }
+
+    /// Epoch ticks in one pick deadline (rounded up, plus the tick in
+    /// progress).
+    fn deadline_ticks(&self) -> u64 {
+        (self
+            .limits
+            .pick_deadline
+            .as_micros()
+            .div_ceil(TICK.as_micros())) as u64
+            + 1
+    }
+
+    /// Creates, initialises and feeds a new instance. Error: (stage, reason).
+    fn instantiate(
+        &self,
+        set: &Arc<BackendSet>,
+    ) -> Result<instances::Instance, (&'static str, String)> {
+        let mut store = Store::new(
+            &self.runtime.engine,
+            GuestState::new(Arc::clone(set), self.limits.memory),
+        );
+        store.limiter(GuestState::limiter);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self
+            .compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| ("instantiate", format!("{e:#}")))?;
+        store.set_epoch_deadline(self.deadline_ticks());
+        bindings
+            .switchyard_balancer_strategy()
+            .call_init(&mut store, &self.params)
+            .map_err(|e| ("init", format!("{e:#}")))?
+            .map_err(|msg| ("init", msg))?;
+        let mut instance = instances::Instance {
+            strategy_id: self.id,
+            set_version: 0,
+            store,
+            bindings,
+        };
+        instance
+            .sync(set, self.deadline_ticks())
+            .map_err(|e| ("set-backends", format!("{e:#}")))?;
+        self.stats.instances.fetch_add(1, Ordering::Relaxed);
+        Ok(instance)
+    }
+}
+
+/// TOML parameters as WIT values.
+fn params_to_wit(params: &toml::Table) -> Vec<(String, ParamValue)> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                toml::Value::String(s) => ParamValue::Text(s.clone()),
+                toml::Value::Integer(i) => ParamValue::Integer(*i),
+                toml::Value::Float(f) => ParamValue::Float(*f),
+                toml::Value::Boolean(b) => ParamValue::Boolean(*b),
+                other => ParamValue::Toml(other.to_string()),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
+fn wit_backends(set: &BackendSet) -> Vec<WitBackend> {
+    set.backends
+        .iter()
+        .map(|b| WitBackend {
+            id: b.id.clone(),
+            address: b.address.clone(),
+            weight: b.weight,
+        })
+        .collect()
+}
+
+/// Where a plugin for `stem` lives in `dir`.
+pub fn plugin_path(dir: &Path, stem: &str) -> PathBuf {
+    dir.join(format!("{stem}.wasm"))
+}

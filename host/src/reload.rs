@@ -1,0 +1,183 @@
+//! The reloader: watches the plugins directory and the config file, and
+//! applies changes without dropping a request.
+//!
+//! File events are debounced (100 ms of quiet per path), then the work
+//! (reading, compiling, trial-instantiating) runs on a blocking thread and
+//! the result is swapped in atomically by the [`Gateway`]. A file that is
+//! empty, half-copied, not a component or not of our WIT world is rejected
+//! with its name and the reason in the log; the previous build keeps
+//! serving, and the next write of the file is tried again.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::gateway::{Gateway, PluginReload};
+
+/// Quiet time before a burst of file events is acted on.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// A running reloader; stops when dropped.
+#[derive(Debug)]
+pub struct Reloader {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Watch {
+    debouncer: Debouncer<RecommendedWatcher>,
+    /// Canonical plugins directory being watched.
+    plugins: PathBuf,
+    /// Canonical config file, if the proxy was started from one.
+    config: Option<PathBuf>,
+}
+
+fn canonical(path: &Path) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+impl Watch {
+    fn watch_plugins(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let dir = canonical(dir)?;
+        if dir != self.plugins {
+            let _ = self.debouncer.watcher().unwatch(&self.plugins);
+            self.debouncer
+                .watcher()
+                .watch(&dir, RecursiveMode::NonRecursive)?;
+            self.plugins = dir;
+        }
+        Ok(())
+    }
+}
+
+/// Starts watching. `config_path` is the file the proxy was started from
+/// (none for the built-in demo config).
+pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Result<Reloader> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(DEBOUNCE, move |res| {
+        // The receiver is gone only when the reloader stopped.
+        let _ = tx.send(res);
+    })?;
+    let plugins = canonical(&gateway.plugins_dir())?;
+    debouncer
+        .watcher()
+        .watch(&plugins, RecursiveMode::NonRecursive)?;
+    let config = match config_path {
+        Some(path) => {
+            let path = canonical(&path)?;
+            // Watch the directory: editors replace files by renaming.
+            if let Some(dir) = path.parent() {
+                debouncer
+                    .watcher()
+                    .watch(dir, RecursiveMode::NonRecursive)?;
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let mut watch = Watch {
+        debouncer,
+        plugins,
+        config,
+    };
+    let task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut config_changed = false;
+            let mut plugin_files = BTreeSet::new();
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            for result in batch {
+                match result {
+                    Ok(events) => {
+                        for event in events {
+                            if Some(&event.path) == watch.config.as_ref() {
+                                config_changed = true;
+                            } else if event.path.parent() == Some(watch.plugins.as_path())
+                                && event.path.extension().is_some_and(|e| e == "wasm")
+                                && let Some(name) = event.path.file_name()
+                            {
+                                plugin_files.insert(name.to_owned());
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("file watcher error: {e}"),
+                }
+            }
+            if config_changed && let Some(path) = watch.config.clone() {
+                let gw = Arc::clone(&gateway);
+                let reloaded = tokio::task::spawn_blocking(move || reload_config(&gw, &path)).await;
+                if matches!(reloaded, Ok(true))
+                    && let Err(e) = watch.watch_plugins(&gateway.plugins_dir())
+                {
+                    tracing::error!("cannot watch the new plugins directory: {e:#}");
+                }
+            }
+            for name in plugin_files {
+                let gw = Arc::clone(&gateway);
+                let path = gateway.plugins_dir().join(&name);
+                match tokio::task::spawn_blocking(move || gw.reload_plugin(&path)).await {
+                    Ok(outcome) => log_plugin_reload(&outcome),
+                    Err(e) => tracing::error!("plugin reload task failed: {e}"),
+                }
+            }
+        }
+    });
+    Ok(Reloader { task })
+}
+
+/// Re-reads the config file and applies it. Returns whether it changed.
+pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("config reload rejected; the previous config keeps serving: {e}");
+            return false;
+        }
+    };
+    match gateway.apply_config(config) {
+        Ok(()) => {
+            tracing::info!(file = %path.display(), "config reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!("config reload rejected; the previous config keeps serving: {e}");
+            false
+        }
+    }
+}
+
+fn log_plugin_reload(outcome: &PluginReload) {
+    match outcome {
+        PluginReload::Swapped { path, upstreams } => {
+            tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded")
+        }
+        PluginReload::Unchanged { path } => {
+            tracing::debug!(file = %path.display(), "plugin unchanged")
+        }
+        PluginReload::Unused { path } => {
+            tracing::info!(file = %path.display(), "plugin compiled; no upstream uses it")
+        }
+        PluginReload::Removed { path } => tracing::warn!(
+            file = %path.display(),
+            "plugin file removed; upstreams keep the build they loaded"
+        ),
+        PluginReload::Rejected { error } => {
+            tracing::error!("plugin rejected; the previous build keeps serving: {error}")
+        }
+    }
+}

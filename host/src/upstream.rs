@@ -1,0 +1,233 @@
+//! Upstreams and their backends: the live figures strategies read (in-flight,
+//! health), the global pick sequence, and the keep-alive connection pool.
+//!
+//! A [`BackendSet`] is immutable; when the set changes a new one is built and
+//! swapped in, and [`Backend`]s that survive the change are carried over
+//! (same `Arc`), so their counters and health continue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{ServerConfig, UpstreamConfig};
+use crate::plugin::Strategy;
+
+/// One backend server and its live, global figures.
+#[derive(Debug)]
+pub struct Backend {
+    /// Stable identity (configured `id`, or the address as written).
+    pub id: String,
+    /// The address as written in the config.
+    pub address: String,
+    /// Where the proxy connects.
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once.
+    pub authority: Authority,
+    /// Relative weight.
+    pub weight: u32,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    healthy: AtomicBool,
+}
+
+impl Backend {
+    /// A backend with zeroed counters, healthy.
+    pub fn new(server: &ServerConfig) -> Self {
+        Self {
+            id: server.id.clone(),
+            address: server.address.clone(),
+            addr: server.addr,
+            authority: Authority::try_from(server.addr.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            weight: server.weight,
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether `server` describes this backend exactly (so it can be kept
+    /// across a reload).
+    pub fn is(&self, server: &ServerConfig) -> bool {
+        self.id == server.id
+            && self.address == server.address
+            && self.addr == server.addr
+            && self.weight == server.weight
+    }
+
+    /// Requests in flight to this backend now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to this backend since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests to this backend that failed (connect error, timeout, reset).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether health checking considers the backend up.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks one request as started; the returned guard ends it when dropped
+    /// (when the response body is finished or abandoned).
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Counts a failed request.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight to a backend; decrements the count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An immutable backend set, as handed to strategies.
+#[derive(Debug)]
+pub struct BackendSet {
+    /// Changes whenever the membership changes; instances resync on change.
+    pub version: u64,
+    /// The backends; a strategy's `backend-index` indexes this.
+    pub backends: Vec<Arc<Backend>>,
+}
+
+static SET_VERSION: AtomicU64 = AtomicU64::new(1);
+
+impl BackendSet {
+    /// A new set, reusing backends of `previous` that are unchanged.
+    pub fn build(servers: &[ServerConfig], previous: Option<&BackendSet>) -> Self {
+        let backends = servers
+            .iter()
+            .map(|s| {
+                previous
+                    .and_then(|p| p.backends.iter().find(|b| b.is(s)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(s)))
+            })
+            .collect();
+        Self {
+            version: SET_VERSION.fetch_add(1, Ordering::Relaxed),
+            backends,
+        }
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// The backend at `index`, if in range.
+    pub fn get(&self, index: u32) -> Option<&Arc<Backend>> {
+        self.backends.get(index as usize)
+    }
+
+    /// How many backends are currently unhealthy.
+    pub fn unhealthy(&self) -> u32 {
+        // Health checking (passive and active) maintains this per set in a
+        // later step; until then every backend is healthy.
+        0
+    }
+
+    /// Whether `index` may be chosen: in range, healthy and not in `exclude`.
+    pub fn usable(&self, index: u32, exclude: &[u32]) -> bool {
+        self.get(index).is_some_and(|b| b.healthy()) && !exclude.contains(&index)
+    }
+}
+
+/// The HTTP client used to reach backends: keep-alive pool per backend
+/// address.
+pub type Pool = Client<HttpConnector, Incoming>;
+
+fn pool(connect_timeout: Duration) -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+/// One upstream: its backends, its strategy and its connection pool.
+pub struct Upstream {
+    /// The validated config this upstream was built from.
+    pub config: UpstreamConfig,
+    /// The current backend set.
+    pub backends: ArcSwap<BackendSet>,
+    /// The current strategy; swapped on plugin reload.
+    pub strategy: ArcSwap<Strategy>,
+    /// Keep-alive connections to the backends.
+    pub pool: Pool,
+    sequence: AtomicU64,
+}
+
+impl Upstream {
+    /// Builds an upstream; `previous` (same name) donates its backends'
+    /// counters and its pick sequence.
+    pub fn new(
+        config: UpstreamConfig,
+        set: Arc<BackendSet>,
+        strategy: Arc<Strategy>,
+        previous: Option<&Upstream>,
+    ) -> Self {
+        Self {
+            pool: pool(config.connect_timeout),
+            config,
+            backends: ArcSwap::new(set),
+            strategy: ArcSwap::new(strategy),
+            sequence: AtomicU64::new(previous.map_or(0, |p| p.sequence.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The next global pick number.
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
