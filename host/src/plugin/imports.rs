@@ -1,21 +1,20 @@
 //! What a strategy instance can call: the `request` and `backends` imports of
-//! the WIT world, served from the per-store [`GuestState`], plus an empty WASI
-//! (no files, network, environment or stdio) for guests built with `std`.
+//! the WIT world, served from the per-store [`GuestState`]. (The WASI a guest
+//! built with `std` needs is in [`super::sandbox`].)
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use wasmtime::{ResourceLimiter, StoreLimits};
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{HttpMethod, backends, request, types};
+use super::sandbox::SandboxState;
 use crate::router::host_of;
 use crate::upstream::BackendSet;
 
 /// Data of one instance's `Store`.
 pub struct GuestState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) sandbox: SandboxState,
     limits: StoreLimits,
     /// The backend set the instance was last given.
     pub(super) set: Arc<BackendSet>,
@@ -26,10 +25,9 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    pub(super) fn new(set: Arc<BackendSet>, memory: usize) -> Self {
+    pub(super) fn new(set: Arc<BackendSet>, memory: usize, label: String) -> Self {
         Self {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            sandbox: SandboxState::new(label),
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory)
                 .instances(4)
@@ -45,15 +43,6 @@ impl GuestState {
 
     pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
-    }
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
     }
 }
 

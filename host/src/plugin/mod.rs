@@ -12,6 +12,7 @@
 mod bindings;
 mod imports;
 mod instances;
+mod sandbox;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -111,7 +112,7 @@ impl Runtime {
         config.concurrency_support(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sandbox::add_to_linker(&mut linker)?;
         bindings::Balancer::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |s| s,
@@ -169,7 +170,13 @@ impl Runtime {
             path: path_buf(),
             reason: format!("{e:#}"),
         };
-        let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
+        // WASI beyond the sandbox (files, sockets, ...) instantiates but
+        // traps when called.
+        let mut linker = self.linker.clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(mismatch)?;
+        let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = BalancerPre::new(pre).map_err(mismatch)?;
         Ok(Arc::new(Compiled {
             name: path
@@ -398,7 +405,11 @@ impl Strategy {
     ) -> Result<instances::Instance, (&'static str, String)> {
         let mut store = Store::new(
             &self.runtime.engine,
-            GuestState::new(Arc::clone(set), self.limits.memory),
+            GuestState::new(
+                Arc::clone(set),
+                self.limits.memory,
+                format!("{}:{}", self.upstream, self.compiled.name),
+            ),
         );
         store.limiter(GuestState::limiter);
         store.set_epoch_deadline(self.deadline_ticks());

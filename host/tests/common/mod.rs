@@ -1,0 +1,218 @@
+//! Shared test fixtures: demo backends on 127.0.0.1:0, a proxy started from
+//! a config written into a temporary directory whose `plugins/` holds real
+//! components built from this repository, and a small HTTP client.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use switchyard::demo::DemoBackend;
+use switchyard::{Config, Options, Proxy};
+use tempfile::TempDir;
+
+/// Components built by `host/build.rs`.
+pub const ROUND_ROBIN: &str = env!("SWITCHYARD_WASM_ROUND_ROBIN");
+pub const LEAST_CONN: &str = env!("SWITCHYARD_WASM_LEAST_CONN");
+pub const IP_HASH: &str = env!("SWITCHYARD_WASM_IP_HASH");
+pub const TEST_STRATEGY: &str = env!("SWITCHYARD_WASM_TEST_STRATEGY");
+
+/// Starts `n` demo backends ("Hello from backend N", N from 1).
+pub async fn backends(n: usize) -> Vec<DemoBackend> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        out.push(
+            switchyard::demo::spawn(addr, i)
+                .await
+                .expect("demo backend"),
+        );
+    }
+    out
+}
+
+/// `["127.0.0.1:a", "127.0.0.1:b"]` as TOML.
+pub fn servers_toml(backends: &[DemoBackend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// A temporary directory with `plugins/` (holding copies of the given
+/// components under the given stems) and `switchyard.toml`.
+pub struct Fixture {
+    pub dir: TempDir,
+}
+
+impl Fixture {
+    pub fn new(plugins: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+        let fixture = Self { dir };
+        for (stem, source) in plugins {
+            fixture.install(stem, source);
+        }
+        fixture
+    }
+
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("switchyard.toml")
+    }
+
+    /// Copies a component into `plugins/<stem>.wasm` the way `cp` does
+    /// (in place, not atomically).
+    pub fn install(&self, stem: &str, source: &str) {
+        std::fs::copy(source, self.plugins().join(format!("{stem}.wasm"))).expect("copy plugin");
+    }
+
+    /// Writes raw bytes as `plugins/<stem>.wasm`.
+    pub fn write_plugin(&self, stem: &str, bytes: &[u8]) {
+        std::fs::write(self.plugins().join(format!("{stem}.wasm")), bytes).expect("write plugin");
+    }
+
+    /// Writes the config file; `body` is everything after `listen` and
+    /// `plugins`.
+    pub fn write_config(&self, body: &str) {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nplugins = {:?}\n{body}",
+            self.plugins().display().to_string()
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path()).expect("valid config")
+    }
+
+    /// Starts a proxy from the config file, watching for changes.
+    pub async fn start(&self) -> Proxy {
+        Proxy::start(
+            self.config(),
+            Options {
+                config_path: Some(self.config_path()),
+                watch: true,
+            },
+        )
+        .await
+        .expect("proxy starts")
+    }
+}
+
+/// The config of one upstream `app` with the given strategy and servers.
+pub fn upstream(strategy: &str, backends: &[DemoBackend], extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"app\"\nstrategy = \"{strategy}\"\nservers = {}\n{extra}\n",
+        servers_toml(backends)
+    )
+}
+
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: http::HeaderMap,
+}
+
+impl Reply {
+    /// N from "Hello from backend N", if the body is a demo greeting.
+    pub fn backend(&self) -> Option<usize> {
+        self.body
+            .strip_prefix("Hello from backend ")?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+/// GET `path` through the proxy with extra headers; fails the test after
+/// 10 s.
+pub async fn get_with(
+    client: &HttpClient,
+    proxy: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = http::Request::builder().uri(format!("http://{proxy}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+}
+
+pub async fn get(client: &HttpClient, proxy: SocketAddr, path: &str) -> Reply {
+    get_with(client, proxy, path, &[]).await.expect("request")
+}
+
+/// How many responses each backend served.
+pub fn tally(replies: &[Reply]) -> BTreeMap<usize, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        if let Some(b) = r.backend() {
+            *counts.entry(b).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes;
+/// returns how long it took.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,229 @@
+//! Everything that can go wrong on the request path still ends in an answer:
+//! misbehaving plugins fall back to the host's round robin, dead or slow
+//! backends give 502/504, nothing to route to gives 404/503.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn proxy_with_test_strategy(
+    params: &str,
+) -> (
+    Vec<switchyard::demo::DemoBackend>,
+    Fixture,
+    switchyard::Proxy,
+) {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("test-strategy", TEST_STRATEGY)]);
+    fx.write_config(&upstream(
+        "test-strategy",
+        &be,
+        &format!("params = {params}"),
+    ));
+    let proxy = fx.start().await;
+    (be, fx, proxy)
+}
+
+/// Sends `n` requests; all must be answered 200 by a demo backend within
+/// 5 s each. Returns the replies.
+async fn all_answered(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
+    let client = client();
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let r = get(&client, proxy.addr(), "/").await;
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.backend().is_some(), "{r:?}");
+        replies.push(r);
+    }
+    replies
+}
+
+fn stats(proxy: &switchyard::Proxy) -> (u64, u64, u64, u64, u64) {
+    let table = proxy.gateway().routes();
+    let s = &table.upstreams[0].strategy.load();
+    let st = &s.stats;
+    (
+        st.picks.load(Ordering::Relaxed),
+        st.traps.load(Ordering::Relaxed),
+        st.timeouts.load(Ordering::Relaxed),
+        st.bad_answers.load(Ordering::Relaxed),
+        st.instances.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_plugin_is_replaced_and_requests_are_served_by_the_fallback() {
+    let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"trap\" }").await;
+    let replies = all_answered(&proxy, 30).await;
+    // The host's round robin spreads the load.
+    assert_eq!(tally(&replies).len(), 3, "{:?}", tally(&replies));
+    let (picks, traps, _, _, instances) = stats(&proxy);
+    assert_eq!(picks, 0);
+    assert_eq!(traps, 30, "every pick trapped and was counted");
+    assert!(
+        instances >= 30,
+        "each trapped instance was replaced ({instances} instances)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_starts_trapping_is_replaced_by_a_fresh_one() {
+    // Traps once it has answered 5 picks; a fresh instance answers 5 more.
+    let (_be, _fx, proxy) =
+        proxy_with_test_strategy("{ mode = \"trap\", after = 5, index = 1 }").await;
+    let replies = all_answered(&proxy, 12).await;
+    let from_plugin = replies.iter().filter(|r| r.backend() == Some(2)).count();
+    let (picks, traps, ..) = stats(&proxy);
+    assert!(traps >= 1 && picks >= 10, "picks {picks}, traps {traps}");
+    assert!(from_plugin >= 10, "{:?}", tally(&replies));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_loops_forever_is_interrupted_at_its_deadline() {
+    let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"spin\" }").await;
+    let start = Instant::now();
+    let replies = all_answered(&proxy, 10).await;
+    let took = start.elapsed();
+    assert_eq!(replies.len(), 10);
+    let (_, _, timeouts, ..) = stats(&proxy);
+    assert_eq!(timeouts, 10);
+    // Each pick is cut at the 10 ms default deadline (plus scheduling);
+    // a generous bound, not a benchmark.
+    assert!(
+        took < Duration::from_secs(5),
+        "10 interrupted picks took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_answers_and_memory_hogs_fall_back() {
+    for (params, what) in [
+        ("{ mode = \"bad-index\" }", "bad answer"),
+        ("{ mode = \"grow\" }", "memory cap"),
+    ] {
+        let (_be, _fx, proxy) = proxy_with_test_strategy(params).await;
+        let replies = all_answered(&proxy, 6).await;
+        assert_eq!(tally(&replies).len(), 3, "{what}: {:?}", tally(&replies));
+        let (picks, traps, _, bad, _) = stats(&proxy);
+        assert_eq!(picks, 0, "{what}");
+        assert_eq!(traps + bad, 6, "{what}: traps {traps} bad {bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejecting_plugin_gives_503() {
+    let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"reject\" }").await;
+    let r = get(&client(), proxy.addr(), "/").await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("no backend is available"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_refuses_its_params_stops_start_up_with_the_reason() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[
+        ("test-strategy", TEST_STRATEGY),
+        ("round-robin", ROUND_ROBIN),
+    ]);
+    for (params, needle) in [
+        ("params = { mode = \"fail-init\" }", "refuses to start"),
+        ("params = { nonsense = 1 }", "bad parameter `nonsense`"),
+    ] {
+        fx.write_config(&upstream("test-strategy", &be, params));
+        let err = switchyard::Proxy::start(fx.config(), Default::default())
+            .await
+            .expect_err("must not start")
+            .to_string();
+        assert!(
+            err.contains("upstream `app`")
+                && err.contains("test-strategy.wasm")
+                && err.contains(needle),
+            "{err}"
+        );
+    }
+    fx.write_config(&upstream("round-robin", &be, "params = { x = 1 }"));
+    let err = switchyard::Proxy::start(fx.config(), Default::default())
+        .await
+        .expect_err("rejects params")
+        .to_string();
+    assert!(err.contains("round-robin takes no parameters"), "{err}");
+    fx.write_config(&upstream("missing", &be, ""));
+    let err = switchyard::Proxy::start(fx.config(), Default::default())
+        .await
+        .expect_err("missing plugin")
+        .to_string();
+    assert!(
+        err.contains("missing.wasm") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backend_gives_502() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{closed}\"]\n"
+    ));
+    let proxy = fx.start().await;
+    let r = get(&client(), proxy.addr(), "/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("cannot connect"), "{r:?}");
+    let table = proxy.gateway().routes();
+    assert_eq!(table.upstreams[0].backends.load().backends[0].failures(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_gives_504_after_the_response_timeout() {
+    // Accepts connections and reads, but never writes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{addr}\"]\nresponse-timeout = \"300ms\"\n"
+    ));
+    let proxy = fx.start().await;
+    let start = Instant::now();
+    let r = get(&client(), proxy.addr(), "/").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matching_upstream_gives_404() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, "hosts = [\"example.com\"]"));
+    let proxy = fx.start().await;
+    let client = client();
+    let r = get_with(&client, proxy.addr(), "/", &[("host", "other.org")])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 404);
+    let r = get_with(&client, proxy.addr(), "/", &[("host", "EXAMPLE.com:8080")])
+        .await
+        .expect("request");
+    assert_eq!(r.status, 200);
+}

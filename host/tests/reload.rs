@@ -1,0 +1,265 @@
+//! Hot reload through the file system, as a user does it: copy a `.wasm`
+//! into the watched directory or edit the config, while a client keeps
+//! sending requests. Nothing may fail, and the new behaviour must show
+//! within a second.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::sync::Mutex;
+
+/// Every reply with the time it arrived.
+type Log = Vec<(Instant, Result<Reply, String>)>;
+
+/// A client that loops until stopped, recording every reply with its time.
+struct Loop {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Log>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Loop {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (Arc::clone(&stop), Arc::clone(&log));
+        let task = tokio::spawn(async move {
+            let client = client();
+            while !s.load(Ordering::Relaxed) {
+                let r = get_with(&client, addr, "/", &[]).await;
+                l.lock().await.push((Instant::now(), r));
+            }
+        });
+        Self { stop, log, task }
+    }
+
+    async fn finish(self) -> Log {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("client loop");
+        Arc::try_unwrap(self.log).expect("sole owner").into_inner()
+    }
+}
+
+fn assert_no_failures(log: &[(Instant, Result<Reply, String>)]) {
+    let failed: Vec<_> = log
+        .iter()
+        .filter(|(_, r)| !matches!(r, Ok(reply) if reply.status == 200))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// After `since`, how long until every reply came from `backend`.
+fn settled_on(
+    log: &[(Instant, Result<Reply, String>)],
+    since: Instant,
+    backend: usize,
+) -> Option<Duration> {
+    let after: Vec<_> = log.iter().filter(|(t, _)| *t >= since).collect();
+    let last_other = after
+        .iter()
+        .rposition(|(_, r)| r.as_ref().ok().and_then(Reply::backend) != Some(backend));
+    let first_settled = match last_other {
+        Some(i) => after.get(i + 1)?,
+        None => after.first()?,
+    };
+    // Require a real run of the new behaviour, not one lucky reply.
+    let run = after.len() - last_other.map_or(0, |i| i + 1);
+    (run >= 20).then(|| first_settled.0.duration_since(since))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_new_plugin_switches_strategy_without_failures() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let client_loop = Loop::start(proxy.addr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // "My strategy": the test strategy always picks backend index 0.
+    let dropped = Instant::now();
+    fx.install("round-robin", TEST_STRATEGY);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = client_loop.finish().await;
+
+    assert_no_failures(&log);
+    let before: Vec<Reply> = log
+        .iter()
+        .filter(|(t, _)| *t < dropped)
+        .filter_map(|(_, r)| r.clone().ok())
+        .collect();
+    assert_eq!(tally(&before).len(), 3, "round robin before the drop");
+    let took = settled_on(&log, dropped, 1).expect("new plugin never took over");
+    assert!(took < Duration::from_secs(1), "new plugin took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_config_switches_strategy_and_params() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[
+        ("round-robin", ROUND_ROBIN),
+        ("test-strategy", TEST_STRATEGY),
+    ]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let client_loop = Loop::start(proxy.addr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let edited = Instant::now();
+    fx.write_config(&upstream("test-strategy", &be, "params = { index = 2 }"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = client_loop.finish().await;
+
+    assert_no_failures(&log);
+    let took = settled_on(&log, edited, 3).expect("config change never took effect");
+    assert!(took < Duration::from_secs(1), "config change took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_edit_keeps_the_old_config() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[
+        ("round-robin", ROUND_ROBIN),
+        ("test-strategy", TEST_STRATEGY),
+    ]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let before = proxy.gateway().config();
+
+    for broken in [
+        upstream("round-robin", &be, "wieght = 3"), // unknown key
+        upstream("no-such-plugin", &be, ""),        // missing plugin
+        upstream("test-strategy", &be, "params = { mode = \"fail-init\" }"), // init refuses
+        "[[upstream]\nname = ".to_string(),         // not TOML
+    ] {
+        fx.write_config(&broken);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            proxy.gateway().config(),
+            before,
+            "config must not change for:\n{broken}"
+        );
+        let client = client();
+        let replies = [
+            get(&client, proxy.addr(), "/").await,
+            get(&client, proxy.addr(), "/").await,
+            get(&client, proxy.addr(), "/").await,
+        ];
+        assert_eq!(
+            tally(&replies).len(),
+            3,
+            "still round robin after:\n{broken}"
+        );
+    }
+}
+
+/// Bytes that must never replace a working plugin.
+fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
+    let good = std::fs::read(TEST_STRATEGY).expect("test strategy");
+    vec![
+        ("empty", Vec::new()),
+        ("garbage", b"this is not webassembly at all".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        // The smallest valid core module: magic + version 1.
+        ("core module", b"\0asm\x01\0\0\0".to_vec()),
+        // A valid, empty component: exports nothing of our world.
+        ("wrong world", b"\0asm\x0d\0\x01\0".to_vec()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugin_files_never_replace_the_working_one() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let loaded = || {
+        proxy.gateway().routes().upstreams[0]
+            .strategy
+            .load()
+            .compiled
+            .hash
+    };
+    let original = loaded();
+    let client_loop = Loop::start(proxy.addr());
+
+    for (what, bytes) in bad_files() {
+        fx.write_plugin("round-robin", &bytes);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(loaded(), original, "{what} replaced the plugin");
+    }
+    let log = client_loop.finish().await;
+    assert_no_failures(&log);
+    let replies: Vec<Reply> = log.into_iter().filter_map(|(_, r)| r.ok()).collect();
+    let counts = tally(&replies);
+    assert_eq!(counts.len(), 3, "still round robin: {counts:?}");
+    let (min, max) = (
+        counts.values().min().copied().unwrap_or(0),
+        counts.values().max().copied().unwrap_or(0),
+    );
+    assert!(max - min <= 1, "round robin stayed exact: {counts:?}");
+
+    // A good file after the bad ones is picked up.
+    fx.install("round-robin", TEST_STRATEGY);
+    let client = client();
+    let switched = eventually(Duration::from_secs(2), || {
+        let client = client.clone();
+        let addr = proxy.addr();
+        async move {
+            get(&client, addr, "/").await.backend() == Some(1)
+                && get(&client, addr, "/").await.backend() == Some(1)
+        }
+    })
+    .await;
+    assert!(switched.is_some(), "a good plugin after bad ones must load");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_are_rejected_with_the_file_name_and_reason() {
+    let fx = Fixture::new(&[]);
+    let runtime = switchyard::plugin::Runtime::new().expect("runtime");
+    for (what, bytes) in bad_files() {
+        let path = fx.plugins().join("x.wasm");
+        std::fs::write(&path, &bytes).expect("write");
+        let err = runtime.compile(&path).expect_err(what).to_string();
+        assert!(err.contains("x.wasm"), "{what}: {err}");
+        let expected = match what {
+            "empty" => "empty",
+            "garbage" => "not a WebAssembly file",
+            "truncated" => "invalid component",
+            "core module" => "core WebAssembly module, not a component",
+            "wrong world" => "does not match the switchyard:balancer WIT world",
+            _ => unreachable!(),
+        };
+        assert!(err.contains(expected), "{what}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_on_the_old_plugin() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let addr = proxy.addr();
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(&client(), addr, "/delay/800").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fx.install("round-robin", TEST_STRATEGY);
+    for t in slow {
+        let r = t.await.expect("slow request");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("after 800 ms"), "{r:?}");
+    }
+}
