@@ -35,12 +35,12 @@ struct ReloadState {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A plugin failed to load for an upstream.
-    #[error("upstream `{upstream}`: {source}")]
+    #[error("upstream `{upstream}`: {error}")]
     Plugin {
         /// The upstream.
         upstream: String,
         /// What went wrong with its plugin.
-        source: PluginError,
+        error: PluginError,
     },
     /// The wasmtime engine could not be created.
     #[error("plugin runtime: {0}")]
@@ -150,10 +150,10 @@ impl Gateway {
                     path: path.to_owned(),
                 };
             }
-            Err(source) => {
+            Err(error) => {
                 let error = PluginError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 };
                 return PluginReload::Rejected {
                     error: error.to_string(),
@@ -233,9 +233,9 @@ fn build_table(
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for uc in &config.upstreams {
         let path = plugin_path(&config.plugins, &uc.strategy);
-        let plugin_err = |source| BuildError::Plugin {
+        let plugin_err = |error| BuildError::Plugin {
             upstream: uc.name.clone(),
-            source,
+            error,
         };
         let plugin = match compiled.get(&path) {
             Some(c) => Arc::clone(c),

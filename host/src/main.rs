@@ -91,6 +91,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => check(&config).await,
         Command::Run { config: path } => {
             let config = Config::load(&path)?;
+            let shown = path.display().to_string();
             let proxy = Proxy::start(
                 config,
                 Options {
@@ -98,7 +99,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     watch: true,
                 },
             )
-            .await?;
+            .await
+            .context(shown)?;
             tracing::info!(listen = %proxy.addr(), "switchyard is serving");
             wait_for_signal().await;
             proxy.shutdown().await;
@@ -128,7 +130,9 @@ async fn check(path: &Path) -> anyhow::Result<()> {
             )
         })
         .collect();
-    tokio::task::spawn_blocking(move || Gateway::build(config)).await??;
+    tokio::task::spawn_blocking(move || Gateway::build(config))
+        .await?
+        .with_context(|| path.display().to_string())?;
     println!(
         "{}: configuration OK; upstreams: {}",
         path.display(),

@@ -1,7 +1,7 @@
 //! The reloader: watches the plugins directory and the config file, and
 //! applies changes without dropping a request.
 //!
-//! File events are debounced (100 ms of quiet per path), then the work
+//! File events are debounced (50 ms of quiet per path), then the work
 //! (reading, compiling, trial-instantiating) runs on a blocking thread and
 //! the result is swapped in atomically by the [`Gateway`]. A file that is
 //! empty, half-copied, not a component or not of our WIT world is rejected
@@ -21,8 +21,10 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::gateway::{Gateway, PluginReload};
 
-/// Quiet time before a burst of file events is acted on.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time before a burst of file events is acted on (the debouncer may
+/// batch up to twice this). A half-copied file that slips through is
+/// rejected and retried on its next write.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// A running reloader; stops when dropped.
 #[derive(Debug)]

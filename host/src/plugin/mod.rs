@@ -35,12 +35,12 @@ use crate::upstream::BackendSet;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The file is missing or unreadable.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Read {
         /// The plugin file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Zero bytes: usually a copy still in progress.
     #[error("{path}: file is empty (still being copied?)")]
@@ -141,9 +141,9 @@ impl Runtime {
     /// Reads, checks and compiles a plugin file. Blocking and slow (tens of
     /// ms): call it off the request path.
     pub fn compile(&self, path: &Path) -> Result<Arc<Compiled>, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         self.compile_bytes(path, &bytes)
     }

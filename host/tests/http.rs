@@ -1,0 +1,215 @@
+//! What crosses the proxy: forwarding headers, hop-by-hop stripping, Host,
+//! HTTP/2 clients, streamed bodies, routing by host and path prefix.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// A backend that answers with the request it saw: the request line, then
+/// `name: value` per header, then the body.
+async fn echo_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: http::Request<Incoming>| async move {
+                    let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+                    for (name, value) in req.headers() {
+                        text.push_str(&format!(
+                            "{name}: {}\n",
+                            value.to_str().unwrap_or("<binary>")
+                        ));
+                    }
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .header("connection", "keep-alive, x-backend-private")
+                            .header("x-backend-private", "hop")
+                            .header("keep-alive", "timeout=5")
+                            .body(Full::new(Bytes::from(text)))
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn header_line<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+async fn echo_proxy(extra: &str) -> (Fixture, switchyard::Proxy) {
+    let echo = echo_backend().await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "{extra}\n[[upstream]]\nname = \"echo\"\nservers = [\"{echo}\"]\n"
+    ));
+    let proxy = fx.start().await;
+    (fx, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() {
+    let (_fx, proxy) = echo_proxy("").await;
+    let r = get_with(
+        &client(),
+        proxy.addr(),
+        "/path?q=1",
+        &[
+            ("host", "app.example.com"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("connection", "keep-alive, x-client-private"),
+            ("x-client-private", "secret"),
+            ("te", "trailers"),
+            ("x-custom", "kept"),
+        ],
+    )
+    .await
+    .expect("request");
+    assert_eq!(r.status, 200);
+    let body = &r.body;
+    assert!(body.starts_with("GET /path?q=1 HTTP/1.1"), "{body}");
+    assert_eq!(header_line(body, "host"), Some("app.example.com"), "{body}");
+    assert_eq!(
+        header_line(body, "x-real-ip"),
+        Some("127.0.0.1"),
+        "peer is not trusted: {body}"
+    );
+    assert_eq!(
+        header_line(body, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1"),
+        "{body}"
+    );
+    assert_eq!(
+        header_line(body, "x-forwarded-proto"),
+        Some("http"),
+        "{body}"
+    );
+    assert_eq!(header_line(body, "x-custom"), Some("kept"));
+    for gone in ["x-client-private", "te"] {
+        assert_eq!(
+            header_line(body, gone),
+            None,
+            "{gone} must not reach the backend: {body}"
+        );
+    }
+    // Connection-named and hop-by-hop response headers do not reach the client.
+    assert!(
+        !r.headers.contains_key("x-backend-private"),
+        "{:?}",
+        r.headers
+    );
+    assert!(!r.headers.contains_key("keep-alive"), "{:?}", r.headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_passes_the_real_client_address() {
+    let (_fx, proxy) = echo_proxy("trusted-proxies = [\"127.0.0.0/8\"]").await;
+    let r = get_with(
+        &client(),
+        proxy.addr(),
+        "/",
+        &[("x-forwarded-for", "198.51.100.4, 127.0.0.9")],
+    )
+    .await
+    .expect("request");
+    assert_eq!(
+        header_line(&r.body, "x-real-ip"),
+        Some("198.51.100.4"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        header_line(&r.body, "x-forwarded-for"),
+        Some("198.51.100.4, 127.0.0.9, 127.0.0.1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_and_bodies_stream_both_ways() {
+    let (_fx, proxy) = echo_proxy("").await;
+    let h2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let payload = "x".repeat(256 * 1024);
+    let req = http::Request::post(format!("http://{}/upload", proxy.addr()))
+        .body(Full::new(Bytes::from(payload.clone())))
+        .expect("request");
+    let resp = h2.request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(body.starts_with("POST /upload HTTP/1.1"), "{}", &body[..80]);
+    // :authority became Host for the HTTP/1.1 backend.
+    assert_eq!(
+        header_line(&body, "host"),
+        Some(proxy.addr().to_string().as_str())
+    );
+    assert!(
+        body.ends_with(&format!("body: {payload}\n")),
+        "the 256 KiB body arrived whole"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_are_chosen_by_host_then_longest_path_prefix() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"default\"\nservers = [\"{}\"]\n\
+         [[upstream]]\nname = \"api\"\npath-prefix = \"/api\"\nservers = [\"{}\"]\n\
+         [[upstream]]\nname = \"shop\"\nhosts = [\"shop.example.com\", \"*.shop.test\"]\nservers = [\"{}\"]\n",
+        be[0].addr, be[1].addr, be[2].addr
+    ));
+    let proxy = fx.start().await;
+    let client = client();
+    for (host, path, expected) in [
+        ("localhost", "/", 1),
+        ("localhost", "/api", 2),
+        ("localhost", "/api/users", 2),
+        ("localhost", "/apix", 1),
+        ("shop.example.com", "/", 3),
+        ("SHOP.example.com:8080", "/cart", 3),
+        ("eu.shop.test", "/", 3),
+        ("shop.test", "/", 1),
+        // Host specificity wins over path length.
+        ("shop.example.com", "/api", 3),
+    ] {
+        let r = get_with(&client, proxy.addr(), path, &[("host", host)])
+            .await
+            .expect("request");
+        assert_eq!(r.backend(), Some(expected), "{host}{path}: {r:?}");
+    }
+}
