@@ -118,3 +118,12 @@ impl Proxy {
         let _ = (&mut self.server).await;
     }
 }
+
+impl Drop for Proxy {
+    /// A dropped proxy stops accepting and drains in the background.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

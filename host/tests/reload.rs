@@ -108,7 +108,10 @@ async fn switch_under_load(
     assert_eq!(tally(&before).len(), 3, "round robin before the change");
     let took = settled_on(&log, changed, backend).expect("the change never took effect");
     assert!(took < Duration::from_secs(1), "the change took {took:?}");
-    eprintln!("switched in {took:?} after the change; {} requests, 0 failed", log.len());
+    eprintln!(
+        "switched in {took:?} after the change; {} requests, 0 failed",
+        log.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
