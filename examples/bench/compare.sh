@@ -1,0 +1,604 @@
+#!/usr/bin/env bash
+#
+# compare.sh -- Switchyard vs nginx as a round-robin HTTP reverse proxy,
+# on this machine, over loopback only.
+#
+# WHAT IT MEASURES
+#   Three fast backends (one private nginx instance, three `server` blocks
+#   answering `200 "Hello from backend N\n"`) sit behind two proxies:
+#     * nginx       - `upstream` round-robin, keepalive 64, HTTP/1.1 to the
+#                     backends, worker_processes = nproc, access_log off;
+#     * switchyard  - target/release/switchyard with the round-robin Wasm
+#                     plugin from the repo's plugins/ directory (tokio
+#                     multi-thread runtime: one worker per core).
+#   wrk drives each proxy with keep-alive connections at each concurrency in
+#   CONNS, alternating A/B (nginx, switchyard, nginx, switchyard, ...) for
+#   ROUNDS rounds of DURATION seconds each, and records requests/s and the
+#   p50/p99 latency reported by `wrk --latency`.
+#
+# HOW TO READ IT
+#   One row per (concurrency, round): each proxy's rps, p50 and p99 (ms), and
+#   ratio = switchyard rps / nginx rps (>1 means Switchyard served more).
+#   Below each concurrency, the median ratio over the rounds: that is the
+#   headline number; the spread between rounds tells you how noisy the
+#   machine was. Everything (wrk, both proxies, the backends) shares the same
+#   cores, so this measures the whole loop on one box, not a proxy in
+#   isolation; on a small or busy machine treat the numbers as indicative.
+#   Non-2xx responses or socket errors reported by wrk are flagged with `!`
+#   and listed after the table; the proxies' logs are scanned for errors too.
+#
+# USAGE
+#   examples/bench/compare.sh [-r ROUNDS] [-d SECONDS] [-c "1 50 256"]
+#                             [-b SWITCHYARD_BIN] [-o OUT_DIR]
+#   or the same through the environment:
+#     ROUNDS=3 DURATION=5 CONNS="1 50 256" WARMUP=2 \
+#     SWITCHYARD_BIN=target/release/switchyard OUT_DIR=examples/bench/results \
+#     examples/bench/compare.sh
+#   Defaults (3 rounds x 3 concurrencies x 2 proxies x 5 s + warm-up) take
+#   about 1m40s. Build first: cargo build --release -p switchyard
+#   (this also writes plugins/round-robin.wasm).
+#
+# PREREQUISITES (nothing is installed by this script)
+#   nginx, wrk   (Debian/Ubuntu: apt-get install -y nginx wrk)
+#   python3 is used to find free ports if present (optional).
+#   The system nginx service is not touched: private instances run from a
+#   temporary prefix and are stopped on exit (also on Ctrl-C or error).
+#
+# OUTPUT
+#   The table goes to stdout and to OUT_DIR/compare-<timestamp>.txt; the CSV
+#   goes next to it as compare-<timestamp>.csv, raw wrk outputs and the
+#   processes' logs in compare-<timestamp>.logs/ (paths printed at the end).
+
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd -- "$SCRIPT_DIR/../.." && pwd)
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-"1 50 256"}
+WARMUP=${WARMUP:-2}
+SWITCHYARD_BIN=${SWITCHYARD_BIN:-"$REPO_ROOT/target/release/switchyard"}
+PLUGINS_DIR=${PLUGINS_DIR:-"$REPO_ROOT/plugins"}
+OUT_DIR=${OUT_DIR:-"$SCRIPT_DIR/results"}
+KEEP_TMP=${KEEP_TMP:-0}
+
+usage() {
+    sed -n '/^# USAGE/,/^# PREREQUISITES/{/^# PREREQUISITES/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+while (($#)); do
+    case $1 in
+        -r | --rounds) ROUNDS=${2:?}; shift 2 ;;
+        -d | --duration) DURATION=${2:?}; shift 2 ;;
+        -c | --conns) CONNS=${2:?}; shift 2 ;;
+        -b | --switchyard-bin) SWITCHYARD_BIN=${2:?}; shift 2 ;;
+        -o | --out-dir) OUT_DIR=${2:?}; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "error: $*" >&2; exit 1; }
+log() { echo "== $*" >&2; }
+
+# --- arguments ---------------------------------------------------------------
+
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer of seconds (got '$DURATION')"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer of seconds (got '$WARMUP')"
+read -r -a CONN_LIST <<<"$CONNS"
+((${#CONN_LIST[@]})) || die "CONNS is empty"
+for c in "${CONN_LIST[@]}"; do
+    [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers (got '$c')"
+done
+
+# --- prerequisites -----------------------------------------------------------
+
+missing=()
+for tool in nginx wrk; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    die "missing: ${missing[*]}. Install with: apt-get install -y nginx wrk" \
+        "(or your distribution's equivalent)"
+fi
+# nginx lives in /usr/sbin, which is not always on a user's PATH.
+NGINX=$(command -v nginx)
+WRK=$(command -v wrk)
+if [[ ! -x $SWITCHYARD_BIN ]]; then
+    die "switchyard binary not found at $SWITCHYARD_BIN." \
+        "Build it with: (cd $REPO_ROOT && cargo build --release -p switchyard)," \
+        "or point SWITCHYARD_BIN at it."
+fi
+SWITCHYARD_BIN=$(cd -- "$(dirname -- "$SWITCHYARD_BIN")" && pwd)/$(basename -- "$SWITCHYARD_BIN")
+[[ -f $PLUGINS_DIR/round-robin.wasm ]] ||
+    die "$PLUGINS_DIR/round-robin.wasm not found; cargo build --release -p switchyard writes it"
+PLUGINS_DIR=$(cd -- "$PLUGINS_DIR" && pwd)
+
+NPROC=$(nproc)
+
+# --- process bookkeeping and cleanup -----------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-bench.XXXXXX")
+# nginx workers drop to `nobody` when started as root; let them traverse.
+chmod 755 "$TMP"
+declare -a PIDS=()
+declare -A PID_NAME=()
+
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM HUP
+    # Keep going if stdout/stderr is a closed pipe (e.g. `| head`).
+    trap '' PIPE
+    # Stop in reverse start order (proxies first, then the backends), each
+    # with SIGTERM and up to 5 s to exit, then SIGKILL.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${PIDS[i]}
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "warning: ${PID_NAME[$pid]} (pid $pid) ignored SIGTERM; sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)); then
+        echo "benchmark aborted (exit $rc); logs:" >&2
+        for f in "$TMP"/*.log "$TMP"/*/error.log; do
+            [[ -s $f ]] || continue
+            echo "--- $f (last 20 lines)" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    if [[ $KEEP_TMP == 1 ]]; then
+        echo "kept temporary directory $TMP" >&2
+    else
+        rm -rf -- "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# Start a long-running process in the background and remember it. It gets a
+# session of its own (setsid does not fork here, so $! is its pid): a Ctrl-C
+# then reaches wrk and this script only, and cleanup() stops the servers in
+# order instead of all of them dying at once mid-request.
+SETSID=()
+command -v setsid >/dev/null 2>&1 && SETSID=(setsid)
+# usage: spawn NAME LOGFILE CMD [ARGS...]
+spawn() {
+    local name=$1 logfile=$2
+    shift 2
+    ${SETSID[@]+"${SETSID[@]}"} "$@" >"$logfile" 2>&1 </dev/null &
+    PIDS+=("$!")
+    PID_NAME[$!]=$name
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Wait until PORT accepts connections, or fail if PID died / timed out.
+wait_port() {
+    local port=$1 pid=$2 name=$3
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up"
+        port_in_use "$port" && return 0
+        sleep 0.1
+    done
+    die "$name did not listen on 127.0.0.1:$port within 10 s"
+}
+
+# One HTTP/1.1 request over bash's /dev/tcp (no curl needed); prints the body.
+http_get() {
+    local port=$1 resp
+    resp=$(
+        exec 3<>"/dev/tcp/127.0.0.1/$port"
+        printf 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+        timeout 5 cat <&3
+    ) || return 1
+    [[ $resp == "HTTP/1."?" 200"* ]] || { printf '%s\n' "$resp" | head -n 1 >&2; return 1; }
+    printf '%s\n' "${resp#*$'\r\n\r\n'}"
+}
+
+# --- ports -------------------------------------------------------------------
+
+# 3 backends + nginx proxy + switchyard proxy (+ spare for the TODO variant).
+NPORTS=6
+if command -v python3 >/dev/null 2>&1; then
+    # Let the kernel pick free ports (bound simultaneously, so distinct).
+    mapfile -t PORTS < <(python3 - "$NPORTS" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+EOF
+    )
+else
+    PORTS=()
+    for ((p = 18001; p < 18100 && ${#PORTS[@]} < NPORTS; p++)); do
+        port_in_use "$p" || PORTS+=("$p")
+    done
+fi
+((${#PORTS[@]} == NPORTS)) || die "could not find $NPORTS free ports"
+BACKEND_PORTS=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}")
+NGINX_PORT=${PORTS[3]}
+SWITCHYARD_PORT=${PORTS[4]}
+# shellcheck disable=SC2034  # reserved for the native-strategy TODO below
+SWITCHYARD_NATIVE_PORT=${PORTS[5]}
+
+# --- nginx configs -----------------------------------------------------------
+
+# Common settings. keepalive_requests is raised on every hop because nginx
+# closes a keep-alive connection after 1000 requests by default, which would
+# make wrk reconnect to nginx (but not to Switchyard) every 1000 requests.
+nginx_common() {
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes $NPROC;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 1024; }
+EOF
+}
+
+nginx_http_common() {
+    cat <<EOF
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+EOF
+}
+
+write_backend_conf() {
+    local dir=$1 i
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        for i in 1 2 3; do
+            cat <<EOF
+    server {
+        listen 127.0.0.1:${BACKEND_PORTS[i - 1]};
+        location / { return 200 "Hello from backend $i\n"; }
+    }
+EOF
+        done
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+write_proxy_conf() {
+    local dir=$1 p
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        echo "    upstream app {"
+        for p in "${BACKEND_PORTS[@]}"; do
+            echo "        server 127.0.0.1:$p;"
+        done
+        cat <<EOF
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+}
+
+write_switchyard_conf() {
+    local file=$1 port=$2 strategy=$3 servers="" p
+    for p in "${BACKEND_PORTS[@]}"; do
+        servers+="${servers:+, }\"127.0.0.1:$p\""
+    done
+    cat >"$file" <<EOF
+listen = "127.0.0.1:$port"
+plugins = "$PLUGINS_DIR"
+
+[[upstream]]
+name = "app"
+strategy = "$strategy"
+servers = [$servers]
+EOF
+}
+
+# `-e` (nginx >= 1.19.5) keeps nginx from touching /var/log/nginx at start-up.
+nginx_help=$("$NGINX" -h 2>&1 || true)
+NGINX_HAS_E=0
+[[ $nginx_help == *"-e filename"* ]] && NGINX_HAS_E=1
+
+start_nginx() {
+    local name=$1 dir=$2 port=$3 args
+    args=(-p "$dir" -c "$dir/nginx.conf")
+    ((NGINX_HAS_E)) && args+=(-e "$dir/error.log")
+    "$NGINX" "${args[@]}" -t >"$dir/test.log" 2>&1 ||
+        { cat "$dir/test.log" >&2; die "$name: nginx -t failed"; }
+    spawn "$name" "$TMP/$name.log" "$NGINX" "${args[@]}"
+    wait_port "$port" "${PIDS[-1]}" "$name"
+}
+
+start_switchyard() {
+    local name=$1 port=$2 strategy=$3
+    write_switchyard_conf "$TMP/$name.toml" "$port" "$strategy"
+    spawn "$name" "$TMP/$name.log" \
+        env RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 "$SWITCHYARD_BIN" run --config "$TMP/$name.toml"
+    wait_port "$port" "${PIDS[-1]}" "$name"
+}
+
+# Smoke test: six requests (one connection each) through a proxy must all
+# answer 200 "Hello from backend N" and reach more than one backend. The exact
+# sequence is informational: nginx without a `zone` keeps its round-robin
+# position per worker process, so fresh connections landing on different
+# workers do not give a strict 1 2 3 1 2 3.
+check_proxy() {
+    local name=$1 port=$2 seen=() body distinct
+    for _ in 1 2 3 4 5 6; do
+        body=$(http_get "$port") || die "$name: request to 127.0.0.1:$port failed"
+        [[ $body == "Hello from backend "[123] ]] || die "$name: unexpected body '$body'"
+        seen+=("${body##* }")
+    done
+    distinct=$(printf '%s\n' "${seen[@]}" | sort -u | wc -l)
+    log "$name: 6 requests reached backends ${seen[*]}"
+    ((distinct > 1)) || echo "warning: $name: all requests went to one backend" >&2
+}
+
+# --- start everything --------------------------------------------------------
+
+log "starting backends (nginx) on 127.0.0.1:${BACKEND_PORTS[*]}"
+write_backend_conf "$TMP/backends"
+start_nginx backends "$TMP/backends" "${BACKEND_PORTS[0]}"
+for p in "${BACKEND_PORTS[@]}"; do
+    wait_port "$p" "${PIDS[-1]}" backends
+done
+
+log "starting nginx proxy on 127.0.0.1:$NGINX_PORT"
+write_proxy_conf "$TMP/nginx"
+start_nginx nginx "$TMP/nginx" "$NGINX_PORT"
+check_proxy nginx "$NGINX_PORT"
+
+log "starting switchyard on 127.0.0.1:$SWITCHYARD_PORT ($SWITCHYARD_BIN)"
+start_switchyard switchyard "$SWITCHYARD_PORT" round-robin
+check_proxy switchyard "$SWITCHYARD_PORT"
+
+# Targets, in A/B order; the first one is the baseline of the ratios.
+TARGETS=(nginx switchyard)
+declare -A TARGET_PORT=([nginx]=$NGINX_PORT [switchyard]=$SWITCHYARD_PORT)
+
+# TODO(native-strategy): Switchyard has no native (non-Wasm) strategy mode
+# yet. When it does, start a second instance here and add it to TARGETS, e.g.
+#   start_switchyard switchyard-native "$SWITCHYARD_NATIVE_PORT" <native-strategy>
+#   check_proxy switchyard-native "$SWITCHYARD_NATIVE_PORT"
+#   TARGETS+=(switchyard-native)
+#   TARGET_PORT[switchyard-native]=$SWITCHYARD_NATIVE_PORT
+# (write_switchyard_conf may need a new key for it.) The table, the CSV and
+# the median ratios already handle any number of targets.
+
+# --- running wrk -------------------------------------------------------------
+
+# Latency as wrk prints it (12.3us, 4.56ms, 1.2s, 1.5m) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "ms") n = n;
+        else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+        else if (u == "h") n *= 3600000; else n = -1
+        printf "%.3f", n }'
+}
+
+declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=()
+
+# usage: run_wrk TARGET CONNS SECONDS OUTFILE
+run_wrk() {
+    local target=$1 c=$2 secs=$3 out=$4 threads
+    threads=$((c < 2 ? c : 2))
+    "$WRK" -t"$threads" -c"$c" -d"${secs}s" --latency \
+        "http://127.0.0.1:${TARGET_PORT[$target]}/" >"$out" 2>&1 ||
+        { cat "$out" >&2; die "wrk against $target failed"; }
+}
+
+# usage: parse_wrk KEY OUTFILE  (fills RPS/P50/P99/NON2XX/SOCKERR[KEY])
+parse_wrk() {
+    local key=$1 out=$2 rps p50 p99
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    [[ -n $rps && -n $p50 && -n $p99 ]] || { cat "$out" >&2; die "cannot parse wrk output $out"; }
+    RPS[$key]=$rps
+    P50[$key]=$(to_ms "$p50")
+    P99[$key]=$(to_ms "$p99")
+    NON2XX[$key]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    NON2XX[$key]=${NON2XX[$key]:-0}
+    # "Socket errors: connect 0, read 0, write 0, timeout 0" -> total
+    SOCKERR[$key]=$(awk -F'[ ,]+' '/Socket errors:/ {s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; print s}' "$out")
+    SOCKERR[$key]=${SOCKERR[$key]:-0}
+}
+
+LOGS_OUT="$TMP/wrk"
+mkdir -p "$LOGS_OUT"
+
+nruns=$((ROUNDS * ${#CONN_LIST[@]} * ${#TARGETS[@]}))
+total=$((nruns * DURATION + ${#TARGETS[@]} * WARMUP))
+log "plan: ${#TARGETS[@]} targets x conns [${CONN_LIST[*]}] x $ROUNDS rounds x ${DURATION}s" \
+    "+ warm-up = about ${total}s of load"
+
+if ((WARMUP > 0)); then
+    max_c=$(printf '%s\n' "${CONN_LIST[@]}" | sort -n | tail -n 1)
+    for t in "${TARGETS[@]}"; do
+        log "warm-up: $t, -c$max_c, ${WARMUP}s"
+        run_wrk "$t" "$max_c" "$WARMUP" "$LOGS_OUT/warmup-$t.txt"
+    done
+fi
+
+# Rounds outermost, so the rounds of one concurrency are spread over the whole
+# run; within a round, targets alternate A/B at each concurrency.
+run=0
+for ((r = 1; r <= ROUNDS; r++)); do
+    for c in "${CONN_LIST[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            run=$((run + 1))
+            log "[$run/$nruns] round $r, -c$c, $t"
+            out="$LOGS_OUT/$t-c$c-r$r.txt"
+            run_wrk "$t" "$c" "$DURATION" "$out"
+            parse_wrk "$t,$c,$r" "$out"
+        done
+    done
+done
+
+# --- report ------------------------------------------------------------------
+
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd -- "$OUT_DIR" && pwd)
+STAMP=$(date +%Y%m%d-%H%M%S)
+TXT="$OUT_DIR/compare-$STAMP.txt"
+CSV="$OUT_DIR/compare-$STAMP.csv"
+LOGDIR="$OUT_DIR/compare-$STAMP.logs"
+
+cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+[[ -n $cpu_model ]] || cpu_model=$(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}' || true)
+BASE=${TARGETS[0]}
+
+report() {
+    local c r t key ratio flag line sep issues=()
+    local -A ratios=()
+    echo "machine: nproc=$NPROC, cpu=${cpu_model:-unknown}, kernel=$(uname -sr)," \
+        "loadavg at end=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$WRK" -v 2>&1 | head -n 1 | awk '{print $1, $2}')," \
+        "$("$SWITCHYARD_BIN" --version 2>/dev/null || echo switchyard)"
+    echo "run: rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s conns=[${CONN_LIST[*]}]" \
+        "wrk threads=min(c,2) keep-alive; loopback; latencies in ms"
+    echo
+    # Two header lines: target names over their rps/p50/p99 columns.
+    local hdr1 hdr2
+    hdr1=$(printf '%6s %5s' "" "")
+    hdr2=$(printf '%6s %5s' conns round)
+    for t in "${TARGETS[@]}"; do
+        hdr1+=$(printf ' | %-28s' "$t")
+        hdr2+=$(printf ' | %10s %8s %8s' rps p50_ms p99_ms)
+    done
+    for t in "${TARGETS[@]:1}"; do
+        hdr1+=$(printf ' | %s' "rps ratio")
+        hdr2+=$(printf ' | %s' "$t/$BASE")
+    done
+    sep=$(printf '%*s' "${#hdr2}" '' | tr ' ' '-')
+    echo "$hdr1"
+    echo "$hdr2"
+    echo "$sep"
+    for c in "${CONN_LIST[@]}"; do
+        ratios=()
+        for ((r = 1; r <= ROUNDS; r++)); do
+            line=$(printf '%6s %5s' "$c" "$r")
+            for t in "${TARGETS[@]}"; do
+                key="$t,$c,$r"
+                flag=""
+                if [[ ${NON2XX[$key]} != 0 || ${SOCKERR[$key]} != 0 ]]; then
+                    flag="!"
+                    issues+=("$t -c$c round $r: non-2xx/3xx=${NON2XX[$key]}, socket errors=${SOCKERR[$key]}")
+                fi
+                line+=$(printf ' | %10s %8.3f %8.3f' "$(printf '%.0f' "${RPS[$key]}")$flag" \
+                    "${P50[$key]}" "${P99[$key]}")
+            done
+            for t in "${TARGETS[@]:1}"; do
+                ratio=$(awk -v a="${RPS[$t,$c,$r]}" -v b="${RPS[$BASE,$c,$r]}" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+                ratios[$t]+="$ratio "
+                line+=$(printf ' | %s' "$ratio")
+            done
+            echo "$line"
+        done
+        for t in "${TARGETS[@]:1}"; do
+            # shellcheck disable=SC2086  # word splitting intended
+            printf '%12s   median rps ratio %s/%s at -c%s: %s\n' "" "$t" "$BASE" "$c" \
+                "$(printf '%s\n' ${ratios[$t]} | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}')"
+        done
+        echo "$sep"
+    done
+    echo
+    if ((${#issues[@]})); then
+        echo "wrk reported errors (! above):"
+        printf '  %s\n' "${issues[@]}"
+    else
+        echo "wrk: no non-2xx/3xx responses and no socket errors in any run."
+    fi
+    # Anything the proxies/backends logged at warn or above during the run.
+    local f n
+    for f in "$TMP/switchyard.log" "$TMP/backends/error.log" "$TMP/nginx/error.log"; do
+        [[ -f $f ]] || continue
+        n=$(grep -c . "$f" || true)
+        if ((n > 0)); then
+            echo "log ${f#"$TMP"/}: $n line(s), first ones:"
+            head -n 5 "$f" | sed 's/^/  /'
+        else
+            echo "log ${f#"$TMP"/}: empty"
+        fi
+    done
+}
+
+report | tee "$TXT"
+
+{
+    printf 'conns,round'
+    for t in "${TARGETS[@]}"; do
+        printf ',%s_rps,%s_p50_ms,%s_p99_ms,%s_non2xx,%s_socket_errors' "$t" "$t" "$t" "$t" "$t"
+    done
+    for t in "${TARGETS[@]:1}"; do
+        printf ',ratio_%s_%s' "$t" "$BASE"
+    done
+    printf '\n'
+    for c in "${CONN_LIST[@]}"; do
+        for ((r = 1; r <= ROUNDS; r++)); do
+            printf '%s,%s' "$c" "$r"
+            for t in "${TARGETS[@]}"; do
+                key="$t,$c,$r"
+                printf ',%s,%s,%s,%s,%s' "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" \
+                    "${NON2XX[$key]}" "${SOCKERR[$key]}"
+            done
+            for t in "${TARGETS[@]:1}"; do
+                awk -v a="${RPS[$t,$c,$r]}" -v b="${RPS[$BASE,$c,$r]}" \
+                    'BEGIN {printf ",%.4f", (b > 0 ? a / b : 0)}'
+            done
+            printf '\n'
+        done
+    done
+} >"$CSV"
+
+# Keep the raw wrk outputs, configs and logs next to the results.
+mkdir -p "$LOGDIR"
+cp -r "$LOGS_OUT" "$LOGDIR/"
+cp "$TMP"/*.toml "$TMP"/*.log "$LOGDIR/" 2>/dev/null || true
+for d in backends nginx; do
+    mkdir -p "$LOGDIR/$d"
+    cp "$TMP/$d/nginx.conf" "$TMP/$d/error.log" "$LOGDIR/$d/" 2>/dev/null || true
+done
+
+echo
+echo "table: $TXT"
+echo "csv:   $CSV"
+echo "logs:  $LOGDIR/"
