@@ -70,6 +70,34 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Budget from sending the request to receiving the response head.
     pub response_timeout: Duration,
+    /// Passive health (nginx `max_fails` / `fail_timeout`).
+    pub passive: PassiveHealth,
+    /// Active health checks, when configured.
+    pub health_check: Option<ActiveCheck>,
+}
+
+/// Passive health: failures of real requests take a backend out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failures within `fail_timeout` that take a backend out; 0 disables.
+    pub max_fails: u32,
+    /// The failure window, and how long a backend stays out.
+    pub fail_timeout: Duration,
+}
+
+/// Active health checks: a periodic GET of `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// Path probed on every backend.
+    pub path: String,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Budget of one probe.
+    pub timeout: Duration,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+    /// Consecutive successes that bring it back.
+    pub rise: u32,
 }
 
 /// One backend server.
@@ -216,6 +244,55 @@ struct RawUpstream {
     connect_timeout: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     response_timeout: Duration,
+    #[serde(default = "default_max_fails")]
+    max_fails: u32,
+    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
+    fail_timeout: Duration,
+    #[serde(default)]
+    health_check: Option<RawActiveCheck>,
+}
+
+fn default_max_fails() -> u32 {
+    1
+}
+
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawActiveCheck {
+    #[serde(default = "default_check_path")]
+    path: String,
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_fall")]
+    fall: u32,
+    #[serde(default = "default_rise")]
+    rise: u32,
+}
+
+fn default_check_path() -> String {
+    "/health".into()
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
+fn default_rise() -> u32 {
+    2
 }
 
 fn default_strategy() -> String {
@@ -302,6 +379,29 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in
     /// messages.
+    ///
+    /// The README's minimal config:
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use switchyard::Config;
+    ///
+    /// let text = r#"
+    /// listen = "127.0.0.1:8080"
+    /// plugins = "plugins"
+    ///
+    /// [[upstream]]
+    /// name = "app"
+    /// strategy = "round-robin"
+    /// servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
+    /// "#;
+    /// let config = Config::parse(text, Path::new("switchyard.toml")).unwrap();
+    /// assert_eq!(config.upstreams[0].servers.len(), 3);
+    /// assert_eq!(config.upstreams[0].passive.max_fails, 1);
+    ///
+    /// let err = Config::parse(&text.replace("servers", "server"), Path::new("x.toml")).unwrap_err();
+    /// assert!(err.to_string().contains("unknown field `server`"));
+    /// ```
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
@@ -482,11 +582,16 @@ impl Validator<'_> {
         for (k, d) in [
             ("connect-timeout", u.connect_timeout),
             ("response-timeout", u.response_timeout),
+            ("fail-timeout", u.fail_timeout),
         ] {
             if d.is_zero() {
                 return Err(self.err(key(k), "must be greater than zero (e.g. \"5s\")"));
             }
         }
+        let health_check = match u.health_check {
+            None => None,
+            Some(c) => Some(self.active_check(i, c)?),
+        };
         Ok(UpstreamConfig {
             name: u.name,
             strategy: u.strategy,
@@ -496,6 +601,40 @@ impl Validator<'_> {
             path_prefix: u.path_prefix,
             connect_timeout: u.connect_timeout,
             response_timeout: u.response_timeout,
+            passive: PassiveHealth {
+                max_fails: u.max_fails,
+                fail_timeout: u.fail_timeout,
+            },
+            health_check,
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn active_check(&self, i: usize, c: RawActiveCheck) -> Result<ActiveCheck, ConfigError> {
+        let key = |k: &str| format!("upstream[{i}].health-check.{k}");
+        if !c.path.starts_with('/') || c.path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(self.err(
+                key("path"),
+                format!("`{}` must be a path starting with `/`", c.path),
+            ));
+        }
+        for (k, d) in [("interval", c.interval), ("timeout", c.timeout)] {
+            if d.is_zero() {
+                return Err(self.err(key(k), "must be greater than zero (e.g. \"2s\")"));
+            }
+        }
+        for (k, n) in [("fall", c.fall), ("rise", c.rise)] {
+            if n == 0 {
+                return Err(self.err(key(k), "must be at least 1"));
+            }
+        }
+        Ok(ActiveCheck {
+            path: c.path,
+            interval: c.interval,
+            timeout: c.timeout,
+            fall: c.fall,
+            rise: c.rise,
         })
     }
 }
@@ -576,6 +715,14 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert!(u.hosts.is_empty());
         assert_eq!(u.connect_timeout, Duration::from_secs(5));
         assert_eq!(u.response_timeout, Duration::from_secs(60));
+        assert_eq!(
+            u.passive,
+            PassiveHealth {
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(u.health_check, None);
         assert_eq!(u.servers.len(), 3);
         assert_eq!(u.servers[1].id, "127.0.0.1:5002");
         assert_eq!(u.servers[1].weight, 1);
@@ -591,6 +738,7 @@ servers = ["127.0.0.1:5001", { address = "127.0.0.1:5002", weight = 3, id = "big
 hosts = ["Example.com", "*.example.org"]
 path-prefix = "/api"
 params = { answer = 42 }
+health-check = { interval = "500ms" }
 "#,
         )
         .expect("valid");
@@ -670,6 +818,18 @@ params = { answer = 42 }
                 "would never be used",
             ),
             ("listen = \"127.0.0.1:1\"\n".to_string(), "`upstream`"),
+            (
+                format!("{MINIMAL}health-check = {{ path = \"health\" }}\n"),
+                "`upstream[0].health-check.path`",
+            ),
+            (
+                format!("{MINIMAL}health-check = {{ rise = 0 }}\n"),
+                "`upstream[0].health-check.rise`",
+            ),
+            (
+                format!("{MINIMAL}fail-timeout = \"0s\"\n"),
+                "`upstream[0].fail-timeout`",
+            ),
         ];
         for (text, needle) in cases {
             let e = error_of(&text);

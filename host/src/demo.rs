@@ -18,9 +18,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A running demo backend.
+/// A running demo backend. Dropping it kills it: the listener closes and
+/// open connections are cut, like a crashed process.
 #[derive(Debug)]
 pub struct DemoBackend {
     /// Where it listens.
@@ -28,11 +30,13 @@ pub struct DemoBackend {
     /// Its number, as in `Hello from backend N`.
     pub number: usize,
     task: JoinHandle<()>,
+    kill: watch::Sender<bool>,
 }
 
 impl Drop for DemoBackend {
     fn drop(&mut self) {
         self.task.abort();
+        let _ = self.kill.send(true);
     }
 }
 
@@ -58,22 +62,32 @@ async fn answer(number: usize, req: Request<Incoming>) -> Response<Full<Bytes>> 
 pub async fn spawn(addr: SocketAddr, number: usize) -> std::io::Result<DemoBackend> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let (kill, killed) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
+            let mut killed = killed.clone();
             tokio::spawn(async move {
                 let service =
                     service_fn(
                         move |req| async move { Ok::<_, Infallible>(answer(number, req).await) },
                     );
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = killed.wait_for(|k| *k) => {}
+                }
             });
         }
     });
-    Ok(DemoBackend { addr, number, task })
+    Ok(DemoBackend {
+        addr,
+        number,
+        task,
+        kill,
+    })
 }

@@ -7,6 +7,7 @@
 //! - [`proxy`]: the request path (route, pick, forward);
 //! - [`router`]: host and path-prefix routing to upstreams;
 //! - [`upstream`]: backends, their live figures, the connection pool;
+//! - [`health`]: passive and active backend health;
 //! - [`plugin`]: the Wasm strategy runtime (compile, per-thread instances,
 //!   deadlines, fallback);
 //! - [`reload`]: file watching and hot reload;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod forwarded;
 pub mod gateway;
+pub mod health;
 pub mod listener;
 pub mod plugin;
 pub mod proxy;
@@ -61,6 +63,7 @@ pub struct Proxy {
     gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
+    health: JoinHandle<()>,
     _reloader: Option<reload::Reloader>,
 }
 
@@ -86,6 +89,7 @@ impl Proxy {
         } else {
             None
         };
+        let health = health::spawn(Arc::clone(&gateway));
         let (tx, rx) = oneshot::channel();
         let server = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), async {
             let _ = rx.await;
@@ -95,6 +99,7 @@ impl Proxy {
             gateway,
             shutdown: Some(tx),
             server,
+            health,
             _reloader: reloader,
         })
     }
@@ -125,5 +130,6 @@ impl Drop for Proxy {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.health.abort();
     }
 }

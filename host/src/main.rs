@@ -5,10 +5,13 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use switchyard::config::{Config, PluginLimits, ServerConfig, UpstreamConfig};
+use switchyard::config::{
+    ActiveCheck, Config, PassiveHealth, PluginLimits, ServerConfig, UpstreamConfig,
+};
 use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
 
 #[derive(Parser)]
@@ -189,8 +192,20 @@ async fn demo(
             servers,
             hosts: Vec::new(),
             path_prefix: "/".into(),
-            connect_timeout: std::time::Duration::from_secs(5),
-            response_timeout: std::time::Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            passive: PassiveHealth {
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10),
+            },
+            // The demo backends answer /health; stop one to watch it leave.
+            health_check: Some(ActiveCheck {
+                path: "/health".into(),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                fall: 3,
+                rise: 2,
+            }),
         }],
     };
     let proxy = Proxy::start(

@@ -18,7 +18,7 @@ use crate::forwarded;
 use crate::gateway::Gateway;
 use crate::plugin::{Choice, PickInput, fallback};
 use crate::router::host_of;
-use crate::upstream::Backend;
+use crate::upstream::{Backend, Upstream};
 
 /// A short plain-text response made by the proxy itself.
 pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -122,11 +122,13 @@ pub async fn handle(
     let timeout = upstream.config.response_timeout;
     match tokio::time::timeout(timeout, upstream.pool.request(request)).await {
         Ok(Ok(mut resp)) => {
+            backend.health.record_success();
             forwarded::strip_hop_by_hop(resp.headers_mut());
             resp.map(|b| ProxyBody::upstream(b, guard))
         }
         Ok(Err(e)) => {
             backend.record_failure();
+            passive_failure(&upstream, &backend);
             let (status, what) = if is_timeout(&e) {
                 (StatusCode::GATEWAY_TIMEOUT, "connect timed out")
             } else if e.is_connect() {
@@ -142,6 +144,7 @@ pub async fn handle(
         }
         Err(_) => {
             backend.record_failure();
+            passive_failure(&upstream, &backend);
             tracing::warn!(
                 upstream = upstream.name(), backend = %backend.address, %peer, %method, path,
                 status = 504, "backend sent no response head within {timeout:?}"
@@ -151,6 +154,18 @@ pub async fn handle(
                 "backend did not answer in time",
             )
         }
+    }
+}
+
+/// Counts a failed request against the backend's passive health.
+fn passive_failure(upstream: &Upstream, backend: &Backend) {
+    let policy = &upstream.config.passive;
+    if backend.health.record_failure(policy) {
+        tracing::warn!(
+            upstream = upstream.name(), backend = %backend.address,
+            "backend taken out for {:?} after {} failure(s) (max-fails)",
+            policy.fail_timeout, policy.max_fails
+        );
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{ServerConfig, UpstreamConfig};
+use crate::health::{Health, UpstreamHealth};
 use crate::plugin::Strategy;
 
 /// One backend server and its live, global figures.
@@ -33,15 +34,17 @@ pub struct Backend {
     pub authority: Authority,
     /// Relative weight.
     pub weight: u32,
+    /// Passive and active health.
+    pub health: Health,
     in_flight: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
-    healthy: AtomicBool,
 }
 
 impl Backend {
-    /// A backend with zeroed counters, healthy.
-    pub fn new(server: &ServerConfig) -> Self {
+    /// A backend with zeroed counters, healthy, reporting its health to
+    /// `upstream`.
+    pub fn new(server: &ServerConfig, upstream: Arc<UpstreamHealth>) -> Self {
         Self {
             id: server.id.clone(),
             address: server.address.clone(),
@@ -49,10 +52,10 @@ impl Backend {
             authority: Authority::try_from(server.addr.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("invalid")),
             weight: server.weight,
+            health: Health::new(upstream),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
         }
     }
 
@@ -82,7 +85,7 @@ impl Backend {
 
     /// Whether health checking considers the backend up.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.healthy()
     }
 
     /// Marks one request as started; the returned guard ends it when dropped
@@ -116,25 +119,39 @@ pub struct BackendSet {
     pub version: u64,
     /// The backends; a strategy's `backend-index` indexes this.
     pub backends: Vec<Arc<Backend>>,
+    /// The upstream's health figures (shared with its later sets).
+    pub health: Arc<UpstreamHealth>,
 }
 
 static SET_VERSION: AtomicU64 = AtomicU64::new(1);
 
 impl BackendSet {
-    /// A new set, reusing backends of `previous` that are unchanged.
+    /// A new set, reusing backends of `previous` that are unchanged (with
+    /// their counters and health).
     pub fn build(servers: &[ServerConfig], previous: Option<&BackendSet>) -> Self {
-        let backends = servers
+        let health = previous.map_or_else(Default::default, |p| Arc::clone(&p.health));
+        let backends: Vec<Arc<Backend>> = servers
             .iter()
             .map(|s| {
                 previous
                     .and_then(|p| p.backends.iter().find(|b| b.is(s)))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(s)))
+                    .unwrap_or_else(|| Arc::new(Backend::new(s, Arc::clone(&health))))
             })
             .collect();
+        if let Some(previous) = previous {
+            for gone in previous
+                .backends
+                .iter()
+                .filter(|b| !backends.iter().any(|k| Arc::ptr_eq(k, b)))
+            {
+                gone.health.forget();
+            }
+        }
         Self {
             version: SET_VERSION.fetch_add(1, Ordering::Relaxed),
             backends,
+            health,
         }
     }
 
@@ -153,11 +170,9 @@ impl BackendSet {
         self.backends.get(index as usize)
     }
 
-    /// How many backends are currently unhealthy.
+    /// How many backends are marked down (see [`UpstreamHealth::down`]).
     pub fn unhealthy(&self) -> u32 {
-        // Health checking (passive and active) maintains this per set in a
-        // later step; until then every backend is healthy.
-        0
+        self.health.down()
     }
 
     /// Whether `index` may be chosen: in range, healthy and not in `exclude`.

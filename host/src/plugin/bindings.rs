@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
     world: "balancer",
 });
 
-pub use switchyard::balancer::types::{
+pub use self::switchyard::balancer::types::{
     Backend as WitBackend, Decision, HttpMethod, IpAddress, ParamValue, Request as WitRequest,
 };
-pub use switchyard::balancer::{backends, request, types};
+pub use self::switchyard::balancer::{backends, request, types};

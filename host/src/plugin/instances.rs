@@ -173,6 +173,7 @@ impl Strategy {
             client_ip: wit_ip(input.client_ip),
             avoid: input.set.unhealthy() + input.exclude.len() as u32,
             attempt: input.attempt,
+            health_version: input.set.health.version(),
         };
         let data = instance.store.data_mut();
         data.request = Some(parts);

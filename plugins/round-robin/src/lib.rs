@@ -7,6 +7,12 @@
 //! schedule is built once per backend set (`set-backends`), so a pick is
 //! O(1) whatever the number of backends.
 //!
+//! While some backends are down, the rotation runs over a second schedule of
+//! the healthy ones only, so their shares stay exact (a dead backend's share
+//! is spread evenly, not handed to its neighbour). It is rebuilt when the
+//! host's `health-version` changes: O(n) once per health change, O(1) per
+//! pick.
+//!
 //! Parameters: none.
 
 wit_bindgen::generate!({ path: "../../wit", world: "balancer" });
@@ -99,13 +105,39 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 struct State {
+    weights: Vec<u32>,
     schedule: Schedule,
-    count: u32,
+    /// Schedule over the healthy backends, and their indices.
+    healthy: Schedule,
+    healthy_index: Vec<u32>,
+    /// `health-version` the healthy schedule was built for.
+    healthy_version: Option<u64>,
+}
+
+impl State {
+    fn rebuild_healthy(&mut self, version: u64) {
+        self.healthy_index = (0..self.weights.len() as u32)
+            .filter(|&i| backends::healthy(i))
+            .collect();
+        let weights: Vec<u32> = self
+            .healthy_index
+            .iter()
+            .map(|&i| self.weights[i as usize])
+            .collect();
+        self.healthy = Schedule::build(&weights);
+        self.healthy_version = Some(version);
+    }
 }
 
 thread_local! {
     static STATE: RefCell<State> = const {
-        RefCell::new(State { schedule: Schedule::Empty, count: 0 })
+        RefCell::new(State {
+            weights: Vec::new(),
+            schedule: Schedule::Empty,
+            healthy: Schedule::Empty,
+            healthy_index: Vec::new(),
+            healthy_version: None,
+        })
     };
 }
 
@@ -120,25 +152,43 @@ impl Guest for RoundRobin {
     }
 
     fn set_backends(set: Vec<Backend>) {
-        let weights: Vec<u32> = set.iter().map(|b| b.weight.max(1)).collect();
         STATE.with_borrow_mut(|s| {
-            s.schedule = Schedule::build(&weights);
-            s.count = set.len() as u32;
+            s.weights = set.iter().map(|b| b.weight.max(1)).collect();
+            s.schedule = Schedule::build(&s.weights);
+            s.healthy_version = None;
         });
     }
 
     fn pick(req: Request) -> Decision {
-        STATE.with_borrow(|s| {
-            let Some(first) = s.schedule.at(req.sequence) else {
+        STATE.with_borrow_mut(|s| {
+            if s.weights.is_empty() {
                 return Decision::Reject("no backends configured".into());
+            }
+            if req.avoid == 0 {
+                // Everything usable: the full schedule.
+                return s.schedule.at(req.sequence).map_or_else(
+                    || Decision::Reject("no backends configured".into()),
+                    Decision::Backend,
+                );
+            }
+            if s.healthy_version != Some(req.health_version) {
+                s.rebuild_healthy(req.health_version);
+            }
+            let Some(first) = s
+                .healthy
+                .at(req.sequence)
+                .and_then(|k| s.healthy_index.get(k as usize).copied())
+            else {
+                return Decision::Reject("no healthy backend".into());
             };
-            if req.avoid == 0 || backends::usable(first) {
+            if backends::usable(first) {
                 return Decision::Backend(first);
             }
-            // Some backends are down or already tried: take the next usable
-            // one after the scheduled one, each index at most once.
-            (1..s.count)
-                .map(|step| (first + step) % s.count)
+            // Already tried by this request (a retry): the next usable one,
+            // each index at most once.
+            let n = s.weights.len() as u32;
+            (1..n)
+                .map(|step| (first + step) % n)
                 .find(|&i| backends::usable(i))
                 .map_or_else(
                     || Decision::Reject("no usable backend".into()),

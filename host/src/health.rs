@@ -1,0 +1,276 @@
+//! Backend health, shared by every thread and visible to strategies through
+//! the `backends.healthy` / `backends.usable` imports.
+//!
+//! - Passive, like nginx `max_fails` / `fail_timeout`: when real requests to
+//!   a backend fail `max-fails` times within `fail-timeout` (connect errors,
+//!   timeouts, broken connections), the backend is taken out for
+//!   `fail-timeout`, then tried again. A success resets the count.
+//! - Active: a periodic `GET <path>` to every backend of upstreams that have
+//!   a `[upstream.health-check]` table; `fall` consecutive failures take a
+//!   backend out, `rise` consecutive successes bring it back.
+//!
+//! A backend is healthy when neither says otherwise. Each upstream keeps a
+//! count of backends marked down and a version bumped on every transition,
+//! so a pick tells strategies in O(1) whether anything needs avoiding
+//! (`request.avoid`) and whether their cached view of health is stale
+//! (`request.health-version`). Passive time-outs run out on their own; the
+//! health task sweeps for that every [`SWEEP`], so the version moves then.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{ActiveCheck, PassiveHealth};
+use crate::gateway::Gateway;
+use crate::upstream::Backend;
+
+/// Milliseconds on a process-wide monotonic clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How often the health task looks for passive time-outs that ran out.
+pub const SWEEP: Duration = Duration::from_millis(100);
+
+/// Health figures of one upstream, shared by its backends and kept across
+/// reloads.
+#[derive(Debug, Default)]
+pub struct UpstreamHealth {
+    down: AtomicU32,
+    version: AtomicU64,
+}
+
+impl UpstreamHealth {
+    /// Backends marked down. May briefly count one whose passive time-out
+    /// has just run out; never fewer than are down.
+    pub fn down(&self) -> u32 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Bumped on every transition of any backend.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    fn went_down(&self) {
+        self.down.fetch_add(1, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn came_back(&self) {
+        self.down.fetch_sub(1, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The health of one backend.
+#[derive(Debug)]
+pub struct Health {
+    upstream: Arc<UpstreamHealth>,
+    /// Whether this backend is included in `down`.
+    counted: AtomicBool,
+    active_up: AtomicBool,
+    active_streak: AtomicU32,
+    fails: AtomicU32,
+    window_start_ms: AtomicU64,
+    down_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// A healthy backend of `upstream`.
+    pub fn new(upstream: Arc<UpstreamHealth>) -> Self {
+        Self {
+            upstream,
+            counted: AtomicBool::new(false),
+            active_up: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the backend may receive traffic now.
+    pub fn healthy(&self) -> bool {
+        let up = self.active_up.load(Ordering::Relaxed)
+            && now_ms() >= self.down_until_ms.load(Ordering::Relaxed);
+        if up && self.counted.load(Ordering::Relaxed) && self.counted.swap(false, Ordering::Relaxed)
+        {
+            // A passive time-out ran out, or active checks passed: it is back.
+            self.upstream.came_back();
+        }
+        up
+    }
+
+    /// Whether active checks currently consider the backend up.
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health has taken the backend out right now.
+    pub fn passive_down(&self) -> bool {
+        now_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn mark_down(&self) {
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.upstream.went_down();
+        }
+    }
+
+    /// Leaves the upstream's count (the backend was removed from the set).
+    pub fn forget(&self) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            self.upstream.came_back();
+        }
+    }
+
+    /// A request to the backend failed (connect error, timeout, broken
+    /// connection). Returns true when this failure took it out.
+    pub fn record_failure(&self, policy: &PassiveHealth) -> bool {
+        if policy.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = policy.fail_timeout.as_millis() as u64;
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let fails = if start == 0 || now.saturating_sub(start) > window {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if fails >= policy.max_fails {
+            self.down_until_ms.store(now + window, Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+            self.mark_down();
+            return true;
+        }
+        false
+    }
+
+    /// A request to the backend got a response.
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies one active check result. Returns the new state when it
+    /// changed.
+    fn record_probe(&self, ok: bool, check: &ActiveCheck) -> Option<bool> {
+        let up = self.active_up.load(Ordering::Relaxed);
+        if ok == up {
+            self.active_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.active_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if up { check.fall } else { check.rise };
+        if streak < needed {
+            return None;
+        }
+        self.active_streak.store(0, Ordering::Relaxed);
+        self.active_up.store(ok, Ordering::Relaxed);
+        if ok {
+            // `healthy()` settles the down-count once passive health agrees.
+            let _ = self.healthy();
+        } else {
+            self.mark_down();
+        }
+        Some(ok)
+    }
+}
+
+type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Probes one backend: a 2xx or 3xx answer within the timeout is a pass.
+async fn probe(client: &ProbeClient, backend: &Backend, check: &ActiveCheck) -> bool {
+    let uri = format!("http://{}{}", backend.authority, check.path);
+    let Ok(req) = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "switchyard-health-check")
+        .body(Empty::new())
+    else {
+        return false;
+    };
+    match tokio::time::timeout(check.timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
+        _ => false,
+    }
+}
+
+/// Runs the health task for as long as the returned handle lives: active
+/// checks of every upstream that asks for them, and the sweep for passive
+/// time-outs. Reads the current route table on every tick, so reloads that
+/// add, change or remove checks apply by themselves.
+pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client: ProbeClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1)
+            .build(connector);
+        // Per upstream: when its last round started, and whether it is still
+        // running (rounds never overlap).
+        let mut rounds: HashMap<String, (Instant, Arc<AtomicBool>)> = HashMap::new();
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let table = gateway.routes().clone();
+            rounds.retain(|name, _| table.upstream(name).is_some());
+            for upstream in &table.upstreams {
+                let set = upstream.backends.load_full();
+                for backend in &set.backends {
+                    // Settles passive time-outs that ran out.
+                    backend.healthy();
+                }
+                let Some(check) = upstream.config.health_check.clone() else {
+                    continue;
+                };
+                let entry = rounds
+                    .entry(upstream.name().to_owned())
+                    .or_insert_with(|| (Instant::now() - check.interval, Arc::default()));
+                if entry.0.elapsed() < check.interval || entry.1.swap(true, Ordering::Relaxed) {
+                    continue;
+                }
+                entry.0 = Instant::now();
+                let (running, client, name) = (
+                    Arc::clone(&entry.1),
+                    client.clone(),
+                    upstream.name().to_owned(),
+                );
+                tokio::spawn(async move {
+                    let mut probes = tokio::task::JoinSet::new();
+                    for backend in set.backends.iter().cloned() {
+                        let (client, check, name) = (client.clone(), check.clone(), name.clone());
+                        probes.spawn(async move {
+                            let ok = probe(&client, &backend, &check).await;
+                            match backend.health.record_probe(ok, &check) {
+                                Some(true) => tracing::info!(upstream = name, backend = %backend.address, "health check: backend is up again"),
+                                Some(false) => tracing::warn!(upstream = name, backend = %backend.address, path = check.path, "health check: backend is down"),
+                                None => {}
+                            }
+                        });
+                    }
+                    // Each probe is bounded by its timeout.
+                    while probes.join_next().await.is_some() {}
+                    running.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    })
+}
