@@ -23,20 +23,33 @@ async fn statuses(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
     out
 }
 
+/// A proxy over [a closed port, demo backend 1] with the given upstream
+/// settings.
+async fn dead_then_live(
+    settings: &str,
+) -> (
+    Vec<switchyard::demo::DemoBackend>,
+    Fixture,
+    switchyard::Proxy,
+) {
+    let live = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\n{settings}\n",
+        closed_port(),
+        live[0].addr
+    ));
+    let proxy = fx.start().await;
+    (live, fx, proxy)
+}
+
 fn failed(replies: &[Reply]) -> usize {
     replies.iter().filter(|r| r.status != 200).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
-    let live = backends(1).await;
-    let dead = closed_port();
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{dead}\", \"{}\"]\nmax-fails = 1\nfail-timeout = \"1s\"\n",
-        live[0].addr
-    ));
-    let proxy = fx.start().await;
+    let (_live, _fx, proxy) = dead_then_live("max-fails = 1\nfail-timeout = \"1s\"").await;
 
     let started = Instant::now();
     let replies = statuses(&proxy, 20).await;
@@ -66,14 +79,7 @@ async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_fails_counts_failures_within_the_window() {
-    let live = backends(1).await;
-    let dead = closed_port();
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{dead}\", \"{}\"]\nmax-fails = 3\nfail-timeout = \"10s\"\n",
-        live[0].addr
-    ));
-    let proxy = fx.start().await;
+    let (_live, _fx, proxy) = dead_then_live("max-fails = 3\nfail-timeout = \"10s\"").await;
     let replies = statuses(&proxy, 30).await;
     assert_eq!(failed(&replies), 3, "three strikes, then out");
     assert!(replies[6..].iter().all(|r| r.status == 200));
@@ -81,14 +87,7 @@ async fn max_fails_counts_failures_within_the_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_fails_zero_disables_passive_health() {
-    let live = backends(1).await;
-    let dead = closed_port();
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{dead}\", \"{}\"]\nmax-fails = 0\n",
-        live[0].addr
-    ));
-    let proxy = fx.start().await;
+    let (_live, _fx, proxy) = dead_then_live("max-fails = 0").await;
     let replies = statuses(&proxy, 10).await;
     assert_eq!(
         failed(&replies),
