@@ -122,7 +122,13 @@ impl Gateway {
         if config.listen != state.config.listen {
             tracing::warn!(old = %state.config.listen, new = %config.listen, "`listen` changed: restart the proxy to apply it");
         }
-        self.routes.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.routes.store(Arc::clone(&table));
+        for old in &current.upstreams {
+            if let Some(new) = table.upstream(old.name()) {
+                old.backends.load().retire(&new.backends.load());
+            }
+        }
         state.compiled = compiled;
         state.config = config;
         Ok(())

@@ -5,6 +5,7 @@
 //! swapped in, and [`Backend`]s that survive the change are carried over
 //! (same `Arc`), so their counters and health continue.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -127,31 +128,37 @@ static SET_VERSION: AtomicU64 = AtomicU64::new(1);
 
 impl BackendSet {
     /// A new set, reusing backends of `previous` that are unchanged (with
-    /// their counters and health).
+    /// their counters and health). Building changes nothing shared: see
+    /// [`BackendSet::retire`] for what to do once the new set is live.
     pub fn build(servers: &[ServerConfig], previous: Option<&BackendSet>) -> Self {
         let health = previous.map_or_else(Default::default, |p| Arc::clone(&p.health));
-        let backends: Vec<Arc<Backend>> = servers
+        let by_id: HashMap<&str, &Arc<Backend>> = previous
+            .map(|p| p.backends.iter().map(|b| (b.id.as_str(), b)).collect())
+            .unwrap_or_default();
+        let backends = servers
             .iter()
-            .map(|s| {
-                previous
-                    .and_then(|p| p.backends.iter().find(|b| b.is(s)))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(s, Arc::clone(&health))))
+            .map(|s| match by_id.get(s.id.as_str()) {
+                Some(b) if b.is(s) => Arc::clone(b),
+                _ => Arc::new(Backend::new(s, Arc::clone(&health))),
             })
             .collect();
-        if let Some(previous) = previous {
-            for gone in previous
-                .backends
-                .iter()
-                .filter(|b| !backends.iter().any(|k| Arc::ptr_eq(k, b)))
-            {
-                gone.health.forget();
-            }
-        }
         Self {
             version: SET_VERSION.fetch_add(1, Ordering::Relaxed),
             backends,
             health,
+        }
+    }
+
+    /// Called when `next` has replaced this set: backends that did not
+    /// carry over leave the upstream's down-count.
+    pub fn retire(&self, next: &BackendSet) {
+        let kept: HashSet<*const Backend> = next.backends.iter().map(Arc::as_ptr).collect();
+        for gone in self
+            .backends
+            .iter()
+            .filter(|b| !kept.contains(&Arc::as_ptr(b)))
+        {
+            gone.health.forget();
         }
     }
 
@@ -244,5 +251,57 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.config.name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PassiveHealth;
+
+    fn servers(ports: &[u16]) -> Vec<ServerConfig> {
+        ports
+            .iter()
+            .map(|p| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], *p));
+                ServerConfig {
+                    id: addr.to_string(),
+                    address: addr.to_string(),
+                    addr,
+                    weight: 1,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_down_count_follows_committed_sets_only() {
+        let policy = PassiveHealth {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(60),
+        };
+        let a = BackendSet::build(&servers(&[1, 2]), None);
+        assert!(a.backends[0].health.record_failure(&policy));
+        assert_eq!(a.unhealthy(), 1);
+        let version = a.health.version();
+
+        // Backend 1 removed: building alone changes nothing shared (the new
+        // config might still be rejected).
+        let b = BackendSet::build(&servers(&[2]), Some(&a));
+        assert!(
+            Arc::ptr_eq(&a.backends[1], &b.backends[0]),
+            "kept with its counters"
+        );
+        assert_eq!(a.unhealthy(), 1);
+        // Once b is live, the removed backend leaves the count.
+        a.retire(&b);
+        assert_eq!(b.unhealthy(), 0);
+        assert!(b.health.version() > version);
+
+        // Added back, it is a new, healthy backend.
+        let c = BackendSet::build(&servers(&[2, 1]), Some(&b));
+        b.retire(&c);
+        assert!(c.backends[1].healthy());
+        assert_eq!(c.unhealthy(), 0);
     }
 }
