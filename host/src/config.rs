@@ -29,6 +29,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Sandbox limits for every strategy instance.
     pub plugin_limits: PluginLimits,
+    /// How long open connections may finish after SIGTERM/SIGINT.
+    pub drain_timeout: Duration,
     /// Upstreams, in file order (the order breaks routing ties).
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -74,6 +76,19 @@ pub struct UpstreamConfig {
     pub passive: PassiveHealth,
     /// Active health checks, when configured.
     pub health_check: Option<ActiveCheck>,
+    /// What a plugin failure means for the request.
+    pub plugin_failure: FailurePolicy,
+}
+
+/// What happens to a request whose pick failed (trap, deadline, bad answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Serve it with the host's round robin over usable backends.
+    #[default]
+    FailOpen,
+    /// Answer 503.
+    FailClosed,
 }
 
 /// Passive health: failures of real requests take a backend out.
@@ -189,8 +204,15 @@ struct RawConfig {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     plugin_limits: RawPluginLimits,
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    drain_timeout: Duration,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+/// Default for `drain-timeout`.
+pub fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_listen() -> String {
@@ -250,6 +272,8 @@ struct RawUpstream {
     fail_timeout: Duration,
     #[serde(default)]
     health_check: Option<RawActiveCheck>,
+    #[serde(default)]
+    plugin_failure: FailurePolicy,
 }
 
 fn default_max_fails() -> u32 {
@@ -504,6 +528,7 @@ impl Validator<'_> {
                 pick_deadline: limits.pick_deadline,
                 memory: (limits.memory_mib as usize) << 20,
             },
+            drain_timeout: raw.drain_timeout,
             upstreams,
         })
     }
@@ -606,6 +631,7 @@ impl Validator<'_> {
                 fail_timeout: u.fail_timeout,
             },
             health_check,
+            plugin_failure: u.plugin_failure,
         })
     }
 }
@@ -710,6 +736,7 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         let c = parse(MINIMAL).expect("valid");
         assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(c.plugin_limits, PluginLimits::default());
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
         let u = &c.upstreams[0];
         assert_eq!(u.path_prefix, "/");
         assert!(u.hosts.is_empty());
@@ -723,6 +750,7 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
             }
         );
         assert_eq!(u.health_check, None);
+        assert_eq!(u.plugin_failure, FailurePolicy::FailOpen);
         assert_eq!(u.servers.len(), 3);
         assert_eq!(u.servers[1].id, "127.0.0.1:5002");
         assert_eq!(u.servers[1].weight, 1);

@@ -1,7 +1,8 @@
 //! The client-facing listener: accepts TCP connections and serves HTTP/1.1
 //! and HTTP/2 (prior knowledge) on them with hyper, handing each request to
 //! [`proxy::handle`]. Stops accepting on shutdown and lets open connections
-//! finish, up to a drain deadline.
+//! finish, up to the config's `drain-timeout`: in-flight requests complete,
+//! and keep-alive clients get `Connection: close` on their last response.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,9 +17,6 @@ use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
 use crate::proxy;
-
-/// How long open connections may take to finish after shutdown begins.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -64,8 +62,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let deadline = gateway.config().drain_timeout;
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing remaining connections"),
+        () = tokio::time::sleep(deadline) => tracing::warn!("drain-timeout ({deadline:?}) passed; closing remaining connections"),
     }
 }

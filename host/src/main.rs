@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchyard::config::{
-    ActiveCheck, Config, PassiveHealth, PluginLimits, ServerConfig, UpstreamConfig,
+    ActiveCheck, Config, FailurePolicy, PassiveHealth, PluginLimits, ServerConfig, UpstreamConfig,
 };
 use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
 
@@ -32,6 +32,9 @@ enum Command {
         /// The TOML config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Do not watch files; reload only on SIGHUP (like nginx -s reload).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file, compile and initialise its plugins, and exit:
     /// 0 when it would start, 1 with the reason when not.
@@ -93,20 +96,23 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { config } => check(&config).await,
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            no_watch,
+        } => {
             let config = Config::load(&path)?;
             let shown = path.display().to_string();
             let proxy = Proxy::start(
                 config,
                 Options {
-                    config_path: Some(path),
-                    watch: true,
+                    config_path: Some(path.clone()),
+                    watch: !no_watch,
                 },
             )
             .await
             .context(shown)?;
             tracing::info!(listen = %proxy.addr(), "switchyard is serving");
-            wait_for_signal().await;
+            serve_until_signal(&proxy, Some(&path)).await;
             proxy.shutdown().await;
             Ok(())
         }
@@ -185,6 +191,7 @@ async fn demo(
         plugins: plugins.clone(),
         trusted_proxies: Vec::new(),
         plugin_limits: PluginLimits::default(),
+        drain_timeout: switchyard::config::default_drain_timeout(),
         upstreams: vec![UpstreamConfig {
             name: "app".into(),
             strategy,
@@ -199,6 +206,7 @@ async fn demo(
                 fail_timeout: Duration::from_secs(10),
             },
             // The demo backends answer /health; stop one to watch it leave.
+            plugin_failure: FailurePolicy::FailOpen,
             health_check: Some(ActiveCheck {
                 path: "/health".into(),
                 interval: Duration::from_secs(2),
@@ -226,30 +234,48 @@ async fn demo(
         proxy.addr(),
         plugins.display()
     );
-    wait_for_signal().await;
+    serve_until_signal(&proxy, None).await;
     proxy.shutdown().await;
     drop(running);
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the config file (and the
+/// plugins it uses) in the meantime.
+async fn serve_until_signal(proxy: &Proxy, config_path: Option<&Path>) {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let Some(path) = config_path else {
+                        tracing::info!("SIGHUP: no config file to reload (demo)");
+                        continue;
+                    };
+                    tracing::info!("SIGHUP: reloading {}", path.display());
+                    let (gateway, path) = (std::sync::Arc::clone(proxy.gateway()), path.to_owned());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        switchyard::reload::reload_everything(&gateway, &path)
+                    })
+                    .await;
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = (proxy, config_path);
+        let _ = tokio::signal::ctrl_c().await;
+    }
     tracing::info!("shutting down: no new connections, draining open ones");
 }

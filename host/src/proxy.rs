@@ -14,6 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::config::FailurePolicy;
 use crate::forwarded;
 use crate::gateway::Gateway;
 use crate::plugin::{Choice, PickInput, fallback};
@@ -77,6 +78,14 @@ pub async fn handle(
         parts = picked_parts;
         let index = match choice {
             Choice::Backend(i) => Some(i),
+            Choice::Fallback(_) if upstream.config.plugin_failure == FailurePolicy::FailClosed => {
+                tracing::warn!(upstream = upstream.name(), %peer, %method, path, "strategy failed and the upstream fails closed: 503");
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the balancing strategy failed",
+                );
+            }
+            Choice::Fallback(i) => Some(i),
             Choice::Preference(list) => {
                 list.iter()
                     .copied()

@@ -142,6 +142,23 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
     Ok(Reloader { task })
 }
 
+/// What SIGHUP does: re-reads the config file and every plugin file in use,
+/// exactly as if each had changed. Blocking.
+pub fn reload_everything(gateway: &Gateway, config_path: &Path) {
+    reload_config(gateway, config_path);
+    let config = gateway.config();
+    let mut files: Vec<PathBuf> = config
+        .upstreams
+        .iter()
+        .map(|u| crate::plugin::plugin_path(&config.plugins, &u.strategy))
+        .collect();
+    files.sort();
+    files.dedup();
+    for path in files {
+        log_plugin_reload(&gateway.reload_plugin(&path));
+    }
+}
+
 /// Re-reads the config file and applies it. Returns whether it changed.
 pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
     let config = match Config::load(path) {

@@ -59,3 +59,155 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
         );
     }
 }
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `switchyard run` as a child process, with its listen address read from
+/// its log.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(fx: &Fixture, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("run")
+            .arg("--config")
+            .arg(fx.config_path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switchyard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("switchyard logs its address")
+            .parse()
+            .expect("an address");
+        Self { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_config_and_plugins_when_files_are_not_watched() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[
+        ("round-robin", ROUND_ROBIN),
+        ("test-strategy", TEST_STRATEGY),
+    ]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = Running::start(&fx, &["--no-watch"]);
+    let client = client();
+    let three = |client: HttpClient, addr| async move {
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies.push(get(&client, addr, "/").await);
+        }
+        tally(&replies)
+    };
+    assert_eq!(three(client.clone(), proxy.addr).await.len(), 3);
+
+    fx.write_config(&upstream("test-strategy", &be, "params = { index = 2 }"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        three(client.clone(), proxy.addr).await.len(),
+        3,
+        "not watched: nothing changes yet"
+    );
+
+    proxy.signal("HUP");
+    let switched = eventually(Duration::from_secs(3), || {
+        let (client, addr) = (client.clone(), proxy.addr);
+        async move {
+            three(client, addr)
+                .await
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
+                == vec![3]
+        }
+    })
+    .await;
+    assert!(switched.is_some(), "SIGHUP must apply the edited config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let mut proxy = Running::start(&fx, &[]);
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(&client(), addr, "/delay/1000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections while draining"
+    );
+    let r = slow.await.expect("slow request");
+    assert_eq!(r.status, 200, "the in-flight request finished: {r:?}");
+    assert!(r.body.contains("after 1000 ms"));
+    assert_eq!(
+        r.headers
+            .get("connection")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("close"),
+        "the keep-alive client is told to go: {:?}",
+        r.headers
+    );
+    let status = proxy
+        .wait(Duration::from_secs(5))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+}

@@ -227,3 +227,17 @@ async fn no_matching_upstream_gives_404() {
         .expect("request");
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_fails_closed_answers_503_when_its_plugin_fails() {
+    let (_be, _fx, proxy) =
+        proxy_with_test_strategy("{ mode = \"trap\" }\nplugin-failure = \"fail-closed\"").await;
+    let client = client();
+    for _ in 0..3 {
+        let r = get(&client, proxy.addr(), "/").await;
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(r.body.contains("balancing strategy failed"), "{r:?}");
+    }
+    let (_, traps, ..) = stats(&proxy);
+    assert_eq!(traps, 3, "the failures are still counted");
+}

@@ -77,6 +77,9 @@ pub struct PickInput<'a> {
 pub enum Choice {
     /// Use this backend.
     Backend(u32),
+    /// The plugin failed (counted and logged); the host's round robin chose
+    /// this backend. Upstreams that fail closed answer 503 instead.
+    Fallback(u32),
     /// Use these, in order (all in range; may include unusable ones).
     Preference(Vec<u32>),
     /// Answer 503 with this reason.
@@ -88,6 +91,14 @@ pub enum Choice {
 /// against.
 pub fn fallback(input: &PickInput<'_>) -> Choice {
     next_usable(input, input.sequence)
+}
+
+/// [`fallback`], marked as standing in for a failed plugin.
+fn failed_over(input: &PickInput<'_>) -> Choice {
+    match fallback(input) {
+        Choice::Backend(i) => Choice::Fallback(i),
+        other => other,
+    }
 }
 
 /// The first usable backend at or after position `from` (mod n).
@@ -126,7 +137,7 @@ impl Strategy {
         INSTANCES.with(|cell| match cell.try_borrow_mut() {
             Ok(mut entries) => self.pick_with(&mut entries, input, parts),
             // Unreachable (no pick runs inside another), but never panic.
-            Err(_) => (fallback(&input), parts),
+            Err(_) => (failed_over(&input), parts),
         })
     }
 
@@ -155,7 +166,7 @@ impl Strategy {
                     }
                     Err((stage, reason)) => {
                         self.failed(FailureKind::Instantiate, &format!("{stage}: {reason}"));
-                        return (fallback(&input), parts);
+                        return (failed_over(&input), parts);
                     }
                 }
             }
@@ -165,7 +176,7 @@ impl Strategy {
             let kind = classify(&e);
             entries.swap_remove(pos);
             self.failed(kind, &format!("set-backends: {e:#}"));
-            return (fallback(&input), parts);
+            return (failed_over(&input), parts);
         }
 
         let request = WitRequest {
@@ -197,7 +208,7 @@ impl Strategy {
                 let kind = classify(&e);
                 entries.swap_remove(pos);
                 self.failed(kind, &format!("pick: {e:#}"));
-                return (fallback(&input), parts);
+                return (failed_over(&input), parts);
             }
         };
         let n = input.set.len() as u32;
@@ -221,7 +232,7 @@ impl Strategy {
                     FailureKind::BadAnswer,
                     &format!("pick returned {other:?} but the upstream has {n} backends"),
                 );
-                return (fallback(&input), parts);
+                return (failed_over(&input), parts);
             }
         };
         self.stats.picks.fetch_add(1, Ordering::Relaxed);
