@@ -1,11 +1,14 @@
-//! The response body the proxy sends: the backend's body streamed through
-//! (holding the backend's in-flight count until it ends), or a short body the
-//! proxy made itself.
+//! Bodies crossing the proxy: the response body it sends (the backend's body
+//! streamed through, holding the backend's in-flight count until it ends, or
+//! a short body the proxy made itself), and the client's request body on its
+//! way upstream.
 
 // pin-project-lite cannot carry doc comments on variant fields.
 #![allow(missing_docs)]
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -84,5 +87,48 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+pin_project! {
+    /// The client's request body on its way upstream. Records whether the
+    /// *client's* side failed (a bad chunk, a reset), so that the proxy can
+    /// answer 400 and not blame the backend.
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl ClientBody {
+    /// Wraps `inner`; `failed` is set if reading it fails.
+    pub fn new(inner: Incoming, failed: Arc<AtomicBool>) -> Self {
+        Self { inner, failed }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -4,6 +4,7 @@
 //! Where things live:
 //! - [`config`]: the TOML file, validated into typed structs;
 //! - [`listener`]: accepts client connections (HTTP/1.1, HTTP/2);
+//! - [`front`]: the strict HTTP/1.1 front (smuggling vectors, limits);
 //! - [`proxy`]: the request path (route, pick, forward);
 //! - [`router`]: host and path-prefix routing to upstreams;
 //! - [`upstream`]: backends, their live figures, the connection pool;
@@ -21,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod forwarded;
+pub mod front;
 pub mod gateway;
 pub mod health;
 pub mod listener;

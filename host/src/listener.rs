@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
-use crate::proxy;
+use crate::{front, proxy};
 
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -28,7 +28,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(Duration::from_secs(10))
+        // Heads larger than this are answered 431 by hyper.
+        .max_buf_size(front::MAX_HEAD);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

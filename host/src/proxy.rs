@@ -9,17 +9,18 @@
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::config::FailurePolicy;
-use crate::forwarded;
 use crate::gateway::Gateway;
 use crate::plugin::{Choice, PickInput, fallback};
 use crate::router::host_of;
 use crate::upstream::{Backend, Upstream};
+use crate::{forwarded, front};
 
 /// A short plain-text response made by the proxy itself.
 pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -45,6 +46,10 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_owned();
+    if let Err(refusal) = front::check(&parts) {
+        tracing::info!(%peer, %method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
+        return closing(local_response(refusal.status, refusal.reason));
+    }
 
     // Everything synchronous happens under one load of the route table.
     let (upstream, backend) = {
@@ -127,13 +132,23 @@ pub async fn handle(
     parts.version = http::Version::HTTP_11;
 
     let guard = backend.start_request();
-    let request = Request::from_parts(parts, body);
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let request = Request::from_parts(parts, ClientBody::new(body, Arc::clone(&client_failed)));
     let timeout = upstream.config.response_timeout;
     match tokio::time::timeout(timeout, upstream.pool.request(request)).await {
         Ok(Ok(mut resp)) => {
             backend.health.record_success();
             forwarded::strip_hop_by_hop(resp.headers_mut());
             resp.map(|b| ProxyBody::upstream(b, guard))
+        }
+        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) => {
+            // The client's body broke (bad chunk, reset): not the backend's
+            // fault. The upstream connection is discarded with the request.
+            tracing::info!(upstream = upstream.name(), %peer, %method, path, "invalid or aborted request body: 400: {}", error_chain(&e));
+            closing(local_response(
+                StatusCode::BAD_REQUEST,
+                "invalid request body",
+            ))
         }
         Ok(Err(e)) => {
             backend.record_failure();
@@ -164,6 +179,13 @@ pub async fn handle(
             )
         }
     }
+}
+
+/// Asks hyper to close the client connection after this response.
+fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Counts a failed request against the backend's passive health.

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::body::ClientBody;
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::health::{Health, UpstreamHealth};
 use crate::plugin::Strategy;
@@ -190,7 +190,7 @@ impl BackendSet {
 
 /// The HTTP client used to reach backends: keep-alive pool per backend
 /// address.
-pub type Pool = Client<HttpConnector, Incoming>;
+pub type Pool = Client<HttpConnector, ClientBody>;
 
 fn pool(connect_timeout: Duration) -> Pool {
     let mut connector = HttpConnector::new();
