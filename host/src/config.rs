@@ -210,8 +210,7 @@ struct RawConfig {
     upstream: Vec<RawUpstream>,
 }
 
-/// Default for `drain-timeout`.
-pub fn default_drain_timeout() -> Duration {
+fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 

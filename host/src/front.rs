@@ -32,10 +32,18 @@ const fn refuse(status: StatusCode, reason: &'static str) -> Refusal {
     Refusal { status, reason }
 }
 
+/// Length of the request target as sent (origin or absolute form), counted
+/// without building it.
+fn target_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+}
+
 /// Checks a request head that hyper accepted.
 pub fn check(parts: &Parts) -> Result<(), Refusal> {
     let bad = |reason| Err(refuse(StatusCode::BAD_REQUEST, reason));
-    if parts.uri.to_string().len() > MAX_URI {
+    if target_len(&parts.uri) > MAX_URI {
         return Err(refuse(StatusCode::URI_TOO_LONG, "request target too long"));
     }
     let headers = &parts.headers;
@@ -75,4 +83,17 @@ pub fn check(parts: &Parts) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_length_is_the_length_of_the_uri_as_written() {
+        for uri in ["/", "/a/b?c=d", "http://example.com:8080/x?y", "*"] {
+            let parsed: http::Uri = uri.parse().expect("uri");
+            assert_eq!(target_len(&parsed), parsed.to_string().len(), "{uri}");
+        }
+    }
 }

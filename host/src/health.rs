@@ -103,22 +103,11 @@ impl Health {
     pub fn healthy(&self) -> bool {
         let up = self.active_up.load(Ordering::Relaxed)
             && now_ms() >= self.down_until_ms.load(Ordering::Relaxed);
-        if up && self.counted.load(Ordering::Relaxed) && self.counted.swap(false, Ordering::Relaxed)
-        {
+        if up && self.counted.load(Ordering::Relaxed) {
             // A passive time-out ran out, or active checks passed: it is back.
-            self.upstream.came_back();
+            self.forget();
         }
         up
-    }
-
-    /// Whether active checks currently consider the backend up.
-    pub fn active_up(&self) -> bool {
-        self.active_up.load(Ordering::Relaxed)
-    }
-
-    /// Whether passive health has taken the backend out right now.
-    pub fn passive_down(&self) -> bool {
-        now_ms() < self.down_until_ms.load(Ordering::Relaxed)
     }
 
     fn mark_down(&self) {
@@ -127,7 +116,8 @@ impl Health {
         }
     }
 
-    /// Leaves the upstream's count (the backend was removed from the set).
+    /// Leaves the upstream's down-count (the backend is back, or was removed
+    /// from the set).
     pub fn forget(&self) {
         if self.counted.swap(false, Ordering::Relaxed) {
             self.upstream.came_back();
@@ -230,7 +220,7 @@ pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let table = gateway.routes().clone();
+            let table = arc_swap::Guard::into_inner(gateway.routes());
             rounds.retain(|name, _| table.upstream(name).is_some());
             for upstream in &table.upstreams {
                 let set = upstream.backends.load_full();

@@ -5,13 +5,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use switchyard::config::{
-    ActiveCheck, Config, FailurePolicy, PassiveHealth, PluginLimits, ServerConfig, UpstreamConfig,
-};
+use switchyard::config::Config;
 use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
 
 #[derive(Parser)]
@@ -178,44 +175,20 @@ async fn demo(
         let backend = switchyard::demo::spawn(addr, usize::from(n) + 1)
             .await
             .with_context(|| format!("cannot start demo backend {} on {addr}", n + 1))?;
-        servers.push(ServerConfig {
-            id: addr.to_string(),
-            address: addr.to_string(),
-            addr,
-            weight: 1,
-        });
+        servers.push(toml::Value::String(addr.to_string()));
         running.push(backend);
     }
-    let config = Config {
-        listen,
-        plugins: plugins.clone(),
-        trusted_proxies: Vec::new(),
-        plugin_limits: PluginLimits::default(),
-        drain_timeout: switchyard::config::default_drain_timeout(),
-        upstreams: vec![UpstreamConfig {
-            name: "app".into(),
-            strategy,
-            params: toml::Table::new(),
-            servers,
-            hosts: Vec::new(),
-            path_prefix: "/".into(),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-            passive: PassiveHealth {
-                max_fails: 1,
-                fail_timeout: Duration::from_secs(10),
-            },
-            // The demo backends answer /health; stop one to watch it leave.
-            plugin_failure: FailurePolicy::FailOpen,
-            health_check: Some(ActiveCheck {
-                path: "/health".into(),
-                interval: Duration::from_secs(2),
-                timeout: Duration::from_secs(1),
-                fall: 3,
-                rise: 2,
-            }),
-        }],
-    };
+    // The demo is an ordinary config, so it gets the documented defaults.
+    // Its backends answer /health, so active checks are on: stop one and
+    // watch it leave.
+    let text = format!(
+        "listen = {}\nplugins = {}\n\n[[upstream]]\nname = \"app\"\nstrategy = {}\nservers = {}\nhealth-check = {{}}\n",
+        toml::Value::String(listen.to_string()),
+        toml::Value::String(plugins.display().to_string()),
+        toml::Value::String(strategy),
+        toml::Value::Array(servers),
+    );
+    let config = Config::parse(&text, Path::new("<demo>"))?;
     let proxy = Proxy::start(
         config,
         Options {

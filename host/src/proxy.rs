@@ -151,8 +151,7 @@ pub async fn handle(
             ))
         }
         Ok(Err(e)) => {
-            backend.record_failure();
-            passive_failure(&upstream, &backend);
+            backend_failed(&upstream, &backend);
             let (status, what) = if is_timeout(&e) {
                 (StatusCode::GATEWAY_TIMEOUT, "connect timed out")
             } else if e.is_connect() {
@@ -167,8 +166,7 @@ pub async fn handle(
             local_response(status, what)
         }
         Err(_) => {
-            backend.record_failure();
-            passive_failure(&upstream, &backend);
+            backend_failed(&upstream, &backend);
             tracing::warn!(
                 upstream = upstream.name(), backend = %backend.address, %peer, %method, path,
                 status = 504, "backend sent no response head within {timeout:?}"
@@ -188,8 +186,10 @@ fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     resp
 }
 
-/// Counts a failed request against the backend's passive health.
-fn passive_failure(upstream: &Upstream, backend: &Backend) {
+/// Counts a request the backend failed (connect error, timeout, broken
+/// connection), in its totals and against its passive health.
+fn backend_failed(upstream: &Upstream, backend: &Backend) {
+    backend.record_failure();
     let policy = &upstream.config.passive;
     if backend.health.record_failure(policy) {
         tracing::warn!(

@@ -77,12 +77,12 @@ fn settled_on(
     (run >= 20).then(|| first_settled.0.duration_since(since))
 }
 
-/// Starts round robin over three demo backends, makes `change` while a
-/// client loops, and checks: round robin before, no failed request, and
-/// every reply from `backend` within a second after.
-async fn switch_under_load(
-    change: impl FnOnce(&Fixture, &[switchyard::demo::DemoBackend]),
-    backend: usize,
+/// Round robin over three demo backends, with the test strategy also in
+/// the plugins directory.
+async fn round_robin_with_test_strategy_installed() -> (
+    Vec<switchyard::demo::DemoBackend>,
+    Fixture,
+    switchyard::Proxy,
 ) {
     let be = backends(3).await;
     let fx = Fixture::new(&[
@@ -91,6 +91,17 @@ async fn switch_under_load(
     ]);
     fx.write_config(&upstream("round-robin", &be, ""));
     let proxy = fx.start().await;
+    (be, fx, proxy)
+}
+
+/// Starts round robin over three demo backends, makes `change` while a
+/// client loops, and checks: round robin before, no failed request, and
+/// every reply from `backend` within a second after.
+async fn switch_under_load(
+    change: impl FnOnce(&Fixture, &[switchyard::demo::DemoBackend]),
+    backend: usize,
+) {
+    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
     let client_loop = Loop::start(proxy.addr());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -131,13 +142,7 @@ async fn editing_the_config_switches_strategy_and_params() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_edit_keeps_the_old_config() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[
-        ("round-robin", ROUND_ROBIN),
-        ("test-strategy", TEST_STRATEGY),
-    ]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
     let before = proxy.gateway().config();
 
     for broken in [
