@@ -1,6 +1,6 @@
 //! Bodies crossing the proxy: the response body it sends (the backend's body
-//! streamed through, holding the backend's in-flight count until it ends, or
-//! a short body the proxy made itself), and the client's request body on its
+//! streamed through, holding the backend's [`Lease`] until it ends, or a
+//! short body the proxy made itself), and the client's request body on its
 //! way upstream.
 
 // pin-project-lite cannot carry doc comments on variant fields.
@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::upstream::InFlight;
+use crate::upstream::Lease;
 
 pin_project! {
     /// A proxied or locally generated response body.
@@ -26,8 +26,9 @@ pin_project! {
         Upstream {
             #[pin]
             inner: Incoming,
-            // Released when the body ends, fails or is dropped.
-            guard: Option<InFlight>,
+            // Released when the body ends (connection reused), fails or is
+            // dropped (connection closed).
+            lease: Option<Lease>,
         },
         /// Made by the proxy (errors, demo backends).
         Full {
@@ -44,11 +45,16 @@ impl ProxyBody {
         }
     }
 
-    /// A backend's body, keeping `guard` alive until it is finished.
-    pub fn upstream(inner: Incoming, guard: InFlight) -> Self {
+    /// A backend's body, holding `lease` until it is finished.
+    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+        if inner.is_end_stream() {
+            // No body (HEAD, 204, 304, empty): the exchange is over.
+            lease.release(true);
+            return ProxyBody::Upstream { inner, lease: None };
+        }
         ProxyBody::Upstream {
             inner,
-            guard: Some(guard),
+            lease: Some(lease),
         }
     }
 }
@@ -62,10 +68,18 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, guard } => {
+            ProxyBodyProj::Upstream { inner, lease } => {
                 let polled = inner.poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    guard.take();
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(lease) = lease.take() {
+                            lease.release(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        lease.take();
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -94,17 +108,34 @@ pin_project! {
     /// The client's request body on its way upstream. Records whether the
     /// *client's* side failed (a bad chunk, a reset), so that the proxy can
     /// answer 400 and not blame the backend.
-    pub struct ClientBody {
-        #[pin]
-        inner: Incoming,
-        failed: Arc<AtomicBool>,
+    #[project = ClientBodyProj]
+    pub enum ClientBody {
+        /// The body as the client sends it.
+        Streaming {
+            #[pin]
+            inner: Incoming,
+            failed: Arc<AtomicBool>,
+        },
+        /// No body (a bodiless request sent again).
+        Empty,
     }
 }
 
 impl ClientBody {
     /// Wraps `inner`; `failed` is set if reading it fails.
     pub fn new(inner: Incoming, failed: Arc<AtomicBool>) -> Self {
-        Self { inner, failed }
+        ClientBody::Streaming { inner, failed }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ClientBody::Empty
+    }
+
+    /// Whether there is nothing to send (and so nothing to lose by sending
+    /// the request twice).
+    pub fn is_empty(&self) -> bool {
+        self.is_end_stream()
     }
 }
 
@@ -116,19 +147,29 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.store(true, Ordering::Relaxed);
+        match self.project() {
+            ClientBodyProj::Streaming { inner, failed } => {
+                let polled = inner.poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                polled
+            }
+            ClientBodyProj::Empty => Poll::Ready(None),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            ClientBody::Streaming { inner, .. } => inner.is_end_stream(),
+            ClientBody::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            ClientBody::Streaming { inner, .. } => inner.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
     }
 }

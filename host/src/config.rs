@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use crate::retry::RetryPolicy;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
@@ -72,6 +74,12 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Budget from sending the request to receiving the response head.
     pub response_timeout: Duration,
+    /// How long a backend connection may sit idle in the pool.
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per backend.
+    pub keepalive: usize,
+    /// When and how often a failed try is tried again.
+    pub retry: RetryPolicy,
     /// Passive health (nginx `max_fails` / `fail_timeout`).
     pub passive: PassiveHealth,
     /// Active health checks, when configured.
@@ -265,6 +273,18 @@ struct RawUpstream {
     connect_timeout: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     response_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(default = "default_keepalive")]
+    keepalive: usize,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default)]
+    retry_on_status: Vec<u16>,
+    #[serde(default = "default_retry_budget_percent")]
+    retry_budget_percent: u32,
+    #[serde(default = "default_retry_budget_min")]
+    retry_budget_min: u32,
     #[serde(default = "default_max_fails")]
     max_fails: u32,
     #[serde(default = "default_fail_timeout", with = "humantime_serde")]
@@ -274,6 +294,29 @@ struct RawUpstream {
     #[serde(default)]
     plugin_failure: FailurePolicy,
 }
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_keepalive() -> usize {
+    128
+}
+
+fn default_retries() -> u32 {
+    RetryPolicy::default().retries
+}
+
+fn default_retry_budget_percent() -> u32 {
+    RetryPolicy::default().budget_percent
+}
+
+fn default_retry_budget_min() -> u32 {
+    RetryPolicy::default().budget_min
+}
+
+/// Most tries after the first that `retries` accepts.
+pub const MAX_RETRIES: u32 = 10;
 
 fn default_max_fails() -> u32 {
     1
@@ -606,11 +649,41 @@ impl Validator<'_> {
         for (k, d) in [
             ("connect-timeout", u.connect_timeout),
             ("response-timeout", u.response_timeout),
+            ("idle-timeout", u.idle_timeout),
             ("fail-timeout", u.fail_timeout),
         ] {
             if d.is_zero() {
                 return Err(self.err(key(k), "must be greater than zero (e.g. \"5s\")"));
             }
+        }
+        if u.retries > MAX_RETRIES {
+            return Err(self.err(
+                key("retries"),
+                format!(
+                    "{} is too many (expected 0..={MAX_RETRIES}: tries after the first)",
+                    u.retries
+                ),
+            ));
+        }
+        if let Some((j, code)) = u
+            .retry_on_status
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !(400..=599).contains(*c))
+        {
+            return Err(self.err(
+                key(&format!("retry-on-status[{j}]")),
+                format!("{code} is not an error status (expected 400..=599, e.g. 502, 503)"),
+            ));
+        }
+        if u.retry_budget_percent > 100 {
+            return Err(self.err(
+                key("retry-budget-percent"),
+                format!(
+                    "{} is not a percentage (expected 0..=100)",
+                    u.retry_budget_percent
+                ),
+            ));
         }
         let health_check = match u.health_check {
             None => None,
@@ -625,6 +698,14 @@ impl Validator<'_> {
             path_prefix: u.path_prefix,
             connect_timeout: u.connect_timeout,
             response_timeout: u.response_timeout,
+            idle_timeout: u.idle_timeout,
+            keepalive: u.keepalive,
+            retry: RetryPolicy {
+                retries: u.retries,
+                on_status: u.retry_on_status,
+                budget_percent: u.retry_budget_percent,
+                budget_min: u.retry_budget_min,
+            },
             passive: PassiveHealth {
                 max_fails: u.max_fails,
                 fail_timeout: u.fail_timeout,

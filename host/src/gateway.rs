@@ -228,6 +228,33 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Reads and compiles the plugin file `path`. A reference strategy whose
+/// file is missing (a fresh checkout, an empty mounted directory) is served
+/// from the copy built into the binary; a file that appears later replaces
+/// it like any changed plugin.
+fn compile_plugin(
+    runtime: &Runtime,
+    path: &Path,
+    stem: &str,
+) -> Result<Arc<Compiled>, PluginError> {
+    match std::fs::read(path) {
+        Ok(bytes) => runtime.compile_bytes(path, &bytes),
+        Err(error) => match crate::BUILTIN_PLUGINS
+            .iter()
+            .find(|(name, _)| *name == stem)
+        {
+            Some((_, bytes)) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(file = %path.display(), "no such plugin file: using the built-in `{stem}`");
+                runtime.compile_bytes(path, bytes)
+            }
+            _ => Err(PluginError::Read {
+                path: path.to_owned(),
+                error,
+            }),
+        },
+    }
+}
+
 /// Builds a routing generation for `config`, reusing what `previous` has
 /// when nothing changed.
 fn build_table(
@@ -246,7 +273,7 @@ fn build_table(
         let plugin = match compiled.get(&path) {
             Some(c) => Arc::clone(c),
             None => {
-                let c = runtime.compile(&path).map_err(plugin_err)?;
+                let c = compile_plugin(runtime, &path, &uc.strategy).map_err(plugin_err)?;
                 compiled.insert(path.clone(), Arc::clone(&c));
                 c
             }

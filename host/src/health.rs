@@ -2,9 +2,9 @@
 //! the `backends.healthy` / `backends.usable` imports.
 //!
 //! - Passive, like nginx `max_fails` / `fail_timeout`: when real requests to
-//!   a backend fail `max-fails` times within `fail-timeout` (connect errors,
-//!   timeouts, broken connections), the backend is taken out for
-//!   `fail-timeout`, then tried again. A success resets the count.
+//!   a backend fail `max-fails` times, each within `fail-timeout` of the one
+//!   before (connect errors, timeouts, broken connections), the backend is
+//!   taken out for `fail-timeout`, then tried again.
 //! - Active: a periodic `GET <path>` to every backend of upstreams that have
 //!   a `[upstream.health-check]` table; `fall` consecutive failures take a
 //!   backend out, `rise` consecutive successes bring it back.
@@ -15,6 +15,7 @@
 //! (`request.avoid`) and whether their cached view of health is stale
 //! (`request.health-version`). Passive time-outs run out on their own; the
 //! health task sweeps for that every [`SWEEP`], so the version moves then.
+//! The same task closes backend connections idle past `idle-timeout`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,7 +82,7 @@ pub struct Health {
     active_up: AtomicBool,
     active_streak: AtomicU32,
     fails: AtomicU32,
-    window_start_ms: AtomicU64,
+    last_fail_ms: AtomicU64,
     down_until_ms: AtomicU64,
 }
 
@@ -94,7 +95,7 @@ impl Health {
             active_up: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
             fails: AtomicU32::new(0),
-            window_start_ms: AtomicU64::new(0),
+            last_fail_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
         }
     }
@@ -126,15 +127,18 @@ impl Health {
 
     /// A request to the backend failed (connect error, timeout, broken
     /// connection). Returns true when this failure took it out.
+    ///
+    /// As in nginx, failures count while each comes within `fail-timeout`
+    /// of the one before; successes in between do not wipe the count (a
+    /// backend that drops every third connection is still taken out).
     pub fn record_failure(&self, policy: &PassiveHealth) -> bool {
         if policy.max_fails == 0 {
             return false;
         }
         let now = now_ms();
         let window = policy.fail_timeout.as_millis() as u64;
-        let start = self.window_start_ms.load(Ordering::Relaxed);
-        let fails = if start == 0 || now.saturating_sub(start) > window {
-            self.window_start_ms.store(now, Ordering::Relaxed);
+        let last = self.last_fail_ms.swap(now, Ordering::Relaxed);
+        let fails = if last == 0 || now.saturating_sub(last) > window {
             self.fails.store(1, Ordering::Relaxed);
             1
         } else {
@@ -143,19 +147,11 @@ impl Health {
         if fails >= policy.max_fails {
             self.down_until_ms.store(now + window, Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
-            self.window_start_ms.store(0, Ordering::Relaxed);
+            self.last_fail_ms.store(0, Ordering::Relaxed);
             self.mark_down();
             return true;
         }
         false
-    }
-
-    /// A request to the backend got a response.
-    pub fn record_success(&self) {
-        if self.fails.load(Ordering::Relaxed) != 0 {
-            self.fails.store(0, Ordering::Relaxed);
-            self.window_start_ms.store(0, Ordering::Relaxed);
-        }
     }
 
     /// Applies one active check result. Returns the new state when it
@@ -218,15 +214,20 @@ pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
         let mut rounds: HashMap<String, (Instant, Arc<AtomicBool>)> = HashMap::new();
         let mut tick = tokio::time::interval(SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for round in 0u64.. {
             tick.tick().await;
             let table = arc_swap::Guard::into_inner(gateway.routes());
             rounds.retain(|name, _| table.upstream(name).is_some());
+            // Idle connections past their time, about once a second.
+            let sweep_pools = round % 10 == 0;
             for upstream in &table.upstreams {
                 let set = upstream.backends.load_full();
                 for backend in &set.backends {
                     // Settles passive time-outs that ran out.
                     backend.healthy();
+                    if sweep_pools {
+                        backend.pool.sweep(upstream.pool.idle_timeout);
+                    }
                 }
                 let Some(check) = upstream.config.health_check.clone() else {
                     continue;

@@ -7,7 +7,9 @@
 //! - [`front`]: the strict HTTP/1.1 front (smuggling vectors, limits);
 //! - [`proxy`]: the request path (route, pick, forward);
 //! - [`router`]: host and path-prefix routing to upstreams;
-//! - [`upstream`]: backends, their live figures, the connection pool;
+//! - [`upstream`]: backends, their live figures, what a request holds;
+//! - [`pool`]: keep-alive connections to each backend;
+//! - [`retry`]: which failed tries are tried again, and the retry budget;
 //! - [`health`]: passive and active backend health;
 //! - [`plugin`]: the Wasm strategy runtime (compile, per-thread instances,
 //!   deadlines, fallback);
@@ -27,8 +29,10 @@ pub mod gateway;
 pub mod health;
 pub mod listener;
 pub mod plugin;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod retry;
 pub mod router;
 pub mod upstream;
 

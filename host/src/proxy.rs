@@ -4,22 +4,27 @@
 //! Nothing here blocks, compiles or allocates per backend; every failure a
 //! client, backend or plugin can cause ends in a status code and a log line:
 //! no route 404, strategy rejects or nothing usable 503, backend unreachable
-//! 502, backend too slow 504.
+//! 502, backend too slow 504. A failed try is tried again on another backend
+//! when [`crate::retry`] says it may be.
 
-use std::error::Error as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::FailurePolicy;
 use crate::gateway::Gateway;
 use crate::plugin::{Choice, PickInput, fallback};
+use crate::pool::{self, Conn, ConnectError, Sender};
+use crate::retry::{Replay, RetryToken};
 use crate::router::host_of;
-use crate::upstream::{Backend, Upstream};
+use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
 use crate::{forwarded, front};
 
 /// A short plain-text response made by the proxy itself.
@@ -44,18 +49,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let method = parts.method.clone();
-    let path = parts.uri.path().to_owned();
     if let Err(refusal) = front::check(&parts) {
-        tracing::info!(%peer, %method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
+        tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
         return closing(local_response(refusal.status, refusal.reason));
     }
 
     // Everything synchronous happens under one load of the route table.
-    let (upstream, backend) = {
+    let (upstream, set, client_ip) = {
         let table = gateway.routes();
-        let Some(upstream) = table.route(host_of(&parts), &path) else {
-            tracing::info!(%peer, %method, path, host = host_of(&parts), "no upstream matches: 404");
+        let Some(upstream) = table.route(host_of(&parts), parts.uri.path()) else {
+            tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(&parts), "no upstream matches: 404");
             return local_response(
                 StatusCode::NOT_FOUND,
                 "no upstream serves this host and path",
@@ -69,114 +72,383 @@ pub async fn handle(
             "http",
             &table.trusted_proxies,
         );
-
-        let set = upstream.backends.load();
-        let input = PickInput {
-            set: &set,
-            sequence: upstream.next_sequence(),
+        (
+            Arc::clone(upstream),
+            upstream.backends.load_full(),
             client_ip,
-            exclude: &[],
-            attempt: 0,
-        };
-        let strategy = upstream.strategy.load();
-        let (choice, picked_parts) = strategy.pick(input, parts);
-        parts = picked_parts;
-        let index = match choice {
-            Choice::Backend(i) => Some(i),
-            Choice::Fallback(_) if upstream.config.plugin_failure == FailurePolicy::FailClosed => {
-                tracing::warn!(upstream = upstream.name(), %peer, %method, path, "strategy failed and the upstream fails closed: 503");
-                return local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the balancing strategy failed",
-                );
-            }
-            Choice::Fallback(i) => Some(i),
-            Choice::Preference(list) => {
-                list.iter()
-                    .copied()
-                    .find(|&i| set.usable(i, &[]))
-                    .or_else(|| match fallback(&input) {
-                        Choice::Backend(i) => Some(i),
-                        _ => None,
-                    })
-            }
-            Choice::Reject(reason) => {
-                tracing::warn!(upstream = upstream.name(), %peer, %method, path, reason, "no backend: 503");
-                return local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no backend is available for this request",
-                );
-            }
-        };
-        let Some(backend) = index.and_then(|i| set.get(i)) else {
-            tracing::warn!(upstream = upstream.name(), %peer, %method, path, "no usable backend: 503");
-            return local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no backend is available for this request",
-            );
-        };
-        (Arc::clone(upstream), Arc::clone(backend))
+        )
     };
 
-    // HTTP/2 clients send `:authority` instead of Host; backends get Host.
+    // HTTP/2 clients send `:authority` instead of Host; backends get Host,
+    // and the request target in origin form.
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, v);
     }
-    parts.uri = match backend_uri(&backend, &parts.uri) {
-        Some(uri) => uri,
-        None => return local_response(StatusCode::BAD_REQUEST, "invalid request target"),
-    };
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
     parts.version = http::Version::HTTP_11;
 
-    let guard = backend.start_request();
     let client_failed = Arc::new(AtomicBool::new(false));
-    let request = Request::from_parts(parts, ClientBody::new(body, Arc::clone(&client_failed)));
-    let timeout = upstream.config.response_timeout;
-    match tokio::time::timeout(timeout, upstream.pool.request(request)).await {
-        Ok(Ok(mut resp)) => {
-            backend.health.record_success();
-            forwarded::strip_hop_by_hop(resp.headers_mut());
-            resp.map(|b| ProxyBody::upstream(b, guard))
-        }
-        Ok(Err(e)) if client_failed.load(Ordering::Relaxed) => {
-            // The client's body broke (bad chunk, reset): not the backend's
-            // fault. The upstream connection is discarded with the request.
-            tracing::info!(upstream = upstream.name(), %peer, %method, path, "invalid or aborted request body: 400: {}", error_chain(&e));
-            closing(local_response(
-                StatusCode::BAD_REQUEST,
-                "invalid request body",
-            ))
-        }
-        Ok(Err(e)) => {
-            backend_failed(&upstream, &backend);
-            let (status, what) = if is_timeout(&e) {
+    let body = ClientBody::new(body, Arc::clone(&client_failed));
+    Exchange {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        upstream,
+        set,
+        peer,
+        client_ip,
+        client_failed,
+        tried: Vec::new(),
+        preference: None,
+        retry: None,
+    }
+    .run(parts, body)
+    .await
+}
+
+/// One client request on its way through an upstream: its tries, and what
+/// is needed to pick again and to log.
+struct Exchange {
+    method: Method,
+    uri: Uri,
+    upstream: Arc<Upstream>,
+    set: Arc<BackendSet>,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    client_failed: Arc<AtomicBool>,
+    /// Backends that failed this request (excluded from later picks).
+    tried: Vec<u32>,
+    /// The strategy's ordered list, when it answered with one.
+    preference: Option<Vec<u32>>,
+    /// This request's place in the retry budget while a retry is on.
+    retry: Option<RetryToken>,
+}
+
+/// The end of one try.
+enum Tried {
+    /// A response head arrived.
+    Response(Response<Incoming>, Sender, InFlight),
+    /// Nothing reached the backend; the request is intact.
+    NotSent(Request<ClientBody>, Failure),
+    /// The request was (at least partly) sent, then the exchange failed.
+    Sent(Failure),
+}
+
+/// How a try failed, for the status, the log and passive health.
+enum Failure {
+    Connect(ConnectError),
+    Broken { error: hyper::Error, reused: bool },
+    Timeout(Duration),
+}
+
+impl Failure {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Failure::Connect(ConnectError::TimedOut(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, "connect timed out")
-            } else if e.is_connect() {
-                (StatusCode::BAD_GATEWAY, "cannot connect to backend")
-            } else {
-                (StatusCode::BAD_GATEWAY, "backend connection failed")
-            };
-            tracing::warn!(
-                upstream = upstream.name(), backend = %backend.address, %peer, %method, path,
-                status = status.as_u16(), "{what}: {}", error_chain(&e)
-            );
-            local_response(status, what)
-        }
-        Err(_) => {
-            backend_failed(&upstream, &backend);
-            tracing::warn!(
-                upstream = upstream.name(), backend = %backend.address, %peer, %method, path,
-                status = 504, "backend sent no response head within {timeout:?}"
-            );
-            local_response(
+            }
+            Failure::Connect(_) => (StatusCode::BAD_GATEWAY, "cannot connect to backend"),
+            Failure::Broken { .. } => (StatusCode::BAD_GATEWAY, "backend connection failed"),
+            Failure::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "backend did not answer in time",
-            )
+            ),
         }
     }
+
+    /// Whether this says something about the backend's health. A reused
+    /// connection that closed with no response at all is most likely the
+    /// backend closing an idle connection as the request went out.
+    fn blames_backend(&self) -> bool {
+        !matches!(self, Failure::Broken { error, reused: true } if error.is_incomplete_message())
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Failure::Connect(e) => e.to_string(),
+            Failure::Broken { error, .. } => error_chain(error),
+            Failure::Timeout(t) => format!("no response head within {t:?}"),
+        }
+    }
+}
+
+impl Exchange {
+    async fn run(mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
+        let upstream = Arc::clone(&self.upstream);
+        let policy = &upstream.config.retry;
+        // What the client gets if no further try happens.
+        let mut last: Option<Response<ProxyBody>> = None;
+        for attempt in 0..=policy.retries {
+            let index = match self.pick(&mut parts, attempt) {
+                Ok(index) => index,
+                Err(refused) => return last.unwrap_or_else(|| refused.response()),
+            };
+            let Some(backend) = self.set.get(index).cloned() else {
+                return last.unwrap_or_else(no_backend);
+            };
+            let request = Request::from_parts(parts, body);
+            let more = attempt < policy.retries;
+            let replay = if more { Replay::of(&request) } else { None };
+
+            let (failure, sent) = match self.try_backend(&backend, request).await {
+                Tried::Response(resp, sender, in_flight) => {
+                    if !(more && replay.is_some() && policy.retries_status(resp.status())) {
+                        return self.respond(resp, sender, in_flight);
+                    }
+                    backend_failed(&self.upstream, &backend);
+                    let status = resp.status();
+                    let resp = self.respond(resp, sender, in_flight);
+                    self.tried.push(index);
+                    match (replay, self.budget(true)) {
+                        (Some(replay), true) => {
+                            tracing::info!(
+                                upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+                                method = %self.method, path = self.uri.path(), status = status.as_u16(),
+                                "retry-on-status: trying another backend"
+                            );
+                            last = Some(resp);
+                            (parts, body) = replay.request().into_parts();
+                            continue;
+                        }
+                        _ => return resp,
+                    }
+                }
+                Tried::NotSent(request, failure) => {
+                    (parts, body) = request.into_parts();
+                    (failure, false)
+                }
+                Tried::Sent(_) if self.client_failed.load(Ordering::Relaxed) => {
+                    // The client's body broke (bad chunk, reset): not the
+                    // backend's fault, and nothing to retry.
+                    tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), "invalid or aborted request body: 400");
+                    return closing(local_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid request body",
+                    ));
+                }
+                Tried::Sent(failure) => match replay {
+                    Some(replay) => {
+                        (parts, body) = replay.request().into_parts();
+                        (failure, true)
+                    }
+                    None => {
+                        self.failed(&backend, &failure, "");
+                        return self.failure_response(&failure);
+                    }
+                },
+            };
+            // `parts` and `body` hold the request again.
+            self.tried.push(index);
+            if more && self.budget(sent) {
+                self.failed(&backend, &failure, "; trying another backend");
+                last = Some(self.failure_response(&failure));
+            } else {
+                self.failed(&backend, &failure, "");
+                return self.failure_response(&failure);
+            }
+        }
+        last.unwrap_or_else(no_backend)
+    }
+
+    /// Picks a backend not tried yet. `parts` is lent to the strategy (it
+    /// may read the method, path and headers).
+    fn pick(&mut self, parts: &mut Parts, attempt: u32) -> Result<u32, NoPick> {
+        // A preference list from an earlier try is walked before asking
+        // again.
+        if let Some(i) = self.preference.as_ref().and_then(|list| {
+            list.iter()
+                .copied()
+                .find(|&i| self.set.usable(i, &self.tried))
+        }) {
+            return Ok(i);
+        }
+        let input = PickInput {
+            set: &self.set,
+            sequence: self.upstream.next_sequence(),
+            client_ip: self.client_ip,
+            exclude: &self.tried,
+            attempt,
+        };
+        let strategy = self.upstream.strategy.load();
+        let (choice, picked) = strategy.pick(input, std::mem::replace(parts, empty_parts()));
+        *parts = picked;
+        match choice {
+            Choice::Backend(i) => Ok(i),
+            Choice::Fallback(_)
+                if self.upstream.config.plugin_failure == FailurePolicy::FailClosed =>
+            {
+                tracing::warn!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), "strategy failed and the upstream fails closed: 503");
+                Err(NoPick::StrategyFailed)
+            }
+            Choice::Fallback(i) => Ok(i),
+            Choice::Preference(list) => {
+                let first = list
+                    .iter()
+                    .copied()
+                    .find(|&i| self.set.usable(i, &self.tried))
+                    .or_else(|| match fallback(&input) {
+                        Choice::Backend(i) => Some(i),
+                        _ => None,
+                    });
+                self.preference = Some(list);
+                first.ok_or_else(|| {
+                    tracing::warn!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), "no usable backend: 503");
+                    NoPick::NoBackend
+                })
+            }
+            Choice::Reject(reason) => {
+                tracing::warn!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), reason, "no backend: 503");
+                Err(NoPick::NoBackend)
+            }
+        }
+    }
+
+    /// Sends `request` to `backend` on a pooled or new connection.
+    async fn try_backend(&self, backend: &Arc<Backend>, mut request: Request<ClientBody>) -> Tried {
+        let in_flight = backend.start_request();
+        let settings = &self.upstream.pool;
+        let timeout = self.upstream.config.response_timeout;
+        // A pooled connection that turns out to be closing hands the request
+        // back unsent; after a few of those, a new connection.
+        let mut stale = 0;
+        loop {
+            let pooled = if stale < 3 {
+                backend.pool.checkout(settings)
+            } else {
+                None
+            };
+            let Conn { mut sender, reused } = match pooled {
+                Some(conn) => conn,
+                None => match pool::connect(backend.addr, settings.connect_timeout).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
+                },
+            };
+            match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+                Ok(Ok(resp)) => return Tried::Response(resp, sender, in_flight),
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    let failure = Failure::Broken {
+                        error: e.into_error(),
+                        reused,
+                    };
+                    match unsent {
+                        Some(unsent) if reused => {
+                            request = unsent;
+                            stale += 1;
+                        }
+                        Some(unsent) => return Tried::NotSent(unsent, failure),
+                        None => return Tried::Sent(failure),
+                    }
+                }
+                Err(_) => return Tried::Sent(Failure::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// The backend's response on its way to the client.
+    fn respond(
+        &mut self,
+        mut resp: Response<Incoming>,
+        sender: Sender,
+        in_flight: InFlight,
+    ) -> Response<ProxyBody> {
+        // An upgraded connection (101) is no longer HTTP: never pooled.
+        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        forwarded::strip_hop_by_hop(resp.headers_mut());
+        // The retry (if any) is over: its place in the budget is free.
+        self.retry = None;
+        let lease = Lease::new(in_flight, reusable.then_some(sender), self.upstream.pool);
+        resp.map(|b| ProxyBody::upstream(b, lease))
+    }
+
+    /// Whether the next try may go ahead. A retry of a request that reached
+    /// a backend (`sent`) takes a place in the retry budget until its
+    /// response head arrives; one that reached no backend adds no load, so
+    /// it is not counted.
+    fn budget(&mut self, sent: bool) -> bool {
+        if !sent {
+            return true;
+        }
+        self.retry = None;
+        let policy = &self.upstream.config.retry;
+        match self
+            .upstream
+            .retry_budget
+            .acquire(policy, self.set.in_flight())
+        {
+            Some(token) => {
+                self.retry = Some(token);
+                true
+            }
+            None => {
+                tracing::warn!(
+                    upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(),
+                    "retry budget exhausted ({} retries in flight): not retrying", self.upstream.retry_budget.active()
+                );
+                false
+            }
+        }
+    }
+
+    /// Counts and logs a failed try; `then` says what happens next.
+    fn failed(&self, backend: &Backend, failure: &Failure, then: &str) {
+        if failure.blames_backend() {
+            backend_failed(&self.upstream, backend);
+        }
+        let (status, what) = failure.status();
+        tracing::warn!(
+            upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+            method = %self.method, path = self.uri.path(), status = status.as_u16(),
+            "{what}: {}{then}", failure.detail()
+        );
+    }
+
+    fn failure_response(&self, failure: &Failure) -> Response<ProxyBody> {
+        let (status, what) = failure.status();
+        local_response(status, what)
+    }
+}
+
+/// Why no backend was picked.
+enum NoPick {
+    /// The plugin failed and the upstream fails closed.
+    StrategyFailed,
+    /// Nothing usable, or the strategy rejected the request.
+    NoBackend,
+}
+
+impl NoPick {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            NoPick::StrategyFailed => local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the balancing strategy failed",
+            ),
+            NoPick::NoBackend => no_backend(),
+        }
+    }
+}
+
+fn no_backend() -> Response<ProxyBody> {
+    local_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no backend is available for this request",
+    )
+}
+
+fn empty_parts() -> Parts {
+    Request::new(()).into_parts().0
 }
 
 /// Asks hyper to close the client connection after this response.
@@ -198,33 +470,6 @@ fn backend_failed(upstream: &Upstream, backend: &Backend) {
             policy.fail_timeout, policy.max_fails
         );
     }
-}
-
-/// `http://<backend><path?query>`.
-fn backend_uri(backend: &Backend, original: &Uri) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(backend.authority.clone());
-    parts.path_and_query = Some(
-        original
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).ok()
-}
-
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,5 +1,6 @@
 //! Upstreams and their backends: the live figures strategies read (in-flight,
-//! health), the global pick sequence, and the keep-alive connection pool.
+//! health), the global pick sequence, each backend's keep-alive connections
+//! and what a request holds while it uses a backend ([`Lease`]).
 //!
 //! A [`BackendSet`] is immutable; when the set changes a new one is built and
 //! swapped in, and [`Backend`]s that survive the change are carried over
@@ -9,18 +10,15 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::body::ClientBody;
 use crate::config::{ServerConfig, UpstreamConfig};
 use crate::health::{Health, UpstreamHealth};
 use crate::plugin::Strategy;
+use crate::pool::{ConnPool, PoolSettings, Sender};
+use crate::retry::RetryBudget;
 
 /// One backend server and its live, global figures.
 #[derive(Debug)]
@@ -37,6 +35,8 @@ pub struct Backend {
     pub weight: u32,
     /// Passive and active health.
     pub health: Health,
+    /// Idle keep-alive connections.
+    pub pool: ConnPool,
     in_flight: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -54,6 +54,7 @@ impl Backend {
                 .unwrap_or_else(|_| Authority::from_static("invalid")),
             weight: server.weight,
             health: Health::new(upstream),
+            pool: ConnPool::default(),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -110,6 +111,35 @@ pub struct InFlight(Arc<Backend>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a proxied response holds until its body has been sent: the
+/// backend's in-flight count and the connection it came on.
+#[derive(Debug)]
+pub struct Lease {
+    in_flight: InFlight,
+    conn: Option<Sender>,
+    settings: PoolSettings,
+}
+
+impl Lease {
+    /// Holds `in_flight` and `conn` (None: not reusable, e.g. upgraded)
+    /// until released.
+    pub fn new(in_flight: InFlight, conn: Option<Sender>, settings: PoolSettings) -> Self {
+        Self {
+            in_flight,
+            conn,
+            settings,
+        }
+    }
+
+    /// Ends the exchange; a `clean` one returns its connection to the pool.
+    /// Dropping a lease is an unclean end: the connection is closed.
+    pub fn release(mut self, clean: bool) {
+        if clean && let Some(sender) = self.conn.take() {
+            self.in_flight.0.pool.checkin(sender, &self.settings);
+        }
     }
 }
 
@@ -186,22 +216,12 @@ impl BackendSet {
     pub fn usable(&self, index: u32, exclude: &[u32]) -> bool {
         self.get(index).is_some_and(|b| b.healthy()) && !exclude.contains(&index)
     }
-}
 
-/// The HTTP client used to reach backends: keep-alive pool per backend
-/// address.
-pub type Pool = Client<HttpConnector, ClientBody>;
-
-fn pool(connect_timeout: Duration) -> Pool {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+    /// Requests in flight to all backends now (O(n): for rare decisions
+    /// such as the retry budget, not for every request).
+    pub fn in_flight(&self) -> u32 {
+        self.backends.iter().map(|b| b.in_flight()).sum()
+    }
 }
 
 /// One upstream: its backends, its strategy and its connection pool.
@@ -212,8 +232,10 @@ pub struct Upstream {
     pub backends: ArcSwap<BackendSet>,
     /// The current strategy; swapped on plugin reload.
     pub strategy: ArcSwap<Strategy>,
-    /// Keep-alive connections to the backends.
-    pub pool: Pool,
+    /// How backend connections are opened and kept.
+    pub pool: PoolSettings,
+    /// Retries in flight, against `config.retry`'s budget.
+    pub retry_budget: RetryBudget,
     sequence: AtomicU64,
 }
 
@@ -227,7 +249,12 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Self {
         Self {
-            pool: pool(config.connect_timeout),
+            pool: PoolSettings {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.idle_timeout,
+                max_idle: config.keepalive,
+            },
+            retry_budget: RetryBudget::default(),
             config,
             backends: ArcSwap::new(set),
             strategy: ArcSwap::new(strategy),
@@ -256,6 +283,8 @@ impl std::fmt::Debug for Upstream {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::PassiveHealth;
 

@@ -272,3 +272,37 @@ async fn in_flight_requests_finish_on_the_old_plugin() {
         assert!(r.body.contains("after 800 ms"), "{r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_arrives() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let client = client();
+    let mut replies = Vec::new();
+    for _ in 0..30 {
+        replies.push(get(&client, proxy.addr(), "/").await);
+    }
+    let counts = tally(&replies);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10]
+    );
+
+    // A file dropped in replaces the built-in copy like any changed plugin.
+    fx.install("round-robin", TEST_STRATEGY);
+    let addr = proxy.addr();
+    let switched = eventually(Duration::from_secs(3), || {
+        let client = client.clone();
+        async move {
+            let mut all_first = true;
+            for _ in 0..6 {
+                all_first &= get(&client, addr, "/").await.backend() == Some(1);
+            }
+            all_first
+        }
+    })
+    .await;
+    assert!(switched.is_some(), "the dropped plugin never took over");
+}

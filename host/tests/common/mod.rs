@@ -4,13 +4,15 @@
 
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -181,8 +183,40 @@ pub async fn get_with(
         .map_err(|_| "no answer within 10 s".to_string())?
 }
 
+/// Sends `method path` with `body` on a new connection; fails the test
+/// after 10 s.
+pub async fn send(proxy: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let fut = async {
+        let resp = client.request(req).await.expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("no answer within 10 s")
+}
+
 pub async fn get(client: &HttpClient, proxy: SocketAddr, path: &str) -> Reply {
     get_with(client, proxy, path, &[]).await.expect("request")
+}
+
+/// An address nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 /// How many responses each backend served.

@@ -1,0 +1,160 @@
+//! Keep-alive connections to one backend: HTTP/1.1 client connections
+//! (hyper's `client::conn`, one task each) kept idle between requests.
+//!
+//! A request checks a connection out (or opens one), sends on it and, when
+//! the response body has been read to its end, checks it back in (see
+//! [`crate::body::ProxyBody`]). A response abandoned half-way closes its
+//! connection; nothing is reused in an unknown state.
+//!
+//! Sending goes through `try_send_request`, so a request that never left
+//! (the pooled connection was already closing) comes back intact and can go
+//! elsewhere, whatever its method and body. Idle connections the backend
+//! closed are noticed by hyper at once and skipped; ones idle longer than
+//! `idle-timeout` are dropped at checkout and by [`ConnPool::sweep`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::ClientBody;
+
+/// The sending half of one backend connection.
+pub type Sender = http1::SendRequest<ClientBody>;
+
+/// How an upstream keeps its backend connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Budget for the TCP connect.
+    pub connect_timeout: Duration,
+    /// How long a connection may sit idle before it is closed.
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per backend; 0 closes every connection
+    /// after its request.
+    pub max_idle: usize,
+}
+
+/// A connection checked out for one request.
+#[derive(Debug)]
+pub struct Conn {
+    /// Where the request is sent.
+    pub sender: Sender,
+    /// Whether it served an earlier request (a failure on a reused
+    /// connection may be the backend closing it just as it was picked).
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections of one backend.
+#[derive(Debug, Default)]
+pub struct ConnPool {
+    // Oldest at the front; checkout takes the newest ready one (warm, and
+    // lets the oldest age out).
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+/// Why no connection could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect did not finish within `connect-timeout`.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Refused, unreachable, reset.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// hyper refused the connection (not expected for HTTP/1).
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl ConnPool {
+    /// An idle connection that can take a request now, if there is one.
+    /// Drops closed and timed-out connections on the way.
+    pub fn checkout(&self, settings: &PoolSettings) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= settings.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        // A connection whose last response just ended may not be ready for
+        // the next request yet; leave it for a later checkout.
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            } else if idle[i].sender.is_ready() {
+                return idle.remove(i).map(|c| Conn {
+                    sender: c.sender,
+                    reused: true,
+                });
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange ended cleanly.
+    pub fn checkin(&self, sender: Sender, settings: &PoolSettings) {
+        if settings.max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= settings.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle for `idle_timeout` or more, and ones the
+    /// backend closed.
+    pub fn sweep(&self, idle_timeout: Duration) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let now = Instant::now();
+            idle.retain(|c| now.duration_since(c.since) < idle_timeout && !c.sender.is_closed());
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+}
+
+/// Opens a new connection to `addr`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::TimedOut(timeout))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        // Ends when the connection closes; errors reach the request that
+        // was on it, so there is nothing more to say here.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, "backend connection ended: {e}");
+        }
+    });
+    Ok(Conn {
+        sender,
+        reused: false,
+    })
+}

@@ -1,0 +1,168 @@
+//! When a failed try is tried again, on another backend.
+//!
+//! - Nothing reached the backend (connect refused or timed out, or a pooled
+//!   connection closed before the request was written): any request is
+//!   retried, body included, since the body was never read.
+//! - The request was sent and then the connection failed or the response
+//!   head did not arrive within `response-timeout`: only idempotent methods
+//!   (GET, HEAD, OPTIONS, PUT, DELETE) without a request body are retried;
+//!   a body is streamed to the backend, not kept, so it cannot be sent twice.
+//! - A response whose status is listed in `retry-on-status` (none by
+//!   default), under the same conditions.
+//!
+//! At most `retries` more tries per request, each on a backend this request
+//! has not tried yet, chosen by the strategy with the tried ones excluded.
+//! Retries of requests that reached a backend are capped by a budget, as in
+//! Envoy: at any moment at most `retry-budget-percent` of the requests in
+//! flight (but always at least `retry-budget-min`) may be such retries
+//! waiting for their response, so a failing backend cannot multiply the
+//! load on the others. A retry of a request that reached no backend adds no
+//! load and is not counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+use crate::body::ClientBody;
+
+/// An upstream's retry settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries after the first; 0 disables retries.
+    pub retries: u32,
+    /// Response statuses that are retried like errors.
+    pub on_status: Vec<u16>,
+    /// Share of in-flight requests that may be retries, in percent.
+    pub budget_percent: u32,
+    /// Retries always allowed at once, whatever the share.
+    pub budget_min: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            on_status: Vec::new(),
+            budget_percent: 20,
+            budget_min: 3,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether a response with `status` asks for a retry.
+    pub fn retries_status(&self, status: http::StatusCode) -> bool {
+        self.on_status.contains(&status.as_u16())
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2, less TRACE).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// The retries of one upstream in flight now.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    active: Arc<AtomicU32>,
+}
+
+impl RetryBudget {
+    /// A token for one more retry, if `policy` allows it with `in_flight`
+    /// requests on the upstream. Held until the retry's response head
+    /// arrives.
+    pub fn acquire(&self, policy: &RetryPolicy, in_flight: u32) -> Option<RetryToken> {
+        let cap = (u64::from(in_flight) * u64::from(policy.budget_percent) / 100)
+            .max(u64::from(policy.budget_min));
+        let cap = u32::try_from(cap).unwrap_or(u32::MAX);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| RetryToken(Arc::clone(&self.active)))
+    }
+
+    /// Retries in flight now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// One retry counted against its upstream's budget until dropped.
+#[derive(Debug)]
+pub struct RetryToken(Arc<AtomicU32>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A copy of a bodiless request's head, kept so that the request can be
+/// sent again after it was sent once.
+#[derive(Debug)]
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// A copy of `req`, if it may be sent twice: idempotent and bodiless.
+    pub fn of(req: &Request<ClientBody>) -> Option<Replay> {
+        (idempotent(req.method()) && req.body().is_empty()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    /// The request again.
+    pub fn request(self) -> Request<ClientBody> {
+        let mut req = Request::new(ClientBody::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_a_share_of_in_flight_and_a_floor() {
+        let policy = RetryPolicy::default();
+        let budget = RetryBudget::default();
+        // 10 in flight: 20% is 2, the floor 3 wins.
+        let tokens: Vec<_> = (0..3).filter_map(|_| budget.acquire(&policy, 10)).collect();
+        assert_eq!(tokens.len(), 3);
+        assert!(budget.acquire(&policy, 10).is_none());
+        // 100 in flight: 20.
+        let more: Vec<_> = (0..30)
+            .filter_map(|_| budget.acquire(&policy, 100))
+            .collect();
+        assert_eq!(more.len(), 17);
+        drop(tokens);
+        drop(more);
+        assert_eq!(budget.active(), 0);
+        assert!(budget.acquire(&policy, 0).is_some());
+    }
+
+    #[test]
+    fn only_idempotent_methods_replay() {
+        assert!(idempotent(&Method::GET));
+        assert!(idempotent(&Method::DELETE));
+        assert!(!idempotent(&Method::POST));
+        assert!(!idempotent(&Method::PATCH));
+    }
+}
