@@ -10,7 +10,11 @@
 #                     backends, worker_processes = nproc, access_log off;
 #     * switchyard  - target/release/switchyard with the round-robin Wasm
 #                     plugin from the repo's plugins/ directory (tokio
-#                     multi-thread runtime: one worker per core).
+#                     multi-thread runtime: one worker per core);
+#     * switchyard-native - the same binary with `strategy =
+#                     "host:round-robin"` (the host's own round robin, no
+#                     Wasm call): switchyard / switchyard-native is the cost
+#                     of the plugin.
 #   wrk drives each proxy with keep-alive connections at each concurrency in
 #   CONNS, alternating A/B (nginx, switchyard, nginx, switchyard, ...) for
 #   ROUNDS rounds of DURATION seconds each, and records requests/s and the
@@ -210,7 +214,7 @@ http_get() {
 
 # --- ports -------------------------------------------------------------------
 
-# 3 backends + nginx proxy + switchyard proxy (+ spare for the TODO variant).
+# 3 backends + nginx proxy + switchyard + switchyard-native.
 NPORTS=6
 if command -v python3 >/dev/null 2>&1; then
     # Let the kernel pick free ports (bound simultaneously, so distinct).
@@ -235,7 +239,6 @@ fi
 BACKEND_PORTS=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}")
 NGINX_PORT=${PORTS[3]}
 SWITCHYARD_PORT=${PORTS[4]}
-# shellcheck disable=SC2034  # reserved for the native-strategy TODO below
 SWITCHYARD_NATIVE_PORT=${PORTS[5]}
 
 # --- nginx configs -----------------------------------------------------------
@@ -322,6 +325,7 @@ write_switchyard_conf() {
     done
     cat >"$file" <<EOF
 listen = "127.0.0.1:$port"
+admin = "127.0.0.1:0"
 plugins = "$PLUGINS_DIR"
 
 [[upstream]]
@@ -393,14 +397,13 @@ check_proxy switchyard "$SWITCHYARD_PORT"
 TARGETS=(nginx switchyard)
 declare -A TARGET_PORT=([nginx]=$NGINX_PORT [switchyard]=$SWITCHYARD_PORT)
 
-# TODO(native-strategy): Switchyard has no native (non-Wasm) strategy mode
-# yet. When it does, start a second instance here and add it to TARGETS, e.g.
-#   start_switchyard switchyard-native "$SWITCHYARD_NATIVE_PORT" <native-strategy>
-#   check_proxy switchyard-native "$SWITCHYARD_NATIVE_PORT"
-#   TARGETS+=(switchyard-native)
-#   TARGET_PORT[switchyard-native]=$SWITCHYARD_NATIVE_PORT
-# (write_switchyard_conf may need a new key for it.) The table, the CSV and
-# the median ratios already handle any number of targets.
+# The same binary with the host's native round robin (no Wasm call per
+# request): switchyard / switchyard-native is the cost of the plugin.
+log "starting switchyard-native on 127.0.0.1:$SWITCHYARD_NATIVE_PORT (strategy host:round-robin)"
+start_switchyard switchyard-native "$SWITCHYARD_NATIVE_PORT" host:round-robin
+check_proxy switchyard-native "$SWITCHYARD_NATIVE_PORT"
+TARGETS+=(switchyard-native)
+TARGET_PORT[switchyard-native]=$SWITCHYARD_NATIVE_PORT
 
 # --- running wrk -------------------------------------------------------------
 
@@ -538,6 +541,15 @@ report() {
             printf '%12s   median rps ratio %s/%s at -c%s: %s\n' "" "$t" "$BASE" "$c" \
                 "$(printf '%s\n' ${ratios[$t]} | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}')"
         done
+        if [[ -n ${TARGET_PORT[switchyard-native]:-} ]]; then
+            local wasm=""
+            for ((r = 1; r <= ROUNDS; r++)); do
+                wasm+=$(awk -v a="${RPS[switchyard,$c,$r]}" -v b="${RPS[switchyard-native,$c,$r]}" 'BEGIN {printf "%.3f ", (b > 0 ? a / b : 0)}')
+            done
+            # shellcheck disable=SC2086  # word splitting intended
+            printf '%12s   median rps ratio switchyard/switchyard-native (Wasm overhead) at -c%s: %s\n' "" "$c" \
+                "$(printf '%s\n' $wasm | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}')"
+        fi
         echo "$sep"
     done
     echo

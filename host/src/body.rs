@@ -45,6 +45,11 @@ impl ProxyBody {
         }
     }
 
+    /// Whether the proxy made this body itself (no backend answered).
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProxyBody::Full { .. })
+    }
+
     /// A backend's body, holding `lease` until it is finished.
     pub fn upstream(inner: Incoming, lease: Lease) -> Self {
         if inner.is_end_stream() {
@@ -68,10 +73,18 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, lease } => {
-                let polled = inner.poll_frame(cx);
+            ProxyBodyProj::Upstream { mut inner, lease } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
+                    // The end: hyper stops polling as soon as a body with a
+                    // known length says it has ended, so that is checked
+                    // after every frame, not only at `None`.
                     Poll::Ready(None) => {
+                        if let Some(lease) = lease.take() {
+                            lease.release(true);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
                         if let Some(lease) = lease.take() {
                             lease.release(true);
                         }

@@ -7,7 +7,7 @@
 //! the two in step.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,10 @@ pub use crate::retry::RetryPolicy;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+/// `strategy = "host:round-robin"`: the host's own round robin, no plugin
+/// (the baseline the Wasm overhead is measured against).
+pub const NATIVE_STRATEGY: &str = "host:round-robin";
+
 /// Upper bound of a server `weight` (nginx has none; HAProxy caps at 256).
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -25,6 +29,11 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub struct Config {
     /// Address the proxy listens on.
     pub listen: SocketAddr,
+    /// Address of the admin API and dashboard; None when `admin = "off"`.
+    pub admin: Option<SocketAddr>,
+    /// DNS server used to resolve server host names; None: the system's
+    /// (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolver: Option<SocketAddr>,
     /// Directory watched for `*.wasm` strategies.
     pub plugins: PathBuf,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -33,6 +42,8 @@ pub struct Config {
     pub plugin_limits: PluginLimits,
     /// How long open connections may finish after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
+    /// Write one `access` log line per request.
+    pub access_log: bool,
     /// Upstreams, in file order (the order breaks routing ties).
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -64,8 +75,13 @@ pub struct UpstreamConfig {
     pub strategy: String,
     /// Parameters handed to the strategy's `init`.
     pub params: toml::Table,
-    /// The backend servers.
+    /// The backend servers given as IP addresses.
     pub servers: Vec<ServerConfig>,
+    /// The backend servers given as host names: resolved by the proxy at
+    /// start and every `resolve_interval`; every address is a backend.
+    pub names: Vec<NamedServer>,
+    /// How often `names` are resolved again.
+    pub resolve_interval: Duration,
     /// Host names this upstream serves; empty means any host.
     pub hosts: Vec<HostPattern>,
     /// Path prefix this upstream serves (longest prefix wins).
@@ -86,6 +102,8 @@ pub struct UpstreamConfig {
     pub health_check: Option<ActiveCheck>,
     /// What a plugin failure means for the request.
     pub plugin_failure: FailurePolicy,
+    /// Response header naming the backend that answered (e.g. `x-upstream`).
+    pub backend_header: Option<http::HeaderName>,
 }
 
 /// What happens to a request whose pick failed (trap, deadline, bad answer).
@@ -134,6 +152,19 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Relative weight, 1..=[`MAX_WEIGHT`].
     pub weight: u32,
+}
+
+/// A server given as `host:port`, expanded to one backend per address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedServer {
+    /// The host name.
+    pub host: String,
+    /// The port every address is reached on.
+    pub port: u16,
+    /// The weight of each backend it expands to.
+    pub weight: u32,
+    /// As written (`backend:8000`).
+    pub address: String,
 }
 
 /// A `hosts` entry: an exact name or a `*.example.com` wildcard.
@@ -206,6 +237,10 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default = "default_listen")]
     listen: String,
+    #[serde(default = "default_admin")]
+    admin: String,
+    #[serde(default)]
+    resolver: Option<String>,
     #[serde(default = "default_plugins")]
     plugins: PathBuf,
     #[serde(default)]
@@ -214,6 +249,8 @@ struct RawConfig {
     plugin_limits: RawPluginLimits,
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     drain_timeout: Duration,
+    #[serde(default)]
+    access_log: bool,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
 }
@@ -224,6 +261,10 @@ fn default_drain_timeout() -> Duration {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:9090".into()
 }
 
 fn default_plugins() -> PathBuf {
@@ -265,6 +306,8 @@ struct RawUpstream {
     #[serde(default)]
     params: toml::Table,
     servers: Vec<RawServer>,
+    #[serde(default = "default_resolve_interval", with = "humantime_serde")]
+    resolve_interval: Duration,
     #[serde(default)]
     hosts: Vec<String>,
     #[serde(default = "default_prefix")]
@@ -293,6 +336,12 @@ struct RawUpstream {
     health_check: Option<RawActiveCheck>,
     #[serde(default)]
     plugin_failure: FailurePolicy,
+    #[serde(default)]
+    backend_header: Option<String>,
+}
+
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_idle_timeout() -> Duration {
@@ -502,6 +551,31 @@ impl Validator<'_> {
                 format!("`{}` is not an IP:port address (expected e.g. \"127.0.0.1:8080\" or \"[::]:80\")", raw.listen),
             )
         })?;
+        let admin = match raw.admin.as_str() {
+            "off" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                self.err(
+                    "admin",
+                    format!("`{text}` is not an IP:port address or \"off\" (expected e.g. \"127.0.0.1:9090\")"),
+                )
+            })?),
+        };
+        if admin.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(self.err("admin", "must differ from `listen`"));
+        }
+        let resolver = match &raw.resolver {
+            None => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        self.err(
+                            "resolver",
+                            format!("`{text}` is not a DNS server address (expected e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")"),
+                        )
+                    })?,
+            ),
+        };
         let trusted_proxies = raw
             .trusted_proxies
             .iter()
@@ -564,6 +638,8 @@ impl Validator<'_> {
         }
         Ok(Config {
             listen,
+            admin,
+            resolver,
             plugins: raw.plugins,
             trusted_proxies,
             plugin_limits: PluginLimits {
@@ -571,6 +647,7 @@ impl Validator<'_> {
                 memory: (limits.memory_mib as usize) << 20,
             },
             drain_timeout: raw.drain_timeout,
+            access_log: raw.access_log,
             upstreams,
         })
     }
@@ -591,7 +668,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        if !is_plugin_stem(&u.strategy) {
+        if u.strategy != NATIVE_STRATEGY && !is_plugin_stem(&u.strategy) {
             return Err(self.err(
                 key("strategy"),
                 format!("`{}` must be a plugin file stem such as \"round-robin\" (letters, digits, `-`, `_`, `.`; no path, no `.wasm`)", u.strategy),
@@ -604,6 +681,7 @@ impl Validator<'_> {
             ));
         }
         let mut servers: Vec<ServerConfig> = Vec::with_capacity(u.servers.len());
+        let mut names: Vec<NamedServer> = Vec::new();
         for (j, s) in u.servers.into_iter().enumerate() {
             let skey = key(&format!("servers[{j}]"));
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
@@ -612,20 +690,48 @@ impl Validator<'_> {
                     format!("{} is out of range (expected 1..={MAX_WEIGHT})", s.weight),
                 ));
             }
-            let addr = resolve(&s.address).map_err(|why| self.err(skey.clone(), why))?;
-            let id = s.id.unwrap_or_else(|| s.address.clone());
-            if servers.iter().any(|p| p.id == id) {
-                return Err(self.err(
-                    skey,
-                    format!("`{id}` appears twice; give each server a distinct address or `id`"),
-                ));
+            match parse_server(&s.address).map_err(|why| self.err(skey.clone(), why))? {
+                Target::Ip(addr) => {
+                    let id = s.id.unwrap_or_else(|| s.address.clone());
+                    if servers.iter().any(|p| p.id == id) {
+                        return Err(self.err(
+                            skey,
+                            format!(
+                                "`{id}` appears twice; give each server a distinct address or `id`"
+                            ),
+                        ));
+                    }
+                    servers.push(ServerConfig {
+                        id,
+                        address: s.address,
+                        addr,
+                        weight: s.weight,
+                    });
+                }
+                Target::Name(host, port) => {
+                    if s.id.is_some() {
+                        return Err(self.err(
+                            format!("{skey}.id"),
+                            format!("`{}` is a host name: each address it resolves to is a backend, identified by that address, so it cannot take an `id`", s.address),
+                        ));
+                    }
+                    if names.iter().any(|n| n.host == host && n.port == port) {
+                        return Err(self.err(skey, format!("`{}` appears twice", s.address)));
+                    }
+                    names.push(NamedServer {
+                        host,
+                        port,
+                        weight: s.weight,
+                        address: s.address,
+                    });
+                }
             }
-            servers.push(ServerConfig {
-                id,
-                address: s.address,
-                addr,
-                weight: s.weight,
-            });
+        }
+        if u.resolve_interval < Duration::from_millis(100) {
+            return Err(self.err(
+                key("resolve-interval"),
+                "must be at least 100ms (e.g. \"5s\")",
+            ));
         }
         let hosts = u
             .hosts
@@ -685,6 +791,15 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let backend_header = match &u.backend_header {
+            None => None,
+            Some(name) => Some(http::HeaderName::try_from(name.as_str()).map_err(|_| {
+                self.err(
+                    key("backend-header"),
+                    format!("`{name}` is not a header name (e.g. \"x-upstream\")"),
+                )
+            })?),
+        };
         let health_check = match u.health_check {
             None => None,
             Some(c) => Some(self.active_check(i, c)?),
@@ -694,6 +809,8 @@ impl Validator<'_> {
             strategy: u.strategy,
             params: u.params,
             servers,
+            names,
+            resolve_interval: u.resolve_interval,
             hosts,
             path_prefix: u.path_prefix,
             connect_timeout: u.connect_timeout,
@@ -712,6 +829,7 @@ impl Validator<'_> {
             },
             health_check,
             plugin_failure: u.plugin_failure,
+            backend_header,
         })
     }
 }
@@ -775,22 +893,35 @@ fn parse_host_pattern(h: &str) -> Option<HostPattern> {
 }
 
 /// `ip:port`, or `name:port` resolved now to its first address.
-fn resolve(address: &str) -> Result<SocketAddr, String> {
+enum Target {
+    Ip(SocketAddr),
+    Name(String, u16),
+}
+
+/// `ip:port`, or `host:port` with a syntactically valid host name (it is
+/// resolved later, by the proxy).
+fn parse_server(address: &str) -> Result<Target, String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(Target::Ip(addr));
     }
     let expected = "expected \"ip:port\" or \"hostname:port\", e.g. \"127.0.0.1:5001\"";
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("`{address}` has no port ({expected})"));
     };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("`{address}` is not a valid address ({expected})"));
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0);
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    match port {
+        Some(port) if valid_host => Ok(Target::Name(host.to_ascii_lowercase(), port)),
+        _ => Err(format!("`{address}` is not a valid address ({expected})")),
     }
-    address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{address}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{address}` resolved to no address"))
 }
 
 #[cfg(test)]

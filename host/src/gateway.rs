@@ -7,13 +7,17 @@
 //! complete and checked before it is swapped in; on any error the old one
 //! keeps serving and the error is returned to be logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::broadcast;
 
-use crate::config::Config;
+use crate::config::{Config, NATIVE_STRATEGY};
+use crate::discovery::{self, Discovered};
 use crate::plugin::{Compiled, PluginError, Runtime, content_hash, plugin_path};
 use crate::router::RouteTable;
 use crate::upstream::{BackendSet, Upstream};
@@ -23,6 +27,41 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     routes: ArcSwap<RouteTable>,
     reload: Mutex<ReloadState>,
+    history: Mutex<History>,
+    reloads: broadcast::Sender<ReloadRecord>,
+    started: SystemTime,
+}
+
+/// Reloads kept for the admin API.
+pub const HISTORY: usize = 50;
+
+#[derive(Default)]
+struct History {
+    recent: VecDeque<ReloadRecord>,
+    counts: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// One reload (a plugin file or the config), as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadRecord {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `plugin` or `config`.
+    pub kind: &'static str,
+    /// The file.
+    pub target: String,
+    /// `ok`, `error`, `unused` or `removed`.
+    pub result: &'static str,
+    /// What happened, or why it was rejected.
+    pub detail: String,
+    /// Upstreams that switched.
+    pub upstreams: Vec<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct ReloadState {
@@ -74,6 +113,8 @@ pub enum PluginReload {
     },
     /// The new file was rejected; the old build keeps serving.
     Rejected {
+        /// The plugin file.
+        path: PathBuf,
         /// The reason, naming the file.
         error: String,
     },
@@ -90,7 +131,61 @@ impl Gateway {
             runtime,
             routes: ArcSwap::from_pointee(table),
             reload: Mutex::new(ReloadState { config, compiled }),
+            history: Mutex::default(),
+            reloads: broadcast::channel(64).0,
+            started: SystemTime::now(),
         }))
+    }
+
+    /// When the proxy started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Notes a reload for the admin API and its subscribers.
+    pub fn record_reload(
+        &self,
+        kind: &'static str,
+        target: &Path,
+        result: &'static str,
+        detail: String,
+        upstreams: Vec<String>,
+    ) {
+        let record = ReloadRecord {
+            at_ms: unix_ms(SystemTime::now()),
+            kind,
+            target: target.display().to_string(),
+            result,
+            detail,
+            upstreams,
+        };
+        {
+            let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            *history.counts.entry((kind, result)).or_default() += 1;
+            if history.recent.len() == HISTORY {
+                history.recent.pop_front();
+            }
+            history.recent.push_back(record.clone());
+        }
+        // No subscriber is fine.
+        let _ = self.reloads.send(record);
+    }
+
+    /// The last [`HISTORY`] reloads, oldest first.
+    pub fn reload_history(&self) -> Vec<ReloadRecord> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.recent.iter().cloned().collect()
+    }
+
+    /// Reloads since start by `(kind, result)`.
+    pub fn reload_counts(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.counts.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Reloads as they happen.
+    pub fn subscribe_reloads(&self) -> broadcast::Receiver<ReloadRecord> {
+        self.reloads.subscribe()
     }
 
     /// The current routing generation.
@@ -121,6 +216,9 @@ impl Gateway {
         let table = build_table(&self.runtime, &config, &mut compiled, Some(&current))?;
         if config.listen != state.config.listen {
             tracing::warn!(old = %state.config.listen, new = %config.listen, "`listen` changed: restart the proxy to apply it");
+        }
+        if config.admin != state.config.admin || config.resolver != state.config.resolver {
+            tracing::warn!("`admin` or `resolver` changed: restart the proxy to apply it");
         }
         let table = Arc::new(table);
         self.routes.store(Arc::clone(&table));
@@ -162,6 +260,7 @@ impl Gateway {
                     error,
                 };
                 return PluginReload::Rejected {
+                    path: path.to_owned(),
                     error: error.to_string(),
                 };
             }
@@ -179,6 +278,7 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => {
                 return PluginReload::Rejected {
+                    path: path.to_owned(),
                     error: e.to_string(),
                 };
             }
@@ -197,6 +297,7 @@ impl Gateway {
                 Ok(strategy) => prepared.push((upstream, strategy)),
                 Err(e) => {
                     return PluginReload::Rejected {
+                        path: path.to_owned(),
                         error: e.to_string(),
                     };
                 }
@@ -237,6 +338,12 @@ fn compile_plugin(
     path: &Path,
     stem: &str,
 ) -> Result<Arc<Compiled>, PluginError> {
+    if stem == NATIVE_STRATEGY {
+        // Never called (picks are native); the reference build stands in
+        // for the plugin slot so the upstream looks like any other.
+        let (_, bytes) = crate::BUILTIN_PLUGINS[0];
+        return runtime.compile_bytes(path, bytes);
+    }
     match std::fs::read(path) {
         Ok(bytes) => runtime.compile_bytes(path, &bytes),
         Err(error) => match crate::BUILTIN_PLUGINS
@@ -290,19 +397,25 @@ fn build_table(
             }
         }
         let prev_set = prev.map(|p| p.backends.load_full());
-        let set = Arc::new(BackendSet::build(&uc.servers, prev_set.as_deref()));
+        // Host names start from what they last resolved to.
+        let discovered = Mutex::new(Discovered::carried(uc, prev.map(|p| &p.discovered)));
+        let servers = discovery::expand(uc, &discovered);
+        let set = Arc::new(BackendSet::build(&servers, prev_set.as_deref()));
         let strategy = runtime
             .prepare(plugin, &uc.name, &uc.params, &set, config.plugin_limits)
             .map_err(plugin_err)?;
+        let discovered = discovered.into_inner().unwrap_or_else(|p| p.into_inner());
         upstreams.push(Arc::new(Upstream::new(
             uc.clone(),
             set,
             strategy,
+            discovered,
             prev.map(|p| &**p),
         )));
     }
     Ok(RouteTable {
         upstreams,
         trusted_proxies: config.trusted_proxies.clone(),
+        access_log: config.access_log,
     })
 }

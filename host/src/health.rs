@@ -111,6 +111,17 @@ impl Health {
         up
     }
 
+    /// Whether active checks pass (true when the upstream has none).
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health lets the backend in (not within a
+    /// `fail-timeout` after `max-fails` failures).
+    pub fn passive_up(&self) -> bool {
+        now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
     fn mark_down(&self) {
         if !self.counted.swap(true, Ordering::Relaxed) {
             self.upstream.went_down();

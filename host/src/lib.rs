@@ -11,18 +11,25 @@
 //! - [`pool`]: keep-alive connections to each backend;
 //! - [`retry`]: which failed tries are tried again, and the retry budget;
 //! - [`health`]: passive and active backend health;
+//! - [`discovery`]: servers given as host names, resolved again and again;
+//! - [`stats`]: request-path counters and histograms for the admin API;
 //! - [`plugin`]: the Wasm strategy runtime (compile, per-thread instances,
 //!   deadlines, fallback);
 //! - [`reload`]: file watching and hot reload;
 //! - [`gateway`]: the running state that reloads swap;
 //! - [`forwarded`]: client IP and forwarding/hop-by-hop headers;
+//! - [`access`]: the access log;
+//! - [`admin`]: the admin listener: status, metrics, events, dashboard;
 //! - [`demo`]: built-in demo backends.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod forwarded;
 pub mod front;
 pub mod gateway;
@@ -34,6 +41,7 @@ pub mod proxy;
 pub mod reload;
 pub mod retry;
 pub mod router;
+pub mod stats;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -70,6 +78,8 @@ pub struct Proxy {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     health: JoinHandle<()>,
+    discovery: JoinHandle<()>,
+    admin: Option<admin::Admin>,
     _reloader: Option<reload::Reloader>,
 }
 
@@ -89,7 +99,22 @@ impl Proxy {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let admin_listener = match config.admin {
+            Some(at) => Some(
+                TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (admin)"))?,
+            ),
+            None => None,
+        };
+        let resolver = discovery::resolver(config.resolver).context("DNS resolver")?;
         let gateway = tokio::task::spawn_blocking(move || Gateway::build(config)).await??;
+        // Host names resolve before the first request is accepted.
+        discovery::refresh_all(&resolver, &gateway).await;
+        let discovery = discovery::spawn(resolver, Arc::clone(&gateway));
+        let admin = admin_listener
+            .map(|l| admin::Admin::start(l, Arc::clone(&gateway), addr))
+            .transpose()?;
         let reloader = if options.watch {
             Some(reload::spawn(Arc::clone(&gateway), options.config_path)?)
         } else {
@@ -106,8 +131,15 @@ impl Proxy {
             shutdown: Some(tx),
             server,
             health,
+            discovery,
+            admin,
             _reloader: reloader,
         })
+    }
+
+    /// The address of the admin API, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::Admin::addr)
     }
 
     /// The address the proxy listens on.
@@ -137,5 +169,6 @@ impl Drop for Proxy {
             let _ = tx.send(());
         }
         self.health.abort();
+        self.discovery.abort();
     }
 }

@@ -17,8 +17,18 @@ use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
     about = "HTTP load balancer with hot-reloaded WebAssembly strategies"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object per line (RUST_LOG filters;
+    /// the access log is the `access` target).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -46,6 +56,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API and dashboard listen, or "off".
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
         /// Plugins directory; the built-in reference plugins are written
         /// there if missing.
         #[arg(long, default_value = "plugins")]
@@ -63,14 +76,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,18 +123,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
             .context(shown)?;
-            tracing::info!(listen = %proxy.addr(), "switchyard is serving");
+            match proxy.admin_addr() {
+                Some(admin) => {
+                    tracing::info!(listen = %proxy.addr(), %admin, "switchyard is serving; dashboard on http://{admin}/")
+                }
+                None => tracing::info!(listen = %proxy.addr(), "switchyard is serving"),
+            }
             serve_until_signal(&proxy, Some(&path)).await;
             proxy.shutdown().await;
             Ok(())
         }
         Command::Demo {
             listen,
+            admin,
             plugins,
             backends,
             first_port,
             strategy,
-        } => demo(listen, plugins, backends, first_port, strategy).await,
+        } => demo(listen, admin, plugins, backends, first_port, strategy).await,
     }
 }
 
@@ -132,14 +153,40 @@ async fn check(path: &Path) -> anyhow::Result<()> {
             format!(
                 "{} ({} servers, strategy {})",
                 u.name,
-                u.servers.len(),
+                u.servers.len() + u.names.len(),
                 u.strategy
             )
         })
         .collect();
+    let resolver = switchyard::discovery::resolver(config.resolver).context("DNS resolver")?;
+    let names: Vec<_> = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.names.iter().map(move |n| (u.name.clone(), n.clone())))
+        .collect();
     tokio::task::spawn_blocking(move || Gateway::build(config))
         .await?
         .with_context(|| path.display().to_string())?;
+    // Host names are resolved while running; say what they resolve to now,
+    // but a name that does not resolve yet (a container not started) is
+    // not an error.
+    for (upstream, name) in names {
+        match switchyard::discovery::lookup(&resolver, &name).await {
+            Ok(addrs) if !addrs.is_empty() => println!(
+                "{upstream}: `{}` resolves to {} address(es) now",
+                name.address,
+                addrs.len()
+            ),
+            Ok(_) => println!(
+                "warning: {upstream}: `{}` resolves to no address now; it is looked up again every resolve-interval",
+                name.address
+            ),
+            Err(e) => println!(
+                "warning: {upstream}: `{}` does not resolve now ({e}); it is looked up again every resolve-interval",
+                name.address
+            ),
+        }
+    }
     println!(
         "{}: configuration OK; upstreams: {}",
         path.display(),
@@ -150,6 +197,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
 
 async fn demo(
     listen: SocketAddr,
+    admin: String,
     plugins: PathBuf,
     count: u16,
     first_port: u16,
@@ -182,8 +230,9 @@ async fn demo(
     // Its backends answer /health, so active checks are on: stop one and
     // watch it leave.
     let text = format!(
-        "listen = {}\nplugins = {}\n\n[[upstream]]\nname = \"app\"\nstrategy = {}\nservers = {}\nhealth-check = {{}}\n",
+        "listen = {}\nadmin = {}\nplugins = {}\n\n[[upstream]]\nname = \"app\"\nstrategy = {}\nservers = {}\nhealth-check = {{}}\n",
         toml::Value::String(listen.to_string()),
+        toml::Value::String(admin),
         toml::Value::String(plugins.display().to_string()),
         toml::Value::String(strategy),
         toml::Value::Array(servers),
@@ -207,6 +256,9 @@ async fn demo(
         proxy.addr(),
         plugins.display()
     );
+    if let Some(admin) = proxy.admin_addr() {
+        println!("dashboard: http://{admin}/   (also /status, /metrics, /events)");
+    }
     serve_until_signal(&proxy, None).await;
     proxy.shutdown().await;
     drop(running);

@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -25,7 +25,7 @@ use crate::pool::{self, Conn, ConnectError, Sender};
 use crate::retry::{Replay, RetryToken};
 use crate::router::host_of;
 use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
-use crate::{forwarded, front};
+use crate::{access, forwarded, front};
 
 /// A short plain-text response made by the proxy itself.
 pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -49,8 +49,19 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    let mut log = gateway.routes().access_log.then(|| {
+        access::Entry::new(
+            Instant::now(),
+            peer.ip(),
+            parts.method.clone(),
+            parts.uri.clone(),
+        )
+    });
     if let Err(refusal) = front::check(&parts) {
         tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
+        if let Some(log) = &mut log {
+            log.answered(None, refusal.status.as_u16(), 0);
+        }
         return closing(local_response(refusal.status, refusal.reason));
     }
 
@@ -59,12 +70,20 @@ pub async fn handle(
         let table = gateway.routes();
         let Some(upstream) = table.route(host_of(&parts), parts.uri.path()) else {
             tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(&parts), "no upstream matches: 404");
+            if let Some(log) = &mut log {
+                log.answered(None, 404, 0);
+                log.completed();
+            }
             return local_response(
                 StatusCode::NOT_FOUND,
                 "no upstream serves this host and path",
             );
         };
         let client_ip = forwarded::client_ip(peer.ip(), &parts.headers, &table.trusted_proxies);
+        if let Some(log) = &mut log {
+            log.client(client_ip);
+            log.upstream(upstream.name());
+        }
         forwarded::rewrite_request(
             &mut parts.headers,
             peer.ip(),
@@ -100,7 +119,7 @@ pub async fn handle(
 
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody::new(body, Arc::clone(&client_failed));
-    Exchange {
+    let mut exchange = Exchange {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         upstream,
@@ -111,9 +130,19 @@ pub async fn handle(
         tried: Vec::new(),
         preference: None,
         retry: None,
+        log,
+    };
+    let resp = exchange.run(parts, body).await;
+    if resp.body().is_local() {
+        exchange.upstream.local_responses.record(resp.status());
     }
-    .run(parts, body)
-    .await
+    // Not handed to a backend's response: the proxy answered, or a kept
+    // `retry-on-status` answer is passed on.
+    if let Some(mut log) = exchange.log.take() {
+        log.answered(None, resp.status().as_u16(), exchange.retries());
+        log.completed();
+    }
+    resp
 }
 
 /// One client request on its way through an upstream: its tries, and what
@@ -132,6 +161,8 @@ struct Exchange {
     preference: Option<Vec<u32>>,
     /// This request's place in the retry budget while a retry is on.
     retry: Option<RetryToken>,
+    /// The access log line, when the access log is on.
+    log: Option<Box<access::Entry>>,
 }
 
 /// The end of one try.
@@ -183,7 +214,7 @@ impl Failure {
 }
 
 impl Exchange {
-    async fn run(mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
+    async fn run(&mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
         let upstream = Arc::clone(&self.upstream);
         let policy = &upstream.config.retry;
         // What the client gets if no further try happens.
@@ -196,6 +227,9 @@ impl Exchange {
             let Some(backend) = self.set.get(index).cloned() else {
                 return last.unwrap_or_else(no_backend);
             };
+            if attempt > 0 {
+                self.upstream.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let request = Request::from_parts(parts, body);
             let more = attempt < policy.retries;
             let replay = if more { Replay::of(&request) } else { None };
@@ -203,11 +237,14 @@ impl Exchange {
             let (failure, sent) = match self.try_backend(&backend, request).await {
                 Tried::Response(resp, sender, in_flight) => {
                     if !(more && replay.is_some() && policy.retries_status(resp.status())) {
-                        return self.respond(resp, sender, in_flight);
+                        return self.respond(resp, sender, in_flight, &backend);
                     }
                     backend_failed(&self.upstream, &backend);
                     let status = resp.status();
-                    let resp = self.respond(resp, sender, in_flight);
+                    // Kept (not logged) in case a retry answers instead.
+                    let log = self.log.take();
+                    let resp = self.respond(resp, sender, in_flight, &backend);
+                    self.log = log;
                     self.tried.push(index);
                     match (replay, self.budget(true)) {
                         (Some(replay), true) => {
@@ -279,9 +316,14 @@ impl Exchange {
             exclude: &self.tried,
             attempt,
         };
-        let strategy = self.upstream.strategy.load();
-        let (choice, picked) = strategy.pick(input, std::mem::replace(parts, empty_parts()));
-        *parts = picked;
+        let choice = if self.upstream.native {
+            fallback(&input)
+        } else {
+            let strategy = self.upstream.strategy.load();
+            let (choice, picked) = strategy.pick(input, std::mem::replace(parts, empty_parts()));
+            *parts = picked;
+            choice
+        };
         match choice {
             Choice::Backend(i) => Ok(i),
             Choice::Fallback(_)
@@ -316,6 +358,7 @@ impl Exchange {
     /// Sends `request` to `backend` on a pooled or new connection.
     async fn try_backend(&self, backend: &Arc<Backend>, mut request: Request<ClientBody>) -> Tried {
         let in_flight = backend.start_request();
+        let started = Instant::now();
         let settings = &self.upstream.pool;
         let timeout = self.upstream.config.response_timeout;
         // A pooled connection that turns out to be closing hands the request
@@ -335,7 +378,12 @@ impl Exchange {
                 },
             };
             match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-                Ok(Ok(resp)) => return Tried::Response(resp, sender, in_flight),
+                Ok(Ok(resp)) => {
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    backend.latency.record(us);
+                    backend.responses.record(resp.status());
+                    return Tried::Response(resp, sender, in_flight);
+                }
                 Ok(Err(mut e)) => {
                     let unsent = e.take_message();
                     let failure = Failure::Broken {
@@ -362,14 +410,34 @@ impl Exchange {
         mut resp: Response<Incoming>,
         sender: Sender,
         in_flight: InFlight,
+        backend: &Backend,
     ) -> Response<ProxyBody> {
         // An upgraded connection (101) is no longer HTTP: never pooled.
         let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
         forwarded::strip_hop_by_hop(resp.headers_mut());
+        if let Some(name) = &self.upstream.config.backend_header {
+            resp.headers_mut()
+                .insert(name.clone(), backend.id_header.clone());
+        }
         // The retry (if any) is over: its place in the budget is free.
         self.retry = None;
-        let lease = Lease::new(in_flight, reusable.then_some(sender), self.upstream.pool);
+        let retries = self.retries();
+        let log = self.log.take().map(|mut log| {
+            log.answered(Some(&backend.address), resp.status().as_u16(), retries);
+            log
+        });
+        let lease = Lease::new(
+            in_flight,
+            reusable.then_some(sender),
+            self.upstream.pool,
+            log,
+        );
         resp.map(|b| ProxyBody::upstream(b, lease))
+    }
+
+    /// Retries so far: one per failed try.
+    fn retries(&self) -> u32 {
+        u32::try_from(self.tried.len()).unwrap_or(u32::MAX)
     }
 
     /// Whether the next try may go ahead. A retry of a request that reached

@@ -132,8 +132,9 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
             for name in plugin_files {
                 let gw = Arc::clone(&gateway);
                 let path = gateway.plugins_dir().join(&name);
+                let gw2 = Arc::clone(&gateway);
                 match tokio::task::spawn_blocking(move || gw.reload_plugin(&path)).await {
-                    Ok(outcome) => log_plugin_reload(&outcome),
+                    Ok(outcome) => log_plugin_reload(&gw2, &outcome),
                     Err(e) => tracing::error!("plugin reload task failed: {e}"),
                 }
             }
@@ -155,48 +156,62 @@ pub fn reload_everything(gateway: &Gateway, config_path: &Path) {
     files.sort();
     files.dedup();
     for path in files {
-        log_plugin_reload(&gateway.reload_plugin(&path));
+        log_plugin_reload(gateway, &gateway.reload_plugin(&path));
     }
 }
 
 /// Re-reads the config file and applies it. Returns whether it changed.
 pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("config reload rejected; the previous config keeps serving: {e}");
-            return false;
-        }
-    };
-    match gateway.apply_config(config) {
+    let applied = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| gateway.apply_config(config).map_err(|e| e.to_string()));
+    match applied {
         Ok(()) => {
             tracing::info!(file = %path.display(), "config reloaded");
+            let upstreams = gateway
+                .config()
+                .upstreams
+                .into_iter()
+                .map(|u| u.name)
+                .collect();
+            gateway.record_reload("config", path, "ok", "config reloaded".into(), upstreams);
             true
         }
         Err(e) => {
             tracing::error!("config reload rejected; the previous config keeps serving: {e}");
+            gateway.record_reload("config", path, "error", e, Vec::new());
             false
         }
     }
 }
 
-fn log_plugin_reload(outcome: &PluginReload) {
+fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
     match outcome {
         PluginReload::Swapped { path, upstreams } => {
-            tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded")
+            tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded");
+            let detail = format!("now serving {}", upstreams.join(", "));
+            gateway.record_reload("plugin", path, "ok", detail, upstreams.clone());
         }
         PluginReload::Unchanged { path } => {
-            tracing::debug!(file = %path.display(), "plugin unchanged")
+            // A second event for one copy, or a touch: not a reload.
+            tracing::debug!(file = %path.display(), "plugin unchanged");
         }
         PluginReload::Unused { path } => {
-            tracing::info!(file = %path.display(), "plugin compiled; no upstream uses it")
+            tracing::info!(file = %path.display(), "plugin compiled; no upstream uses it");
+            let detail = "compiled; no upstream uses it".into();
+            gateway.record_reload("plugin", path, "unused", detail, Vec::new());
         }
-        PluginReload::Removed { path } => tracing::warn!(
-            file = %path.display(),
-            "plugin file removed; upstreams keep the build they loaded"
-        ),
-        PluginReload::Rejected { error } => {
-            tracing::error!("plugin rejected; the previous build keeps serving: {error}")
+        PluginReload::Removed { path } => {
+            tracing::warn!(
+                file = %path.display(),
+                "plugin file removed; upstreams keep the build they loaded"
+            );
+            let detail = "file removed; upstreams keep the build they loaded".into();
+            gateway.record_reload("plugin", path, "removed", detail, Vec::new());
+        }
+        PluginReload::Rejected { path, error } => {
+            tracing::error!("plugin rejected; the previous build keeps serving: {error}");
+            gateway.record_reload("plugin", path, "error", error.clone(), Vec::new());
         }
     }
 }

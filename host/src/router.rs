@@ -73,6 +73,8 @@ pub struct RouteTable {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether requests are written to the access log.
+    pub access_log: bool,
 }
 
 impl RouteTable {

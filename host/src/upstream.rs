@@ -8,17 +8,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 
-use crate::config::{ServerConfig, UpstreamConfig};
+use crate::access;
+use crate::config::{NATIVE_STRATEGY, ServerConfig, UpstreamConfig};
+use crate::discovery::Discovered;
 use crate::health::{Health, UpstreamHealth};
 use crate::plugin::Strategy;
 use crate::pool::{ConnPool, PoolSettings, Sender};
 use crate::retry::RetryBudget;
+use crate::stats::{Histogram, LATENCY_BOUNDS_US, StatusClasses, Window};
 
 /// One backend server and its live, global figures.
 #[derive(Debug)]
@@ -31,12 +34,20 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, made once.
     pub authority: Authority,
+    /// `id` as a header value (for `backend-header`), made once.
+    pub id_header: http::HeaderValue,
     /// Relative weight.
     pub weight: u32,
     /// Passive and active health.
     pub health: Health,
     /// Idle keep-alive connections.
     pub pool: ConnPool,
+    /// Responses by status class.
+    pub responses: StatusClasses,
+    /// Time from sending a request to its response head (µs).
+    pub latency: Histogram<{ LATENCY_BOUNDS_US.len() }>,
+    /// Recent figures, sampled by the admin task.
+    pub window: Window,
     in_flight: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -52,9 +63,14 @@ impl Backend {
             addr: server.addr,
             authority: Authority::try_from(server.addr.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("invalid")),
+            id_header: http::HeaderValue::from_str(&server.id)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("-")),
             weight: server.weight,
             health: Health::new(upstream),
             pool: ConnPool::default(),
+            responses: StatusClasses::default(),
+            latency: Histogram::new(&LATENCY_BOUNDS_US),
+            window: Window::default(),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -121,24 +137,37 @@ pub struct Lease {
     in_flight: InFlight,
     conn: Option<Sender>,
     settings: PoolSettings,
+    /// Written when the lease ends.
+    log: Option<Box<access::Entry>>,
 }
 
 impl Lease {
     /// Holds `in_flight` and `conn` (None: not reusable, e.g. upgraded)
-    /// until released.
-    pub fn new(in_flight: InFlight, conn: Option<Sender>, settings: PoolSettings) -> Self {
+    /// and the access log line until released.
+    pub fn new(
+        in_flight: InFlight,
+        conn: Option<Sender>,
+        settings: PoolSettings,
+        log: Option<Box<access::Entry>>,
+    ) -> Self {
         Self {
             in_flight,
             conn,
             settings,
+            log,
         }
     }
 
     /// Ends the exchange; a `clean` one returns its connection to the pool.
     /// Dropping a lease is an unclean end: the connection is closed.
     pub fn release(mut self, clean: bool) {
-        if clean && let Some(sender) = self.conn.take() {
-            self.in_flight.0.pool.checkin(sender, &self.settings);
+        if clean {
+            if let Some(sender) = self.conn.take() {
+                self.in_flight.0.pool.checkin(sender, &self.settings);
+            }
+            if let Some(log) = &mut self.log {
+                log.completed();
+            }
         }
     }
 }
@@ -236,16 +265,25 @@ pub struct Upstream {
     pub pool: PoolSettings,
     /// Retries in flight, against `config.retry`'s budget.
     pub retry_budget: RetryBudget,
+    /// Tries after the first, since start.
+    pub retries: AtomicU64,
+    /// Answers the proxy made itself (no backend answered), by class.
+    pub local_responses: StatusClasses,
+    /// What the upstream's host names resolved to.
+    pub discovered: Mutex<Discovered>,
+    /// `strategy = "host:round-robin"`: picks never call the plugin.
+    pub native: bool,
     sequence: AtomicU64,
 }
 
 impl Upstream {
-    /// Builds an upstream; `previous` (same name) donates its backends'
-    /// counters and its pick sequence.
+    /// Builds an upstream; `previous` (same name) donates its pick
+    /// sequence (its backends are carried over by [`BackendSet::build`]).
     pub fn new(
         config: UpstreamConfig,
         set: Arc<BackendSet>,
         strategy: Arc<Strategy>,
+        discovered: Discovered,
         previous: Option<&Upstream>,
     ) -> Self {
         Self {
@@ -255,6 +293,10 @@ impl Upstream {
                 max_idle: config.keepalive,
             },
             retry_budget: RetryBudget::default(),
+            retries: AtomicU64::new(0),
+            local_responses: StatusClasses::default(),
+            discovered: Mutex::new(discovered),
+            native: config.strategy == NATIVE_STRATEGY,
             config,
             backends: ArcSwap::new(set),
             strategy: ArcSwap::new(strategy),

@@ -242,3 +242,25 @@ async fn untrusted_x_forwarded_for_does_not_move_ip_hash() {
         tally(&replies)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_strategy_rotates_without_calling_a_plugin() {
+    let be = backends(3).await;
+    let fx = Fixture::new(&[]);
+    fx.write_config(&upstream("host:round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let client = client();
+    let mut order = Vec::new();
+    for _ in 0..9 {
+        order.extend(get(&client, proxy.addr(), "/").await.backend());
+    }
+    assert_eq!(order, vec![1, 2, 3, 1, 2, 3, 1, 2, 3]);
+    let table = proxy.gateway().routes();
+    let picks = table.upstreams[0]
+        .strategy
+        .load()
+        .stats
+        .picks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(picks, 0, "no plugin call");
+}

@@ -28,6 +28,16 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn check_accepts_the_compose_config_whose_names_do_not_resolve_here() {
+    // Its plugins directory exists only in the container: the built-in
+    // reference strategies stand in; `backend` resolves only in compose.
+    let (ok, out) = switchyard(&["check", "--config", "examples/compose/switchyard.toml"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("`backend:8000`"), "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+}
+
+#[test]
 fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
@@ -65,6 +75,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,6 +85,8 @@ use common::*;
 struct Running {
     child: Child,
     addr: SocketAddr,
+    /// Every line the proxy wrote to stdout so far.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -90,15 +103,20 @@ impl Running {
             .expect("start switchyard");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line
+                // `listen=127.0.0.1:1234` as text, `"listen":"..."` as JSON.
+                let addr = line
                     .split("listen=")
                     .nth(1)
                     .and_then(|rest| rest.split_whitespace().next())
-                {
+                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
+                if let Some(addr) = addr {
                     let _ = tx.send(addr.to_string());
                 }
+                kept.lock().expect("lock").push(line);
             }
         });
         let addr = rx
@@ -106,7 +124,7 @@ impl Running {
             .expect("switchyard logs its address")
             .parse()
             .expect("an address");
-        Self { child, addr }
+        Self { child, addr, lines }
     }
 
     fn signal(&self, name: &str) {
@@ -177,6 +195,59 @@ async fn sighup_reloads_config_and_plugins_when_files_are_not_watched() {
     })
     .await;
     assert!(switched.is_some(), "SIGHUP must apply the edited config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_one_access_line_per_request() {
+    let be = backends(2).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "access-log = true\n{}",
+        upstream("round-robin", &be, "")
+    ));
+    let proxy = Running::start(&fx, &["--log-format", "json"]);
+    let client = client();
+    for path in ["/a", "/b?x=1", "/delay/10"] {
+        assert_eq!(get(&client, proxy.addr, path).await.status, 200);
+    }
+    let access = || -> Vec<serde_json::Value> {
+        proxy
+            .lines
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    };
+    let logged = eventually(Duration::from_secs(3), || {
+        let n = access().len();
+        async move { n == 3 }
+    })
+    .await;
+    assert!(logged.is_some(), "{:?}", access());
+    let lines = access();
+    let backends: Vec<String> = be.iter().map(|b| b.addr.to_string()).collect();
+    for (line, path) in lines.iter().zip(["/a", "/b?x=1", "/delay/10"]) {
+        let f = &line["fields"];
+        assert_eq!(f["method"], "GET", "{line}");
+        assert_eq!(f["path"], path, "{line}");
+        assert_eq!(f["status"], 200, "{line}");
+        assert_eq!(f["upstream"], "app", "{line}");
+        assert_eq!(f["client"], "127.0.0.1", "{line}");
+        assert_eq!(f["retries"], 0, "{line}");
+        assert_eq!(f["complete"], true, "{line}");
+        assert!(
+            backends.iter().any(|b| f["backend"] == b.as_str()),
+            "{line}"
+        );
+        assert!(
+            f["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+            "{line}"
+        );
+    }
+    let slow = lines[2]["fields"]["duration_ms"].as_f64().unwrap_or(0.0);
+    assert!(slow >= 10.0, "the duration covers the response: {slow}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,3 +250,24 @@ async fn one_of_three_killed_mid_load_a_get_client_sees_no_error() {
     );
     assert!(replies.len() > 100, "load kept flowing: {}", replies.len());
 }
+
+/// The pool: sequential requests share one kept-alive backend connection;
+/// `keepalive = 0` opens one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_kept_alive_and_reused() {
+    for (settings, expected) in [("", 1), ("keepalive = 0", 20)] {
+        let backend = Scripted::start(1, true, never, answers()).await;
+        let (_fx, proxy) = proxy_over(&[backend.addr.to_string()], settings).await;
+        let client = client();
+        for _ in 0..20 {
+            assert_eq!(get(&client, proxy.addr(), "/").await.status, 200);
+            // Let the connection go back to the pool before the next one.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let conns = backend.connections.load(Ordering::SeqCst);
+        assert_eq!(
+            conns, expected,
+            "{settings:?}: {conns} connections for 20 requests"
+        );
+    }
+}

@@ -11,13 +11,14 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use http::request::Parts;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{Balancer, Decision, IpAddress, WitRequest};
 use super::imports::GuestState;
-use super::{FailureKind, Strategy, wit_backends};
+use super::{Budget, FailureKind, Strategy, wit_backends};
 use crate::upstream::BackendSet;
 
 /// A live instance of one strategy, owned by one thread.
@@ -134,11 +135,15 @@ impl Strategy {
     /// counted and logged, the instance is dropped (a fresh one replaces it on
     /// the next pick) and the host's round robin answers instead.
     pub fn pick(self: &Arc<Self>, input: PickInput<'_>, parts: Parts) -> (Choice, Parts) {
-        INSTANCES.with(|cell| match cell.try_borrow_mut() {
+        let started = Instant::now();
+        let picked = INSTANCES.with(|cell| match cell.try_borrow_mut() {
             Ok(mut entries) => self.pick_with(&mut entries, input, parts),
             // Unreachable (no pick runs inside another), but never panic.
             Err(_) => (failed_over(&input), parts),
-        })
+        });
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.pick_ns.record(ns);
+        picked
     }
 
     fn pick_with(
@@ -156,7 +161,7 @@ impl Strategy {
             None => {
                 // Forget instances of strategies that were replaced.
                 entries.retain(|e| e.strategy.strong_count() > 0);
-                match self.instantiate(input.set) {
+                match self.instantiate(input.set, Budget::Request) {
                     Ok(instance) => {
                         entries.push(Entry {
                             strategy: Arc::downgrade(self),

@@ -28,6 +28,7 @@ use self::bindings::{BalancerPre, WitBackend};
 use self::imports::GuestState;
 pub use self::instances::{Choice, PickInput, fallback};
 use crate::config::PluginLimits;
+use crate::stats::{Histogram, PICK_BOUNDS_NS};
 use crate::upstream::BackendSet;
 
 /// Why a plugin file could not become a strategy. The message says which file
@@ -212,9 +213,10 @@ impl Runtime {
             stats: StrategyStats::default(),
         });
         // The trial instance is dropped: it lives on a blocking thread, and
-        // worker threads make their own on first use.
+        // worker threads make their own on first use. Off the request path,
+        // so a busy machine gets a generous budget.
         strategy
-            .instantiate(set)
+            .instantiate(set, Budget::Load)
             .map_err(|(stage, reason)| PluginError::Init {
                 path: strategy.compiled.path.clone(),
                 upstream: upstream.to_owned(),
@@ -320,8 +322,10 @@ impl FailureKind {
 }
 
 /// Counters of one strategy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StrategyStats {
+    /// Time each pick took (nanoseconds), plugin failures included.
+    pub pick_ns: Histogram<{ PICK_BOUNDS_NS.len() }>,
     /// Picks answered by the plugin.
     pub picks: AtomicU64,
     /// Traps.
@@ -335,6 +339,21 @@ pub struct StrategyStats {
     /// Instances created (per thread, plus replacements after failures).
     pub instances: AtomicU64,
     last_log_ms: AtomicU64,
+}
+
+impl Default for StrategyStats {
+    fn default() -> Self {
+        Self {
+            pick_ns: Histogram::new(&PICK_BOUNDS_NS),
+            picks: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            bad_answers: AtomicU64::new(0),
+            instantiate_failures: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
+            last_log_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl StrategyStats {
@@ -398,11 +417,17 @@ impl Strategy {
             + 1
     }
 
-    /// Creates, initialises and feeds a new instance. Error: (stage, reason).
+    /// Creates, initialises and feeds a new instance, each step within
+    /// `budget`. Error: (stage, reason).
     fn instantiate(
         &self,
         set: &Arc<BackendSet>,
+        budget: Budget,
     ) -> Result<instances::Instance, (&'static str, String)> {
+        let ticks = match budget {
+            Budget::Load => (LOAD_DEADLINE.as_micros() / TICK.as_micros()) as u64,
+            Budget::Request => self.deadline_ticks() * INSTANCE_DEADLINE_FACTOR,
+        };
         let mut store = Store::new(
             &self.runtime.engine,
             GuestState::new(
@@ -412,13 +437,13 @@ impl Strategy {
             ),
         );
         store.limiter(GuestState::limiter);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(ticks);
         let bindings = self
             .compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| ("instantiate", format!("{e:#}")))?;
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(ticks);
         bindings
             .switchyard_balancer_strategy()
             .call_init(&mut store, &self.params)
@@ -431,12 +456,29 @@ impl Strategy {
             bindings,
         };
         instance
-            .sync(set, self.deadline_ticks())
+            .sync(set, ticks)
             .map_err(|e| ("set-backends", format!("{e:#}")))?;
         self.stats.instances.fetch_add(1, Ordering::Relaxed);
         Ok(instance)
     }
 }
+
+/// How long creating an instance (instantiate, `init`, `set-backends`)
+/// may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Budget {
+    /// Loading a plugin, off the request path: [`LOAD_DEADLINE`].
+    Load,
+    /// A worker thread's first pick: [`INSTANCE_DEADLINE_FACTOR`] picks.
+    Request,
+}
+
+/// Budget of the trial instance made when a plugin is loaded.
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A worker's instance may take this many pick deadlines to create
+/// (first-touch page faults and cache misses make it slower than a pick).
+pub const INSTANCE_DEADLINE_FACTOR: u64 = 5;
 
 /// TOML parameters as WIT values.
 fn params_to_wit(params: &toml::Table) -> Vec<(String, ParamValue)> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod scripted;
 
 use std::collections::BTreeMap;
@@ -82,11 +83,11 @@ impl Fixture {
         std::fs::write(self.plugins().join(format!("{stem}.wasm")), bytes).expect("write plugin");
     }
 
-    /// Writes the config file; `body` is everything after `listen` and
-    /// `plugins`.
+    /// Writes the config file; `body` is everything after `listen`,
+    /// `admin` (both on free ports) and `plugins`.
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nplugins = {:?}\n{body}",
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = {:?}\n{body}",
             self.plugins().display().to_string()
         );
         std::fs::write(self.config_path(), text).expect("write config");

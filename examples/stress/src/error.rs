@@ -1,0 +1,54 @@
+//! Why a run could not start. Failures of individual requests are not errors:
+//! they are counted in the [`Report`](crate::Report).
+
+/// A run that could not start: bad options or an unresolvable host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target URL is malformed or not plain `http://`.
+    #[error("invalid URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it and what is expected instead.
+        reason: String,
+    },
+    /// A `-H` header is not of the form `Name: value`.
+    #[error("invalid header `{header}`: {reason}")]
+    InvalidHeader {
+        /// The header as given.
+        header: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--by` is neither `body` nor a comma-separated list of header names.
+    #[error(
+        "invalid --by `{value}`: expected `body` or header names such as `x-upstream,x-backend`"
+    )]
+    InvalidBy {
+        /// The value as given.
+        value: String,
+    },
+    /// `--rate` is zero, negative or not a number.
+    #[error("invalid rate `{rate}`: expected a positive number of requests per second")]
+    InvalidRate {
+        /// The rate as given.
+        rate: f64,
+    },
+    /// The target host name could not be resolved.
+    #[error("cannot resolve `{host}`")]
+    Resolve {
+        /// The host name from the URL.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The target host name resolved to no address at all.
+    #[error("`{host}` resolved to no address")]
+    NoAddress {
+        /// The host name from the URL.
+        host: String,
+    },
+    /// The latency histogram could not be set up (a bug: its bounds are fixed).
+    #[error("cannot create the latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
+}

@@ -1,0 +1,257 @@
+//! `GET /status`: every upstream, its strategy and its backends, as JSON;
+//! and the smaller per-second `stats` event of `/events`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::gateway::{Gateway, ReloadRecord, unix_ms};
+use crate::plugin::content_hash;
+use crate::stats::LATENCY_BOUNDS_US;
+use crate::upstream::{Backend, Upstream};
+
+/// The whole `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    version: &'static str,
+    started_at_ms: u64,
+    uptime_secs: f64,
+    listen: String,
+    upstreams: Vec<UpstreamStatus>,
+    reloads: Vec<ReloadRecord>,
+}
+
+#[derive(Debug, Serialize)]
+struct UpstreamStatus {
+    name: String,
+    strategy: StrategyStatus,
+    requests: u64,
+    retries: u64,
+    in_flight: u32,
+    backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct StrategyStatus {
+    name: String,
+    plugin: String,
+    hash: String,
+    /// The build is the reference copy compiled into the binary.
+    builtin: bool,
+    loaded_at_ms: u64,
+    picks: u64,
+    failures: Failures,
+}
+
+#[derive(Debug, Serialize)]
+struct Failures {
+    trap: u64,
+    timeout: u64,
+    bad_answer: u64,
+    instantiate: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendStatus {
+    id: String,
+    address: String,
+    weight: u32,
+    healthy: bool,
+    health: Health,
+    in_flight: u32,
+    requests: u64,
+    failures: u64,
+    responses: Responses,
+    latency_ms: Option<Latency>,
+    share: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    active: &'static str,
+    passive: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Responses {
+    #[serde(rename = "1xx")]
+    c1: u64,
+    #[serde(rename = "2xx")]
+    c2: u64,
+    #[serde(rename = "3xx")]
+    c3: u64,
+    #[serde(rename = "4xx")]
+    c4: u64,
+    #[serde(rename = "5xx")]
+    c5: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+/// The current status of `gateway`, serving on `listen`.
+pub fn status(gateway: &Gateway, listen: SocketAddr) -> Status {
+    let table = gateway.routes();
+    let started = gateway.started();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at_ms: unix_ms(started),
+        uptime_secs: SystemTime::now()
+            .duration_since(started)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        listen: listen.to_string(),
+        upstreams: table.upstreams.iter().map(|u| upstream(u)).collect(),
+        reloads: gateway.reload_history(),
+    }
+}
+
+fn upstream(u: &Upstream) -> UpstreamStatus {
+    let set = u.backends.load();
+    let strategy = u.strategy.load();
+    let compiled = &strategy.compiled;
+    let st = &strategy.stats;
+    let recents: Vec<_> = set
+        .backends
+        .iter()
+        .map(|b| b.window.recent(&LATENCY_BOUNDS_US))
+        .collect();
+    // Share of the recent window; of all requests when the window is idle.
+    let window_total: u64 = recents.iter().map(|r| r.requests).sum();
+    let all_total: u64 = set.backends.iter().map(|b| b.requests()).sum();
+    let checks = u.config.health_check.is_some();
+    let backends = set
+        .backends
+        .iter()
+        .zip(&recents)
+        .map(|(b, r)| {
+            let share = if window_total > 0 {
+                r.requests as f64 / window_total as f64
+            } else if all_total > 0 {
+                b.requests() as f64 / all_total as f64
+            } else {
+                0.0
+            };
+            backend(b, checks, r.p50_ms.zip(r.p99_ms), share)
+        })
+        .collect();
+    let builtin = crate::BUILTIN_PLUGINS
+        .iter()
+        .any(|(name, bytes)| *name == compiled.name && content_hash(bytes) == compiled.hash);
+    UpstreamStatus {
+        name: u.name().to_owned(),
+        strategy: StrategyStatus {
+            name: u.config.strategy.clone(),
+            plugin: compiled.path.display().to_string(),
+            hash: format!("{:016x}", compiled.hash),
+            builtin,
+            loaded_at_ms: unix_ms(compiled.loaded_at),
+            picks: st.picks.load(Ordering::Relaxed),
+            failures: Failures {
+                trap: st.traps.load(Ordering::Relaxed),
+                timeout: st.timeouts.load(Ordering::Relaxed),
+                bad_answer: st.bad_answers.load(Ordering::Relaxed),
+                instantiate: st.instantiate_failures.load(Ordering::Relaxed),
+            },
+        },
+        requests: all_total,
+        retries: u.retries.load(Ordering::Relaxed),
+        in_flight: set.in_flight(),
+        backends,
+    }
+}
+
+fn backend(b: &Backend, checks: bool, latency: Option<(f64, f64)>, share: f64) -> BackendStatus {
+    let [c1, c2, c3, c4, c5] = b.responses.counts();
+    BackendStatus {
+        id: b.id.clone(),
+        address: b.address.clone(),
+        weight: b.weight,
+        healthy: b.healthy(),
+        health: Health {
+            active: if checks {
+                up(b.health.active_up())
+            } else {
+                "off"
+            },
+            passive: up(b.health.passive_up()),
+        },
+        in_flight: b.in_flight(),
+        requests: b.requests(),
+        failures: b.failures(),
+        responses: Responses { c1, c2, c3, c4, c5 },
+        latency_ms: latency.map(|(p50, p99)| Latency { p50, p99 }),
+        share,
+    }
+}
+
+/// The per-second `stats` event.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    t_ms: u64,
+    upstreams: Vec<UpstreamStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct UpstreamStats {
+    name: String,
+    strategy: String,
+    rps: f64,
+    in_flight: u32,
+    backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendStats {
+    id: String,
+    address: String,
+    rps: f64,
+    in_flight: u32,
+    healthy: bool,
+    requests: u64,
+    failures: u64,
+}
+
+/// The `stats` event from the latest samples.
+pub fn stats(gateway: &Gateway) -> Stats {
+    let table = gateway.routes();
+    let upstreams = table
+        .upstreams
+        .iter()
+        .map(|u| {
+            let set = u.backends.load();
+            let backends: Vec<BackendStats> = set
+                .backends
+                .iter()
+                .map(|b| BackendStats {
+                    id: b.id.clone(),
+                    address: b.address.clone(),
+                    rps: b.window.recent(&LATENCY_BOUNDS_US).rps,
+                    in_flight: b.in_flight(),
+                    healthy: b.healthy(),
+                    requests: b.requests(),
+                    failures: b.failures(),
+                })
+                .collect();
+            UpstreamStats {
+                name: u.name().to_owned(),
+                strategy: u.config.strategy.clone(),
+                rps: backends.iter().map(|b| b.rps).sum(),
+                in_flight: backends.iter().map(|b| b.in_flight).sum(),
+                backends,
+            }
+        })
+        .collect();
+    Stats {
+        t_ms: unix_ms(SystemTime::now()),
+        upstreams,
+    }
+}

@@ -1,0 +1,238 @@
+//! The admin dashboard in a real browser: three demo backends behind the
+//! proxy, a client sending requests, and `host/tests/browser/dashboard.mjs`
+//! (headless Chromium through playwright-core) watching `GET /` on the admin
+//! listener. The page must go live, show traffic flowing, show the reload
+//! when a plugin is hot-swapped, and show the strategy `/status` reports.
+//! With `SWITCHYARD_UPDATE_SCREENSHOT=1` its screenshot replaces
+//! `docs/dashboard.png`, shown in the README.
+//!
+//! Needs Chromium at /usr/bin/chromium, Node.js >= 20 and
+//! `npm ci --prefix host/tests/browser`; without them the test fails and
+//! says what to install.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// What `.ci/run` has to provide for this test.
+const INSTALL: &str = "apt-get install -y --no-install-recommends chromium (Debian's Chromium \
+     at /usr/bin/chromium), Node.js >= 20 with npm on PATH, then `npm ci --prefix host/tests/browser` \
+     (playwright-core, pinned in host/tests/browser/package-lock.json)";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// Fails the test, naming everything that is missing, unless Chromium,
+/// Node.js >= 20 and playwright-core are all there.
+fn require_browser_tools(browser_dir: &Path) {
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).is_file() {
+        missing.push(format!("{CHROMIUM} (Debian package `chromium`)"));
+    }
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let major: u32 = version
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            if major < 20 {
+                missing.push(format!("Node.js >= 20 (`node --version` says {version})"));
+            }
+        }
+        _ => missing.push("`node` on PATH (Node.js >= 20)".to_owned()),
+    }
+    let module = browser_dir.join("node_modules/playwright-core/package.json");
+    if !module.is_file() {
+        missing.push(format!(
+            "{} (run `npm ci --prefix host/tests/browser`)",
+            module.display()
+        ));
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard browser test cannot run; missing: {}.\n.ci/run must install: {INSTALL}",
+        missing.join("; ")
+    );
+}
+
+/// Clients looping through the proxy until stopped, at a few hundred
+/// requests per second that rise and fall (so the chart has a shape), never
+/// flat out: Chromium needs the CPU too.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(proxy: std::net::SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                tokio::spawn(async move {
+                    let client = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get_with(&client, proxy, "/", &[]).await {
+                            Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        let phase = start.elapsed().as_secs_f64() / 6.0;
+                        let pause = 4.0 + 3.0 * phase.sin();
+                        tokio::time::sleep(Duration::from_secs_f64(pause / 1000.0)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns (succeeded, failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("client task");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_traffic_and_a_hot_swap() {
+    let root = repo_root();
+    let browser_dir = root.join("host/tests/browser");
+    require_browser_tools(&browser_dir);
+
+    let be = backends(3).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let admin = proxy.admin_addr().expect("the admin listener is on");
+    let traffic = Traffic::start(proxy.addr(), 2);
+
+    // The README's screenshot is rewritten only when asked for
+    // (SWITCHYARD_UPDATE_SCREENSHOT=1), with a longer history in the chart.
+    let update = std::env::var_os("SWITCHYARD_UPDATE_SCREENSHOT").is_some_and(|v| v == "1");
+    let screenshot = if update {
+        root.join("docs/dashboard.png")
+    } else {
+        fx.dir.path().join("dashboard.png")
+    };
+    let history_ms = if update { "8000" } else { "2500" };
+    let mut child = Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .arg(format!("http://{admin}/"))
+        .arg(&screenshot)
+        .current_dir(&browser_dir)
+        // Some history in the chart before and after the swap.
+        .env("SWITCHYARD_MIN_LIVE_MS", history_ms)
+        .env("SWITCHYARD_SHOT_DELAY_MS", history_ms)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut output = Vec::new();
+
+    // The script prints READY once the page is live and traffic shows.
+    let ready = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.trim() == "READY";
+            output.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if ready {
+        // Hot swap: the test strategy over round-robin.wasm.
+        fx.install("round-robin", TEST_STRATEGY);
+    }
+    let rest = tokio::time::timeout(Duration::from_secs(45), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            output.push(line);
+        }
+        child.wait().await
+    })
+    .await;
+    let status = match rest {
+        Ok(status) => status.expect("wait for node"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("dashboard.mjs did not finish within 45 s; stdout: {output:?}");
+        }
+    };
+    let stderr = stderr_task.await.unwrap_or_default();
+    let (ok, failed) = traffic.finish().await;
+
+    let report: serde_json::Value = output
+        .iter()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    assert!(
+        ready && status.success() && report["ok"] == true,
+        "dashboard.mjs failed (exit {status}, READY {ready}): {}\nstdout: {output:?}\nstderr: {stderr}",
+        report["reason"]
+    );
+    eprintln!("dashboard: {report}");
+
+    assert!(ok > 0, "the client loop got no answer");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    let new_reloads = report["newReloads"].as_array().cloned().unwrap_or_default();
+    assert!(
+        new_reloads
+            .iter()
+            .any(|r| r["kind"] == "plugin" && r["result"] == "ok"),
+        "the log shows no successful plugin reload: {new_reloads:?}"
+    );
+    assert_eq!(report["strategy"], "round-robin", "strategy shown");
+    assert_eq!(
+        report["hashChanged"], true,
+        "the strategy hash shown did not change with the new plugin"
+    );
+    assert!(
+        screenshot.is_file(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+}

@@ -1,0 +1,123 @@
+//! DNS discovery against a stub DNS server on loopback: a server given as
+//! `name:port` becomes one backend per address, and follows the answers as
+//! replicas come and go, with the strategy balancing over the new set.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::dns::StubDns;
+use common::*;
+
+/// Demo backends 1..=n on 127.0.0.1, 127.0.0.2, ... all on one port, like
+/// replicas of one service.
+async fn replicas(n: u8) -> (u16, Vec<switchyard::demo::DemoBackend>) {
+    for _ in 0..20 {
+        let first = switchyard::demo::spawn("127.0.0.1:0".parse().expect("addr"), 1)
+            .await
+            .expect("backend 1");
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for i in 2..=n {
+            let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, i), port));
+            match switchyard::demo::spawn(addr, usize::from(i)).await {
+                Ok(b) => all.push(b),
+                Err(_) => break, // port taken on that address: try another
+            }
+        }
+        if all.len() == usize::from(n) {
+            return (port, all);
+        }
+    }
+    panic!("no port free on 127.0.0.1-{n}");
+}
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// The backends answering `n` sequential requests.
+async fn served(proxy: &switchyard::Proxy, n: usize) -> Vec<usize> {
+    let client = client();
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let r = get(&client, proxy.addr(), "/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        counts.push(r.backend().expect("a demo backend"));
+    }
+    counts.sort();
+    counts.dedup();
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_becomes_one_backend_per_address_and_follows_dns() {
+    let (port, _replicas) = replicas(3).await;
+    let dns = StubDns::start(&[ip(1)]).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "resolver = \"{}\"\n[[upstream]]\nname = \"app\"\nservers = [\"app.test:{port}\"]\nresolve-interval = \"200ms\"\n",
+        dns.addr
+    ));
+    let proxy = fx.start().await;
+    // Resolved before the first request.
+    assert_eq!(served(&proxy, 6).await, vec![1]);
+
+    // Scale up: two more replicas answer; round robin spreads over all.
+    dns.set(&[ip(1), ip(2), ip(3)]);
+    let scaled = eventually(Duration::from_secs(3), || async {
+        served(&proxy, 9).await == vec![1, 2, 3]
+    })
+    .await;
+    assert!(scaled.is_some(), "the new replicas never got traffic");
+    let set = proxy.gateway().routes().upstreams[0].backends.load_full();
+    let ids: Vec<&str> = set.backends.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [ip(1), ip(2), ip(3)]
+            .map(|i| format!("{i}:{port}"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+
+    // A DNS failure keeps the last known addresses.
+    dns.fail();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(served(&proxy, 9).await, vec![1, 2, 3]);
+
+    // Scale down to replica 2: the others leave, the kept one keeps its
+    // counters.
+    let before = set.backends[1].requests();
+    dns.set(&[ip(2)]);
+    let down = eventually(Duration::from_secs(3), || async {
+        served(&proxy, 6).await == vec![2]
+    })
+    .await;
+    assert!(down.is_some(), "removed replicas kept getting traffic");
+    let now = proxy.gateway().routes().upstreams[0].backends.load_full();
+    assert_eq!(now.len(), 1);
+    assert!(std::sync::Arc::ptr_eq(&now.backends[0], &set.backends[1]));
+    assert!(now.backends[0].requests() > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_addresses_mix_and_check_rejects_ids_on_names() {
+    let (port, _replicas) = replicas(2).await;
+    let dns = StubDns::start(&[ip(2)]).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "resolver = \"{}\"\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:{port}\", \"app.test:{port}\"]\n",
+        dns.addr
+    ));
+    let proxy = fx.start().await;
+    assert_eq!(served(&proxy, 6).await, vec![1, 2]);
+
+    let text = format!(
+        "[[upstream]]\nname = \"app\"\nservers = [{{ address = \"app.test:{port}\", id = \"x\" }}]\n"
+    );
+    let err = switchyard::Config::parse(&text, std::path::Path::new("t.toml"))
+        .expect_err("an id on a host name");
+    assert!(err.to_string().contains("servers[0].id"), "{err}");
+}
