@@ -45,6 +45,12 @@ impl ProxyBody {
         }
     }
 
+    /// The (empty) body of a backend's `101 Switching Protocols`: the
+    /// tunnel that follows holds the lease (see [`crate::tunnel`]).
+    pub fn switched(inner: Incoming) -> Self {
+        ProxyBody::Upstream { inner, lease: None }
+    }
+
     /// Whether the proxy made this body itself (no backend answered).
     pub fn is_local(&self) -> bool {
         matches!(self, ProxyBody::Full { .. })

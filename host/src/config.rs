@@ -44,8 +44,23 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Write one `access` log line per request.
     pub access_log: bool,
+    /// The HTTPS listener, when `[tls]` is present.
+    pub tls: Option<TlsConfig>,
     /// Upstreams, in file order (the order breaks routing ties).
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[tls]`: an HTTPS listener next to the plain one, serving the same
+/// routes. The files are read by [`crate::tls`] (at start, by `check`, and
+/// again whenever they change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// PEM file with the certificate chain, leaf first (`fullchain.pem`).
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Limits applied to every plugin instance.
@@ -92,6 +107,9 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// How long a backend connection may sit idle in the pool.
     pub idle_timeout: Duration,
+    /// How long an upgraded connection (WebSocket) may pass no byte either
+    /// way before the proxy closes it.
+    pub tunnel_idle_timeout: Duration,
     /// Most idle connections kept per backend.
     pub keepalive: usize,
     /// When and how often a failed try is tried again.
@@ -252,7 +270,22 @@ struct RawConfig {
     #[serde(default)]
     access_log: bool,
     #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTls {
+    #[serde(default = "default_tls_listen")]
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn default_tls_listen() -> String {
+    "127.0.0.1:8443".into()
 }
 
 fn default_drain_timeout() -> Duration {
@@ -318,6 +351,8 @@ struct RawUpstream {
     response_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     idle_timeout: Duration,
+    #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
+    tunnel_idle_timeout: Duration,
     #[serde(default = "default_keepalive")]
     keepalive: usize,
     #[serde(default = "default_retries")]
@@ -346,6 +381,13 @@ fn default_resolve_interval() -> Duration {
 
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+/// An hour, like HAProxy's usual `timeout tunnel`: WebSockets that are
+/// quiet for a while (no application pings) stay open, a vanished peer is
+/// still noticed eventually.
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_keepalive() -> usize {
@@ -563,6 +605,7 @@ impl Validator<'_> {
         if admin.is_some_and(|a| a == listen && a.port() != 0) {
             return Err(self.err("admin", "must differ from `listen`"));
         }
+        let tls = raw.tls.map(|t| self.tls(t, listen, admin)).transpose()?;
         let resolver = match &raw.resolver {
             None => None,
             Some(text) => Some(
@@ -648,7 +691,38 @@ impl Validator<'_> {
             },
             drain_timeout: raw.drain_timeout,
             access_log: raw.access_log,
+            tls,
             upstreams,
+        })
+    }
+
+    fn tls(
+        &self,
+        t: RawTls,
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
+    ) -> Result<TlsConfig, ConfigError> {
+        let at = t.listen.parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                "tls.listen",
+                format!(
+                    "`{}` is not an IP:port address (expected e.g. \"0.0.0.0:443\")",
+                    t.listen
+                ),
+            )
+        })?;
+        if at.port() != 0 && (at == listen || admin == Some(at)) {
+            return Err(self.err("tls.listen", "must differ from `listen` and `admin`"));
+        }
+        for (k, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+            if p.as_os_str().is_empty() {
+                return Err(self.err(k, "must name a PEM file"));
+            }
+        }
+        Ok(TlsConfig {
+            listen: at,
+            cert: t.cert,
+            key: t.key,
         })
     }
 
@@ -756,6 +830,7 @@ impl Validator<'_> {
             ("connect-timeout", u.connect_timeout),
             ("response-timeout", u.response_timeout),
             ("idle-timeout", u.idle_timeout),
+            ("tunnel-idle-timeout", u.tunnel_idle_timeout),
             ("fail-timeout", u.fail_timeout),
         ] {
             if d.is_zero() {
@@ -816,6 +891,7 @@ impl Validator<'_> {
             connect_timeout: u.connect_timeout,
             response_timeout: u.response_timeout,
             idle_timeout: u.idle_timeout,
+            tunnel_idle_timeout: u.tunnel_idle_timeout,
             keepalive: u.keepalive,
             retry: RetryPolicy {
                 retries: u.retries,
@@ -953,6 +1029,8 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert!(u.hosts.is_empty());
         assert_eq!(u.connect_timeout, Duration::from_secs(5));
         assert_eq!(u.response_timeout, Duration::from_secs(60));
+        assert_eq!(u.tunnel_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.tls, None);
         assert_eq!(
             u.passive,
             PassiveHealth {
@@ -1069,11 +1147,41 @@ health-check = { interval = "500ms" }
                 format!("{MINIMAL}fail-timeout = \"0s\"\n"),
                 "`upstream[0].fail-timeout`",
             ),
+            (
+                format!("{MINIMAL}tunnel-idle-timeout = \"0s\"\n"),
+                "`upstream[0].tunnel-idle-timeout`",
+            ),
+            (
+                format!("{MINIMAL}\n[tls]\nlisten = \"8443\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"),
+                "`tls.listen`",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[tls]\nlisten = \"127.0.0.1:8080\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+                ),
+                "`tls.listen`",
+            ),
         ];
         for (text, needle) in cases {
             let e = error_of(&text);
             assert!(e.contains(needle), "expected {needle} in: {e}");
         }
+    }
+
+    #[test]
+    fn tls_takes_a_listen_address_and_two_files() {
+        // `[tls]` is a table: it goes after the top-level keys.
+        let c = parse(&format!(
+            "{MINIMAL}tunnel-idle-timeout = \"90s\"\n\n[tls]\ncert = \"certs/fullchain.pem\"\nkey = \"certs/key.pem\"\n"
+        ))
+        .expect("valid");
+        let tls = c.tls.expect("tls on");
+        assert_eq!(tls.listen, "127.0.0.1:8443".parse().expect("addr"));
+        assert_eq!(tls.cert, Path::new("certs/fullchain.pem"));
+        assert_eq!(tls.key, Path::new("certs/key.pem"));
+        assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(90));
+        let e = error_of(&format!("{MINIMAL}\n[tls]\ncert = \"c.pem\"\n"));
+        assert!(e.contains("missing field `key`"), "{e}");
     }
 
     #[test]

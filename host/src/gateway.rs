@@ -20,6 +20,8 @@ use crate::config::{Config, NATIVE_STRATEGY};
 use crate::discovery::{self, Discovered};
 use crate::plugin::{Compiled, PluginError, Runtime, content_hash, plugin_path};
 use crate::router::RouteTable;
+use crate::tls::{Tls, TlsError};
+use crate::tunnel::Tunnels;
 use crate::upstream::{BackendSet, Upstream};
 
 /// Shared state of one proxy.
@@ -30,6 +32,10 @@ pub struct Gateway {
     history: Mutex<History>,
     reloads: broadcast::Sender<ReloadRecord>,
     started: SystemTime,
+    /// The HTTPS listener's certificate, when `[tls]` was on at start.
+    tls: Option<Arc<Tls>>,
+    /// Upgraded connections open now.
+    tunnels: Arc<Tunnels>,
 }
 
 /// Reloads kept for the admin API.
@@ -46,7 +52,7 @@ struct History {
 pub struct ReloadRecord {
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// `plugin` or `config`.
+    /// `plugin`, `config` or `tls`.
     pub kind: &'static str,
     /// The file.
     pub target: String,
@@ -84,6 +90,9 @@ pub enum BuildError {
     /// The wasmtime engine could not be created.
     #[error("plugin runtime: {0}")]
     Runtime(String),
+    /// The `[tls]` certificate or key was refused.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What a plugin-file change did.
@@ -124,6 +133,7 @@ impl Gateway {
     /// Compiles every plugin the config names and builds the first
     /// generation. Blocking.
     pub fn build(config: Config) -> Result<Arc<Self>, BuildError> {
+        let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
         let runtime = Runtime::new().map_err(|e| BuildError::Runtime(format!("{e:#}")))?;
         let mut compiled = HashMap::new();
         let table = build_table(&runtime, &config, &mut compiled, None)?;
@@ -134,7 +144,19 @@ impl Gateway {
             history: Mutex::default(),
             reloads: broadcast::channel(64).0,
             started: SystemTime::now(),
+            tls,
+            tunnels: Arc::default(),
         }))
+    }
+
+    /// The HTTPS listener's certificate, when `[tls]` is on.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
+    }
+
+    /// Upgraded connections (WebSockets) open now.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// When the proxy started.
@@ -204,18 +226,36 @@ impl Gateway {
         self.reload.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Switches to `config`. Upstreams whose config and plugin did not change
-    /// are kept as they are (counters, sequence, instances). Blocking.
-    pub fn apply_config(&self, config: Config) -> Result<(), BuildError> {
+    /// Switches to `config`; false when it is the running one already.
+    /// Upstreams whose config and plugin did not change are kept as they
+    /// are (counters, sequence, instances). Blocking.
+    pub fn apply_config(&self, config: Config) -> Result<bool, BuildError> {
         let mut state = self.lock();
         if state.config == config {
-            return Ok(());
+            return Ok(false);
         }
         let current = self.routes.load_full();
         let mut compiled = state.compiled.clone();
         let table = build_table(&self.runtime, &config, &mut compiled, Some(&current))?;
+        // New certificate files are read and checked before anything
+        // changes; the same files are the watcher's business.
+        let tls = match (&config.tls, &self.tls) {
+            (Some(next), Some(tls)) if tls.paths() != (next.cert.clone(), next.key.clone()) => {
+                Some((next, crate::tls::load(&next.cert, &next.key)?))
+            }
+            (Some(next), None) => {
+                crate::tls::load(&next.cert, &next.key)?;
+                None
+            }
+            _ => None,
+        };
         if config.listen != state.config.listen {
             tracing::warn!(old = %state.config.listen, new = %config.listen, "`listen` changed: restart the proxy to apply it");
+        }
+        if config.tls.as_ref().map(|t| t.listen) != state.config.tls.as_ref().map(|t| t.listen) {
+            tracing::warn!(
+                "`[tls]` added or removed, or `tls.listen` changed: restart the proxy to apply it"
+            );
         }
         if config.admin != state.config.admin || config.resolver != state.config.resolver {
             tracing::warn!("`admin` or `resolver` changed: restart the proxy to apply it");
@@ -227,9 +267,13 @@ impl Gateway {
                 old.backends.load().retire(&new.backends.load());
             }
         }
+        if let (Some((files, loaded)), Some(current)) = (tls, &self.tls) {
+            current.switch(files, loaded);
+            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "TLS certificate switched to the new files");
+        }
         state.compiled = compiled;
         state.config = config;
-        Ok(())
+        Ok(true)
     }
 
     /// The plugins directory of the current config.

@@ -34,7 +34,7 @@ use crate::gateway::Gateway;
 use crate::upstream::Backend;
 
 /// Milliseconds on a process-wide monotonic clock.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }

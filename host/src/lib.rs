@@ -19,6 +19,8 @@
 //! - [`gateway`]: the running state that reloads swap;
 //! - [`forwarded`]: client IP and forwarding/hop-by-hop headers;
 //! - [`access`]: the access log;
+//! - [`tunnel`]: WebSocket and other upgrades passed through;
+//! - [`tls`]: TLS termination (`[tls]`), certificates reloaded on change;
 //! - [`admin`]: the admin listener: status, metrics, events, dashboard;
 //! - [`demo`]: built-in demo backends.
 
@@ -42,6 +44,8 @@ pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod stats;
+pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -74,6 +78,7 @@ pub const BUILTIN_PLUGINS: [(&str, &[u8]); 3] = [
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -93,12 +98,25 @@ pub struct Options {
 }
 
 impl Proxy {
-    /// Binds `config.listen`, compiles the plugins and starts serving.
+    /// Binds `config.listen` (and `tls.listen`), loads the certificate,
+    /// compiles the plugins and starts serving.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let tls_listener = match &config.tls {
+            Some(tls) => Some(
+                TcpListener::bind(tls.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (tls.listen)", tls.listen))?,
+            ),
+            None => None,
+        };
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let admin_listener = match config.admin {
             Some(at) => Some(
                 TcpListener::bind(at)
@@ -121,12 +139,26 @@ impl Proxy {
             None
         };
         let health = health::spawn(Arc::clone(&gateway));
+        // The certificate was loaded (and checked) with the gateway.
+        let secure = match (tls_listener, gateway.tls()) {
+            (Some(listener), Some(tls)) => Some(listener::TlsListener {
+                listener,
+                tls: Arc::clone(tls),
+            }),
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), async {
-            let _ = rx.await;
-        }));
+        let server = tokio::spawn(listener::serve(
+            listener,
+            secure,
+            Arc::clone(&gateway),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Ok(Proxy {
             addr,
+            tls_addr,
             gateway,
             shutdown: Some(tx),
             server,
@@ -145,6 +177,11 @@ impl Proxy {
     /// The address the proxy listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTPS listener, when `[tls]` is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The proxy's state.

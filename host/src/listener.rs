@@ -1,26 +1,44 @@
-//! The client-facing listener: accepts TCP connections and serves HTTP/1.1
-//! and HTTP/2 (prior knowledge) on them with hyper, handing each request to
-//! [`proxy::handle`]. Stops accepting on shutdown and lets open connections
-//! finish, up to the config's `drain-timeout`: in-flight requests complete,
-//! and keep-alive clients get `Connection: close` on their last response.
+//! The client-facing listeners: accept TCP connections on `listen` (plain)
+//! and, with `[tls]`, on `tls.listen` (TLS handshake first, within
+//! [`tls::HANDSHAKE_TIMEOUT`]), and serve HTTP/1.1 and HTTP/2 on them with
+//! hyper, handing each request to [`proxy::handle`]. Both serve the same
+//! routes. Stops accepting on shutdown and lets open connections finish, up
+//! to the config's `drain-timeout`: in-flight requests complete, keep-alive
+//! clients get `Connection: close` on their last response, and open tunnels
+//! (WebSockets) may run until the deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::gateway::Gateway;
+use crate::proxy::Scheme;
+use crate::tls::{self, Tls};
 use crate::{front, proxy};
 
-/// Serves `listener` until `shutdown` completes, then drains.
+/// The HTTPS listener and the certificate it serves.
+#[derive(Debug)]
+pub struct TlsListener {
+    /// Bound to `tls.listen`.
+    pub listener: TcpListener,
+    /// The current certificate (swapped on reload).
+    pub tls: Arc<Tls>,
+}
+
+/// Serves `listener` (and `secure`, when TLS is on) until `shutdown`
+/// completes, then drains.
 pub async fn serve(
     listener: TcpListener,
+    secure: Option<TlsListener>,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -31,42 +49,108 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(10))
         // Heads larger than this are answered 431 by hyper.
         .max_buf_size(front::MAX_HEAD);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+        let (accepted, scheme) = tokio::select! {
+            accepted = listener.accept() => (accepted, Scheme::Http),
+            accepted = accept(secure.as_ref().map(|s| &s.listener)) => (accepted, Scheme::Https),
             () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         };
         // Best effort; a failure only costs latency.
         let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
         let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |req| {
-            let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(proxy::handle(&gateway, peer, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "client connection ended with error: {e}");
+        let builder = Arc::clone(&builder);
+        match (scheme, &secure) {
+            (Scheme::Https, Some(secure)) => {
+                // The handshake runs in the connection's task, never in the
+                // accept loop; its watcher holds the drain until it is done.
+                let acceptor = secure.tls.acceptor();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out after {:?}", tls::HANDSHAKE_TIMEOUT);
+                            return;
+                        }
+                    };
+                    connection(&builder, watcher, stream, gateway, peer, Scheme::Https).await;
+                });
             }
-        });
+            _ => {
+                tokio::spawn(async move {
+                    connection(&builder, watcher, stream, gateway, peer, Scheme::Http).await;
+                });
+            }
+        }
     }
     drop(listener);
+    drop(secure);
     let deadline = gateway.config().drain_timeout;
+    let tunnels = Arc::clone(gateway.tunnels());
+    let drained = async {
+        graceful.shutdown().await;
+        if tunnels.count() > 0 {
+            tracing::info!(
+                "waiting for {} open tunnel(s) (WebSockets) to close",
+                tunnels.count()
+            );
+        }
+        tunnels.all_closed().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drained => tracing::info!("all connections closed"),
         () = tokio::time::sleep(deadline) => tracing::warn!("drain-timeout ({deadline:?}) passed; closing remaining connections"),
+    }
+}
+
+/// The next connection on `listener`; never, when there is none.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection.
+async fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    scheme: Scheme,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let gateway = Arc::clone(&gateway);
+        async move { Ok::<_, Infallible>(proxy::handle(&gateway, peer, scheme, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, "client connection ended with error: {e}");
     }
 }

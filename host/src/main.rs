@@ -123,6 +123,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
             .context(shown)?;
+            if let Some(https) = proxy.tls_addr() {
+                tracing::info!(%https, "HTTPS listener serving the same routes");
+            }
             match proxy.admin_addr() {
                 Some(admin) => {
                     tracing::info!(listen = %proxy.addr(), %admin, "switchyard is serving; dashboard on http://{admin}/")
@@ -146,6 +149,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    let tls = config.tls.as_ref().map(|t| {
+        format!(
+            "; HTTPS on {} with {} (key {})",
+            t.listen,
+            t.cert.display(),
+            t.key.display()
+        )
+    });
     let summary: Vec<String> = config
         .upstreams
         .iter()
@@ -167,6 +178,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || Gateway::build(config))
         .await?
         .with_context(|| path.display().to_string())?;
+    // Building loaded the certificate and key: they parse and match.
     // Host names are resolved while running; say what they resolve to now,
     // but a name that does not resolve yet (a container not started) is
     // not an error.
@@ -188,9 +200,10 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{}: configuration OK; upstreams: {}",
+        "{}: configuration OK; upstreams: {}{}",
         path.display(),
-        summary.join(", ")
+        summary.join(", "),
+        tls.unwrap_or_default()
     );
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! client, backend or plugin can cause ends in a status code and a log line:
 //! no route 404, strategy rejects or nothing usable 503, backend unreachable
 //! 502, backend too slow 504. A failed try is tried again on another backend
-//! when [`crate::retry`] says it may be.
+//! when [`crate::retry`] says it may be. An upgrade request (WebSocket) that
+//! the backend answers with 101 becomes a tunnel ([`crate::tunnel`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::config::FailurePolicy;
@@ -24,8 +26,36 @@ use crate::plugin::{Choice, PickInput, fallback};
 use crate::pool::{self, Conn, ConnectError, Sender};
 use crate::retry::{Replay, RetryToken};
 use crate::router::host_of;
+use crate::tunnel::{Tunnel, Tunnels};
 use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
-use crate::{access, forwarded, front};
+use crate::{access, forwarded, front, tunnel};
+
+/// How the client reached the proxy: what `X-Forwarded-Proto` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// The plain listener.
+    Http,
+    /// The TLS listener (`[tls]`).
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// A client's upgrade request on its way: the protocol it asked for and
+/// its connection, to be taken over if the backend agrees.
+struct ClientUpgrade {
+    protocol: HeaderValue,
+    on: OnUpgrade,
+    tunnels: Arc<Tunnels>,
+}
 
 /// A short plain-text response made by the proxy itself.
 pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -42,10 +72,11 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     resp
 }
 
-/// Handles one client request.
+/// Handles one client request that came from `peer` over `scheme`.
 pub async fn handle(
     gateway: &Gateway,
     peer: SocketAddr,
+    scheme: Scheme,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
@@ -64,6 +95,33 @@ pub async fn handle(
         }
         return closing(local_response(refusal.status, refusal.reason));
     }
+    if parts.method == Method::CONNECT {
+        // A reverse proxy has nothing to tunnel to (and HTTP/2's extended
+        // CONNECT for WebSockets is not offered).
+        tracing::info!(%peer, "CONNECT refused: 405");
+        if let Some(log) = &mut log {
+            log.answered(None, 405, 0);
+            log.completed();
+        }
+        let mut resp = local_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported by this reverse proxy",
+        );
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+        return resp;
+    }
+    // An upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`; the
+    // client's connection is taken from hyper if the backend answers 101.
+    let upgrade = tunnel::requested(&parts).and_then(|protocol| {
+        Some(ClientUpgrade {
+            protocol,
+            on: parts.extensions.remove::<OnUpgrade>()?,
+            tunnels: Arc::clone(gateway.tunnels()),
+        })
+    });
 
     // Everything synchronous happens under one load of the route table.
     let (upstream, set, client_ip) = {
@@ -88,7 +146,7 @@ pub async fn handle(
             &mut parts.headers,
             peer.ip(),
             client_ip,
-            "http",
+            scheme.as_str(),
             &table.trusted_proxies,
         );
         (
@@ -116,6 +174,14 @@ pub async fn handle(
         );
     }
     parts.version = http::Version::HTTP_11;
+    if let Some(upgrade) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, upgrade.protocol.clone());
+    }
 
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody::new(body, Arc::clone(&client_failed));
@@ -131,6 +197,7 @@ pub async fn handle(
         preference: None,
         retry: None,
         log,
+        upgrade,
     };
     let resp = exchange.run(parts, body).await;
     if resp.body().is_local() {
@@ -163,6 +230,8 @@ struct Exchange {
     retry: Option<RetryToken>,
     /// The access log line, when the access log is on.
     log: Option<Box<access::Entry>>,
+    /// The client's upgrade request, if it is one.
+    upgrade: Option<ClientUpgrade>,
 }
 
 /// The end of one try.
@@ -412,8 +481,11 @@ impl Exchange {
         in_flight: InFlight,
         backend: &Backend,
     ) -> Response<ProxyBody> {
-        // An upgraded connection (101) is no longer HTTP: never pooled.
-        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection is no longer HTTP: never pooled.
+            drop(sender);
+            return self.switch(resp, in_flight, backend);
+        }
         forwarded::strip_hop_by_hop(resp.headers_mut());
         if let Some(name) = &self.upstream.config.backend_header {
             resp.headers_mut()
@@ -426,13 +498,58 @@ impl Exchange {
             log.answered(Some(&backend.address), resp.status().as_u16(), retries);
             log
         });
-        let lease = Lease::new(
-            in_flight,
-            reusable.then_some(sender),
-            self.upstream.pool,
-            log,
-        );
+        let lease = Lease::new(in_flight, Some(sender), self.upstream.pool, log);
         resp.map(|b| ProxyBody::upstream(b, lease))
+    }
+
+    /// The backend answered 101: passes it on and starts the tunnel, which
+    /// holds the backend's in-flight count until it closes. A 101 nobody
+    /// asked for, or without `Upgrade`, is the backend's fault: 502.
+    fn switch(
+        &mut self,
+        mut resp: Response<Incoming>,
+        in_flight: InFlight,
+        backend: &Backend,
+    ) -> Response<ProxyBody> {
+        let protocol = resp.headers().get(header::UPGRADE).cloned();
+        let (Some(upgrade), Some(protocol)) = (self.upgrade.take(), protocol) else {
+            backend_failed(&self.upstream, backend);
+            tracing::warn!(
+                upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+                method = %self.method, path = self.uri.path(),
+                "backend answered 101 Switching Protocols to a request that did not ask to upgrade, or without Upgrade: 502"
+            );
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                "backend switched protocols unasked",
+            );
+        };
+        let backend_io = hyper::upgrade::on(&mut resp);
+        forwarded::strip_hop_by_hop(resp.headers_mut());
+        let headers = resp.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+        if let Some(name) = &self.upstream.config.backend_header {
+            headers.insert(name.clone(), backend.id_header.clone());
+        }
+        self.retry = None;
+        let retries = self.retries();
+        let log = self.log.take().map(|mut log| {
+            log.answered(Some(&backend.address), resp.status().as_u16(), retries);
+            log
+        });
+        let tunnel = Tunnel {
+            client: upgrade.on,
+            backend: backend_io,
+            lease: Lease::new(in_flight, None, self.upstream.pool, log),
+            idle_timeout: self.upstream.config.tunnel_idle_timeout,
+            guard: upgrade.tunnels.open(),
+            upstream: self.upstream.name().to_owned(),
+            backend_address: backend.address.clone(),
+            peer: self.peer,
+        };
+        tokio::spawn(tunnel.run());
+        resp.map(ProxyBody::switched)
     }
 
     /// Retries so far: one per failed try.

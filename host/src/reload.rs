@@ -1,5 +1,6 @@
-//! The reloader: watches the plugins directory and the config file, and
-//! applies changes without dropping a request.
+//! The reloader: watches the plugins directory, the config file and the
+//! `[tls]` certificate and key, and applies changes without dropping a
+//! request.
 //!
 //! File events are debounced (50 ms of quiet per path), then the work
 //! (reading, compiling, trial-instantiating) runs on a blocking thread and
@@ -7,11 +8,18 @@
 //! empty, half-copied, not a component or not of our WIT world is rejected
 //! with its name and the reason in the log; the previous build keeps
 //! serving, and the next write of the file is tried again.
+//!
+//! The certificate and key are watched through their directories: any
+//! change there whose files' size or modification time moved (following
+//! symlinks: certbot renews by repointing them, Kubernetes by swapping a
+//! `..data` link) re-reads both. Bytes already served change nothing; a pair
+//! that does not parse or match is logged and the old certificate keeps
+//! serving ([`crate::tls`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
@@ -20,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, PluginReload};
+use crate::tls::TlsReload;
 
 /// Quiet time before a burst of file events is acted on (the debouncer may
 /// batch up to twice this). A half-copied file that slips through is
@@ -44,6 +53,40 @@ struct Watch {
     plugins: PathBuf,
     /// Canonical config file, if the proxy was started from one.
     config: Option<PathBuf>,
+    /// What each watched file looked like when last read.
+    stamps: HashMap<PathBuf, Stamp>,
+    /// Canonical directories of the certificate and key.
+    tls_dirs: BTreeSet<PathBuf>,
+}
+
+/// A file's size and modification time: whether it changed since it was
+/// last read, without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+impl Watch {
+    /// Whether `path` changed since the last time this said so. Reading a
+    /// file raises events of its own (open, access, close): without this,
+    /// every reload would trigger the next one.
+    fn changed(&mut self, path: &Path) -> bool {
+        let now = stamp(path);
+        let before = match now {
+            Some(now) => self.stamps.insert(path.to_owned(), now),
+            None => self.stamps.remove(path),
+        };
+        before != now
+    }
 }
 
 fn canonical(path: &Path) -> std::io::Result<PathBuf> {
@@ -62,6 +105,44 @@ impl Watch {
             self.plugins = dir;
         }
         Ok(())
+    }
+
+    /// Watches the directories of the certificate and key served now
+    /// (again: one shared with an old plugins directory may just have been
+    /// unwatched). Directories of files no longer used stay watched; events
+    /// there only look at the current files.
+    fn watch_tls(&mut self, gateway: &Gateway) -> anyhow::Result<()> {
+        let Some(tls) = gateway.tls() else {
+            return Ok(());
+        };
+        let (cert, key) = tls.paths();
+        for file in [cert, key] {
+            let dir = match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            let dir = canonical(&dir)?;
+            self.debouncer
+                .watcher()
+                .watch(&dir, RecursiveMode::NonRecursive)?;
+            self.tls_dirs.insert(dir);
+            if !self.stamps.contains_key(&file)
+                && let Some(s) = stamp(&file)
+            {
+                self.stamps.insert(file, s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the certificate or key changed since last looked at.
+    fn tls_changed(&mut self, gateway: &Gateway) -> bool {
+        let Some(tls) = gateway.tls() else {
+            return false;
+        };
+        let (cert, key) = tls.paths();
+        // Both stamps are brought up to date.
+        self.changed(&cert) | self.changed(&key)
     }
 }
 
@@ -90,14 +171,31 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
         }
         None => None,
     };
+    // What was read at start-up counts as seen.
+    let mut stamps = HashMap::new();
+    let files = std::fs::read_dir(&plugins)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .chain(config.clone());
+    for path in files {
+        if let Some(s) = stamp(&path) {
+            stamps.insert(path, s);
+        }
+    }
     let mut watch = Watch {
         debouncer,
         plugins,
         config,
+        stamps,
+        tls_dirs: BTreeSet::new(),
     };
+    watch.watch_tls(&gateway)?;
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut config_changed = false;
+            let mut tls_event = false;
             let mut plugin_files = BTreeSet::new();
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
@@ -107,11 +205,16 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
                 match result {
                     Ok(events) => {
                         for event in events {
+                            tls_event |= event
+                                .path
+                                .parent()
+                                .is_some_and(|dir| watch.tls_dirs.contains(dir));
                             if Some(&event.path) == watch.config.as_ref() {
-                                config_changed = true;
+                                config_changed |= watch.changed(&event.path);
                             } else if event.path.parent() == Some(watch.plugins.as_path())
                                 && event.path.extension().is_some_and(|e| e == "wasm")
                                 && let Some(name) = event.path.file_name()
+                                && watch.changed(&event.path)
                             {
                                 plugin_files.insert(name.to_owned());
                             }
@@ -123,10 +226,19 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
             if config_changed && let Some(path) = watch.config.clone() {
                 let gw = Arc::clone(&gateway);
                 let reloaded = tokio::task::spawn_blocking(move || reload_config(&gw, &path)).await;
-                if matches!(reloaded, Ok(true))
-                    && let Err(e) = watch.watch_plugins(&gateway.plugins_dir())
-                {
-                    tracing::error!("cannot watch the new plugins directory: {e:#}");
+                if matches!(reloaded, Ok(true)) {
+                    if let Err(e) = watch.watch_plugins(&gateway.plugins_dir()) {
+                        tracing::error!("cannot watch the new plugins directory: {e:#}");
+                    }
+                    if let Err(e) = watch.watch_tls(&gateway) {
+                        tracing::error!("cannot watch the certificate's directory: {e:#}");
+                    }
+                }
+            }
+            if tls_event && watch.tls_changed(&gateway) {
+                let gw = Arc::clone(&gateway);
+                if let Err(e) = tokio::task::spawn_blocking(move || reload_tls(&gw)).await {
+                    tracing::error!("certificate reload task failed: {e}");
                 }
             }
             for name in plugin_files {
@@ -143,10 +255,11 @@ pub fn spawn(gateway: Arc<Gateway>, config_path: Option<PathBuf>) -> anyhow::Res
     Ok(Reloader { task })
 }
 
-/// What SIGHUP does: re-reads the config file and every plugin file in use,
-/// exactly as if each had changed. Blocking.
+/// What SIGHUP does: re-reads the config file, the certificate and key,
+/// and every plugin file in use, exactly as if each had changed. Blocking.
 pub fn reload_everything(gateway: &Gateway, config_path: &Path) {
     reload_config(gateway, config_path);
+    reload_tls(gateway);
     let config = gateway.config();
     let mut files: Vec<PathBuf> = config
         .upstreams
@@ -160,13 +273,43 @@ pub fn reload_everything(gateway: &Gateway, config_path: &Path) {
     }
 }
 
+/// Re-reads the `[tls]` certificate and key and serves them to new
+/// connections if they changed and are valid; otherwise the previous
+/// certificate keeps serving. Blocking.
+pub fn reload_tls(gateway: &Gateway) {
+    let Some(tls) = gateway.tls() else {
+        return;
+    };
+    let (cert, key) = tls.paths();
+    match tls.reload() {
+        TlsReload::Swapped { chain } => {
+            tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded ({chain} certificate(s) in the chain); new connections get it");
+            let detail = format!("certificate reloaded ({chain} in the chain)");
+            gateway.record_reload("tls", &cert, "ok", detail, Vec::new());
+        }
+        TlsReload::Unchanged => {
+            tracing::debug!(cert = %cert.display(), "TLS certificate unchanged");
+        }
+        TlsReload::Rejected(e) => {
+            tracing::error!(
+                "TLS certificate reload rejected; the previous certificate keeps serving: {e}"
+            );
+            gateway.record_reload("tls", &cert, "error", e.to_string(), Vec::new());
+        }
+    }
+}
+
 /// Re-reads the config file and applies it. Returns whether it changed.
 pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
     let applied = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| gateway.apply_config(config).map_err(|e| e.to_string()));
     match applied {
-        Ok(()) => {
+        Ok(false) => {
+            tracing::debug!(file = %path.display(), "config unchanged");
+            false
+        }
+        Ok(true) => {
             tracing::info!(file = %path.display(), "config reloaded");
             let upstreams = gateway
                 .config()

@@ -9,6 +9,10 @@
 //!   a body is streamed to the backend, not kept, so it cannot be sent twice.
 //! - A response whose status is listed in `retry-on-status` (none by
 //!   default), under the same conditions.
+//! - An upgrade request (WebSocket handshake: `Upgrade` forwarded, see
+//!   [`crate::tunnel`]) is never sent twice, whatever its method: a backend
+//!   that saw it may have started a session (and the handshake's key is
+//!   one-off). It is retried only when it reached no backend.
 //!
 //! At most `retries` more tries per request, each on a backend this request
 //! has not tried yet, chosen by the strategy with the tried ones excluded.
@@ -114,9 +118,14 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// A copy of `req`, if it may be sent twice: idempotent and bodiless.
+    /// A copy of `req`, if it may be sent twice: idempotent, bodiless and
+    /// not an upgrade (a forwarded request keeps `Upgrade` only when it is
+    /// one).
     pub fn of(req: &Request<ClientBody>) -> Option<Replay> {
-        (idempotent(req.method()) && req.body().is_empty()).then(|| Replay {
+        (idempotent(req.method())
+            && req.body().is_empty()
+            && !req.headers().contains_key(http::header::UPGRADE))
+        .then(|| Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -156,6 +165,17 @@ mod tests {
         drop(more);
         assert_eq!(budget.active(), 0);
         assert!(budget.acquire(&policy, 0).is_some());
+    }
+
+    #[test]
+    fn upgrade_requests_never_replay() {
+        let mut req = Request::new(ClientBody::empty());
+        assert!(Replay::of(&req).is_some());
+        req.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        assert!(Replay::of(&req).is_none());
     }
 
     #[test]

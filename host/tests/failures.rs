@@ -60,6 +60,17 @@ fn stats(proxy: &switchyard::Proxy) -> (u64, u64, u64, u64, u64) {
     )
 }
 
+/// Picks served without calling the plugin while it was paused.
+fn skipped(proxy: &switchyard::Proxy) -> u64 {
+    let table = proxy.gateway().routes();
+    table.upstreams[0]
+        .strategy
+        .load()
+        .stats
+        .skipped
+        .load(Ordering::Relaxed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_plugin_is_replaced_and_requests_are_served_by_the_fallback() {
     let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"trap\" }").await;
@@ -69,11 +80,41 @@ async fn a_trapping_plugin_is_replaced_and_requests_are_served_by_the_fallback()
     let (picks, traps, timeouts, _, instances) = stats(&proxy);
     assert_eq!(picks, 0);
     // (A pick descheduled past its deadline counts as a timeout instead.)
-    assert_eq!(traps + timeouts, 30, "every pick failed and was counted");
+    let failed = traps + timeouts;
+    let paused = skipped(&proxy);
+    assert_eq!(
+        failed + paused,
+        30,
+        "every pick failed or was skipped, and was counted"
+    );
+    assert!(failed >= 5, "{failed} failures before the pause");
     assert!(
-        instances >= 30,
+        paused > 0,
+        "after 5 failures in a row the plugin is left alone"
+    );
+    assert!(
+        instances >= failed,
         "each trapped instance was replaced ({instances} instances)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_keeps_failing_is_paused_then_tried_again() {
+    let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"trap\" }").await;
+    all_answered(&proxy, 20).await;
+    let failures = |p: &switchyard::Proxy| {
+        let (_, traps, timeouts, ..) = stats(p);
+        traps + timeouts
+    };
+    let before = failures(&proxy);
+    assert!(skipped(&proxy) > 0);
+    // The first pause is 100 ms; after it the plugin gets one more chance
+    // (and fails, which doubles the pause).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    all_answered(&proxy, 1).await;
+    assert_eq!(failures(&proxy), before + 1, "tried again after the pause");
+    all_answered(&proxy, 5).await;
+    assert_eq!(failures(&proxy), before + 1, "paused again, for longer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +137,9 @@ async fn a_plugin_that_loops_forever_is_interrupted_at_its_deadline() {
     let took = start.elapsed();
     assert_eq!(replies.len(), 10);
     let (_, _, timeouts, ..) = stats(&proxy);
-    assert_eq!(timeouts, 10);
+    // Five in a row, then the plugin is paused and picks skip it.
+    assert!(timeouts >= 5, "{timeouts}");
+    assert_eq!(timeouts + skipped(&proxy), 10);
     // Each pick is cut at the 10 ms default deadline (plus scheduling);
     // a generous bound, not a benchmark.
     assert!(
@@ -118,11 +161,13 @@ async fn out_of_range_answers_and_memory_hogs_fall_back() {
         assert_eq!(picks, 0, "{what}");
         // A memory hog hits its cap (trap) or, on a busy machine, its
         // deadline first (timeout): either way the pick failed and counted.
+        let paused = skipped(&proxy);
         assert_eq!(
-            traps + timeouts + bad,
+            traps + timeouts + bad + paused,
             6,
-            "{what}: traps {traps} timeouts {timeouts} bad {bad}"
+            "{what}: traps {traps} timeouts {timeouts} bad {bad} skipped {paused}"
         );
+        assert!(traps + timeouts + bad >= 5, "{what}");
     }
 }
 

@@ -313,3 +313,66 @@ async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_
     .await;
     assert!(switched.is_some(), "the dropped plugin never took over");
 }
+
+/// The soak (`examples/bench/soak.sh`, 100 changes at 2000 req/s) in small:
+/// ten changes, plugin copies and config edits in turn, while a client
+/// loops. Nothing fails, and the last change is the one serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_reloads_in_a_row_under_load_lose_nothing() {
+    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
+    let client_loop = Loop::start(proxy.addr());
+    for i in 0..10 {
+        if i % 2 == 0 {
+            let plugin = if i % 4 == 0 { LEAST_CONN } else { ROUND_ROBIN };
+            fx.install("round-robin", plugin);
+        } else {
+            let weight = i % 3 + 1;
+            fx.write_config(&format!(
+                "[[upstream]]\nname = \"app\"\nstrategy = \"round-robin\"\nservers = [{{ address = \"{}\", weight = {weight} }}, \"{}\", \"{}\"]\n",
+                be[0].addr, be[1].addr, be[2].addr
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Finally the test strategy (everything to backend 1) must take over.
+    fx.install("round-robin", TEST_STRATEGY);
+    let changed = Instant::now();
+    while changed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if settled_on(&client_loop.log.lock().await, changed, 1).is_some() {
+            break;
+        }
+    }
+    let log = client_loop.finish().await;
+    assert_no_failures(&log);
+    assert!(
+        settled_on(&log, changed, 1).is_some(),
+        "the last change never took effect"
+    );
+    eprintln!("{} requests across 11 changes, 0 failed", log.len());
+}
+
+/// Reading a watched file (as the proxy itself does on every reload) is
+/// not a change: one edit gives one reload, not a reload loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
+    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
+    let counts = || proxy.gateway().reload_counts();
+    for _ in 0..5 {
+        let _ = std::fs::read(fx.config_path()).expect("read config");
+        let _ = std::fs::read(fx.plugins().join("round-robin.wasm")).expect("read plugin");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counts(), vec![], "reads are not changes");
+
+    fx.write_config(&upstream("test-strategy", &be, ""));
+    let applied = eventually(Duration::from_secs(5), || async { !counts().is_empty() }).await;
+    assert!(applied.is_some(), "the edit was applied");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        counts(),
+        vec![(("config", "ok"), 1)],
+        "one edit, one reload"
+    );
+}

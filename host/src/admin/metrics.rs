@@ -241,6 +241,20 @@ impl Collector for Metrics {
         }
 
         let mut m = enc.encode_descriptor(
+            "plugin_skipped_picks",
+            "Picks served by the host's round robin without calling the plugin, paused after failing again and again.",
+            None,
+            MetricType::Counter,
+        )?;
+        for us in &strategies {
+            counter(
+                &mut m,
+                &plugin_labels(us),
+                us.2.stats.skipped.load(Ordering::Relaxed),
+            )?;
+        }
+
+        let mut m = enc.encode_descriptor(
             "reloads",
             "Plugin and config reloads by result.",
             None,

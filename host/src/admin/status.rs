@@ -51,6 +51,9 @@ struct Failures {
     timeout: u64,
     bad_answer: u64,
     instantiate: u64,
+    /// Picks served without the plugin while it was paused after failing
+    /// again and again.
+    skipped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +163,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
                 timeout: st.timeouts.load(Ordering::Relaxed),
                 bad_answer: st.bad_answers.load(Ordering::Relaxed),
                 instantiate: st.instantiate_failures.load(Ordering::Relaxed),
+                skipped: st.skipped.load(Ordering::Relaxed),
             },
         },
         requests: all_total,

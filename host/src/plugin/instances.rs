@@ -136,6 +136,11 @@ impl Strategy {
     /// the next pick) and the host's round robin answers instead.
     pub fn pick(self: &Arc<Self>, input: PickInput<'_>, parts: Parts) -> (Choice, Parts) {
         let started = Instant::now();
+        if self.stats.paused() {
+            // Failing again and again: left alone until the pause ends.
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return (failed_over(&input), parts);
+        }
         let picked = INSTANCES.with(|cell| match cell.try_borrow_mut() {
             Ok(mut entries) => self.pick_with(&mut entries, input, parts),
             // Unreachable (no pick runs inside another), but never panic.
@@ -241,11 +246,20 @@ impl Strategy {
             }
         };
         self.stats.picks.fetch_add(1, Ordering::Relaxed);
+        self.stats.succeeded();
         (choice, parts)
     }
 
     fn failed(&self, kind: FailureKind, detail: &str) {
         self.stats.count(kind);
+        if let Some(pause) = self.stats.failed_in_a_row() {
+            tracing::warn!(
+                upstream = %self.upstream,
+                plugin = %self.compiled.path.display(),
+                "strategy failed {} times in a row: not called for {pause:?}; the host's round robin serves meanwhile",
+                self.stats.consecutive_failures.load(Ordering::Relaxed)
+            );
+        }
         if self.stats.should_log() {
             tracing::warn!(
                 upstream = %self.upstream,

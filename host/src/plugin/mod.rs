@@ -17,7 +17,7 @@ mod sandbox;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use wasmtime::component::{Component, Linker};
@@ -338,8 +338,23 @@ pub struct StrategyStats {
     pub instantiate_failures: AtomicU64,
     /// Instances created (per thread, plus replacements after failures).
     pub instances: AtomicU64,
+    /// Picks served by the host's round robin without calling the plugin,
+    /// because it kept failing (see [`BREAKER_AFTER`]).
+    pub skipped: AtomicU64,
+    consecutive_failures: AtomicU32,
+    open_until_ms: AtomicU64,
     last_log_ms: AtomicU64,
 }
+
+/// Consecutive failures after which a strategy is left alone for a while:
+/// picks go to the host's round robin without instantiating or calling the
+/// plugin, then it is tried again. The pause starts at [`BREAKER_MIN`] and
+/// doubles with every failed retry, up to [`BREAKER_MAX`].
+pub const BREAKER_AFTER: u32 = 5;
+/// First pause of a failing strategy.
+pub const BREAKER_MIN: Duration = Duration::from_millis(100);
+/// Longest pause of a failing strategy.
+pub const BREAKER_MAX: Duration = Duration::from_secs(30);
 
 impl Default for StrategyStats {
     fn default() -> Self {
@@ -351,6 +366,9 @@ impl Default for StrategyStats {
             bad_answers: AtomicU64::new(0),
             instantiate_failures: AtomicU64::new(0),
             instances: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
             last_log_ms: AtomicU64::new(0),
         }
     }
@@ -378,6 +396,30 @@ impl StrategyStats {
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .sum()
+    }
+
+    /// Whether the strategy is paused after repeated failures.
+    fn paused(&self) -> bool {
+        crate::health::now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// A pick the plugin answered: failures are no longer consecutive.
+    fn succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure in a row; returns the pause it starts, if any.
+    fn failed_in_a_row(&self) -> Option<Duration> {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = n.checked_sub(BREAKER_AFTER)?;
+        let pause = BREAKER_MIN
+            .saturating_mul(1 << over.min(16))
+            .min(BREAKER_MAX);
+        let until = crate::health::now_ms() + pause.as_millis() as u64;
+        self.open_until_ms.store(until, Ordering::Relaxed);
+        Some(pause)
     }
 
     /// At most one log line per second per strategy, so a plugin that fails
