@@ -80,7 +80,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let mut log = gateway.routes().access_log.then(|| {
+    // Everything synchronous happens under one load of the route table.
+    let table = gateway.routes();
+    let mut log = table.access_log.then(|| {
         access::Entry::new(
             Instant::now(),
             peer.ip(),
@@ -92,6 +94,7 @@ pub async fn handle(
         tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
         if let Some(log) = &mut log {
             log.answered(None, refusal.status.as_u16(), 0);
+            log.completed();
         }
         return closing(local_response(refusal.status, refusal.reason));
     }
@@ -123,9 +126,7 @@ pub async fn handle(
         })
     });
 
-    // Everything synchronous happens under one load of the route table.
     let (upstream, set, client_ip) = {
-        let table = gateway.routes();
         let Some(upstream) = table.route(host_of(&parts), parts.uri.path()) else {
             tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(&parts), "no upstream matches: 404");
             if let Some(log) = &mut log {
@@ -155,6 +156,8 @@ pub async fn handle(
             client_ip,
         )
     };
+    // Not held across the awaits below: a reload may retire this table.
+    drop(table);
 
     // HTTP/2 clients send `:authority` instead of Host; backends get Host,
     // and the request target in origin form.
