@@ -81,24 +81,20 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProj::Upstream { mut inner, lease } => {
                 let polled = inner.as_mut().poll_frame(cx);
-                match &polled {
-                    // The end: hyper stops polling as soon as a body with a
-                    // known length says it has ended, so that is checked
-                    // after every frame, not only at `None`.
-                    Poll::Ready(None) => {
-                        if let Some(lease) = lease.take() {
-                            lease.release(true);
-                        }
-                    }
-                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
-                        if let Some(lease) = lease.take() {
-                            lease.release(true);
-                        }
-                    }
+                // The end: hyper stops polling as soon as a body with a
+                // known length says it has ended, so that is checked after
+                // every frame, not only at `None`.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
                     Poll::Ready(Some(Err(_))) => {
                         lease.take();
+                        false
                     }
-                    _ => {}
+                    Poll::Pending => false,
+                };
+                if ended && let Some(lease) = lease.take() {
+                    lease.release(true);
                 }
                 polled
             }
