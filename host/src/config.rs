@@ -44,6 +44,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Write one `access` log line per request.
     pub access_log: bool,
+    /// What one client connection may take (`[client]`).
+    pub client: ClientLimits,
     /// The HTTPS listener, when `[tls]` is present.
     pub tls: Option<TlsConfig>,
     /// Upstreams, in file order (the order breaks routing ties).
@@ -61,6 +63,37 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+}
+
+/// `[client]`: timeouts and limits of client connections, enforced by the
+/// strict front ([`crate::front`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A request head must be complete this long after its first byte, or
+    /// the client gets 408 and the connection is closed.
+    pub header_timeout: Duration,
+    /// Longest silence while a request body is being read (408).
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection (no request, nothing in flight) is
+    /// closed after this.
+    pub keepalive_timeout: Duration,
+    /// Largest request body, in bytes (413); `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// Most client connections served at once; further ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
+            max_body_size: Some(10 << 20),
+            max_connections: 20_000,
+        }
+    }
 }
 
 /// Limits applied to every plugin instance.
@@ -270,9 +303,80 @@ struct RawConfig {
     #[serde(default)]
     access_log: bool,
     #[serde(default)]
+    client: RawClient,
+    #[serde(default)]
     tls: Option<RawTls>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawClient {
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    header_timeout: Duration,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    body_timeout: Duration,
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    keepalive_timeout: Duration,
+    #[serde(default = "default_max_body_size")]
+    max_body_size: toml::Value,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        Self {
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_body_size: default_max_body_size(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_timeout() -> Duration {
+    ClientLimits::default().header_timeout
+}
+
+fn default_body_timeout() -> Duration {
+    ClientLimits::default().body_timeout
+}
+
+fn default_keepalive_timeout() -> Duration {
+    ClientLimits::default().keepalive_timeout
+}
+
+fn default_max_body_size() -> toml::Value {
+    toml::Value::String("10m".into())
+}
+
+fn default_max_connections() -> i64 {
+    ClientLimits::default().max_connections as i64
+}
+
+/// A size as nginx writes it: bytes (`1048576`), or a number with `k`, `m`
+/// or `g` (powers of 1024, case-insensitive: `"512k"`, `"10m"`).
+fn parse_size(value: &toml::Value) -> Option<u64> {
+    match value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (digits, shift) = match s.as_bytes().last()?.to_ascii_lowercase() {
+                b'k' => (&s[..s.len() - 1], 10),
+                b'm' => (&s[..s.len() - 1], 20),
+                b'g' => (&s[..s.len() - 1], 30),
+                _ => (s, 0),
+            };
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+        }
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -645,6 +749,7 @@ impl Validator<'_> {
                 "must be between 1 and 4096 (MiB)",
             ));
         }
+        let client = self.client(&raw.client)?;
         if raw.upstream.is_empty() {
             return Err(self.err(
                 "upstream",
@@ -691,8 +796,41 @@ impl Validator<'_> {
             },
             drain_timeout: raw.drain_timeout,
             access_log: raw.access_log,
+            client,
             tls,
             upstreams,
+        })
+    }
+
+    fn client(&self, c: &RawClient) -> Result<ClientLimits, ConfigError> {
+        for (key, value) in [
+            ("client.header-timeout", c.header_timeout),
+            ("client.body-timeout", c.body_timeout),
+            ("client.keepalive-timeout", c.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(self.err(key, "must be more than 0 (e.g. \"10s\")"));
+            }
+        }
+        let max_body_size = parse_size(&c.max_body_size).ok_or_else(|| {
+            self.err(
+                "client.max-body-size",
+                format!(
+                    "`{}` is not a size (expected bytes, or e.g. \"512k\", \"10m\", \"1g\"; 0 for no limit)",
+                    c.max_body_size
+                ),
+            )
+        })?;
+        let max_connections = usize::try_from(c.max_connections)
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| self.err("client.max-connections", "must be between 1 and 1000000"))?;
+        Ok(ClientLimits {
+            header_timeout: c.header_timeout,
+            body_timeout: c.body_timeout,
+            keepalive_timeout: c.keepalive_timeout,
+            max_body_size: (max_body_size > 0).then_some(max_body_size),
+            max_connections,
         })
     }
 
@@ -1024,6 +1162,8 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(c.plugin_limits, PluginLimits::default());
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.client, ClientLimits::default());
+        assert_eq!(c.client.max_body_size, Some(10 << 20));
         let u = &c.upstreams[0];
         assert_eq!(u.path_prefix, "/");
         assert!(u.hosts.is_empty());
@@ -1043,6 +1183,42 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert_eq!(u.servers.len(), 3);
         assert_eq!(u.servers[1].id, "127.0.0.1:5002");
         assert_eq!(u.servers[1].weight, 1);
+    }
+
+    #[test]
+    fn client_limits_take_nginx_sizes_and_reject_nonsense() {
+        let with = |table: &str| parse(&format!("{MINIMAL}\n[client]\n{table}\n"));
+        let c = with("header-timeout = \"2s\"\nmax-body-size = \"512k\"\nmax-connections = 3")
+            .expect("valid");
+        assert_eq!(c.client.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.client.max_body_size, Some(512 << 10));
+        assert_eq!(c.client.max_connections, 3);
+        assert_eq!(c.client.body_timeout, Duration::from_secs(30));
+        assert_eq!(
+            with("max-body-size = 0")
+                .expect("valid")
+                .client
+                .max_body_size,
+            None
+        );
+        assert_eq!(
+            with("max-body-size = \"1G\"")
+                .expect("valid")
+                .client
+                .max_body_size,
+            Some(1 << 30)
+        );
+        for (table, key) in [
+            ("max-body-size = \"ten\"", "client.max-body-size"),
+            ("max-body-size = \"m\"", "client.max-body-size"),
+            ("max-body-size = -1", "client.max-body-size"),
+            ("max-connections = 0", "client.max-connections"),
+            ("keepalive-timeout = \"0s\"", "client.keepalive-timeout"),
+        ] {
+            let err = with(table).expect_err(table).to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        assert!(with("max-body = 1").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
@@ -46,13 +47,33 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        // Heads larger than this are answered 431 by hyper.
+        // The front's guard keeps the client timeouts (head, body,
+        // keep-alive) and refuses oversized heads itself.
+        .header_read_timeout(None)
         .max_buf_size(front::MAX_HEAD);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // `client.max-connections`: a connection takes a slot before it is
+    // accepted, so beyond the cap clients wait in the listen backlog.
+    let slots = Arc::new(Semaphore::new(gateway.config().client.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    "client.max-connections ({}) reached; new connections wait until one closes",
+                    gateway.config().client.max_connections
+                );
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (accepted, scheme) = tokio::select! {
             accepted = listener.accept() => (accepted, Scheme::Http),
             accepted = accept(secure.as_ref().map(|s| &s.listener)) => (accepted, Scheme::Https),
@@ -95,11 +116,13 @@ pub async fn serve(
                         }
                     };
                     connection(&builder, watcher, stream, gateway, peer, Scheme::Https).await;
+                    drop(slot);
                 });
             }
             _ => {
                 tokio::spawn(async move {
                     connection(&builder, watcher, stream, gateway, peer, Scheme::Http).await;
+                    drop(slot);
                 });
             }
         }
@@ -143,9 +166,16 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let shared = Arc::new(front::Conn::default());
+    let io = front::Guard::new(io, Arc::clone(&shared), gateway.config().client);
     let service = service_fn(move |req| {
         let gateway = Arc::clone(&gateway);
-        async move { Ok::<_, Infallible>(proxy::handle(&gateway, peer, scheme, req).await) }
+        let shared = Arc::clone(&shared);
+        async move {
+            let in_flight = shared.begin();
+            let resp = proxy::handle(&gateway, peer, scheme, &in_flight, req).await;
+            Ok::<_, Infallible>(resp.map(|body| front::Tracked::new(body, in_flight)))
+        }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

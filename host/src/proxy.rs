@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -77,6 +77,27 @@ pub async fn handle(
     gateway: &Gateway,
     peer: SocketAddr,
     scheme: Scheme,
+    conn: &front::Admitted,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    // The front stops following an HTTP/1 connection after a head that asks
+    // to switch protocols (as hyper does); unless the switch happens, that
+    // connection carries no further request.
+    let switching = req.version() == Version::HTTP_11
+        && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
+    let resp = serve(gateway, peer, scheme, conn, req).await;
+    if switching && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        closing(resp)
+    } else {
+        resp
+    }
+}
+
+async fn serve(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    scheme: Scheme,
+    conn: &front::Admitted,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
@@ -90,7 +111,14 @@ pub async fn handle(
             parts.uri.clone(),
         )
     });
-    if let Err(refusal) = front::check(&parts) {
+    // A head the front refused arrives as a stand-in; HTTP/2 heads, which
+    // hyper parses itself, are checked here.
+    let refused = match conn.refusal() {
+        Some(refusal) => Err(refusal),
+        None if parts.version == Version::HTTP_2 => front::check(&parts),
+        None => Ok(()),
+    };
+    if let Err(refusal) = refused {
         tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
         if let Some(log) = &mut log {
             log.answered(None, refusal.status.as_u16(), 0);
@@ -189,6 +217,7 @@ pub async fn handle(
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody::new(body, Arc::clone(&client_failed));
     let mut exchange = Exchange {
+        front: conn,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         upstream,
@@ -217,7 +246,9 @@ pub async fn handle(
 
 /// One client request on its way through an upstream: its tries, and what
 /// is needed to pick again and to log.
-struct Exchange {
+struct Exchange<'c> {
+    /// The client connection's state shared with the front.
+    front: &'c front::Admitted,
     method: Method,
     uri: Uri,
     upstream: Arc<Upstream>,
@@ -285,7 +316,7 @@ impl Failure {
     }
 }
 
-impl Exchange {
+impl Exchange<'_> {
     async fn run(&mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
         let upstream = Arc::clone(&self.upstream);
         let policy = &upstream.config.retry;
@@ -337,13 +368,14 @@ impl Exchange {
                     (failure, false)
                 }
                 Tried::Sent(_) if self.client_failed.load(Ordering::Relaxed) => {
-                    // The client's body broke (bad chunk, reset): not the
-                    // backend's fault, and nothing to retry.
-                    tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), "invalid or aborted request body: 400");
-                    return closing(local_response(
+                    // The client's body broke (bad chunk, too large, stalled,
+                    // reset): not the backend's fault, and nothing to retry.
+                    let refusal = self.front.refusal().unwrap_or(front::refuse(
                         StatusCode::BAD_REQUEST,
-                        "invalid request body",
+                        "invalid or aborted request body",
                     ));
+                    tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), status = refusal.status.as_u16(), "request body refused: {}", refusal.reason);
+                    return closing(local_response(refusal.status, refusal.reason));
                 }
                 Tried::Sent(failure) => match replay {
                     Some(replay) => {

@@ -43,6 +43,10 @@ async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() 
     let many_headers: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
     let cases = [
         ("two different Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(), 400),
+        ("two equal Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".into(), 400),
+        ("Content-Length then Transfer-Encoding", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
+        ("Transfer-Encoding then Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n".into(), 400),
+        ("Content-Length not digits", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello".into(), 400),
         ("Transfer-Encoding on two lines", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
         ("chunked not last", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".into(), 400),
         ("chunked twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n".into(), 400),
@@ -107,4 +111,326 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_backends() {
     );
     let r = get(&client(), proxy.addr(), "/").await;
     assert_eq!(r.status, 200);
+}
+
+/// Reads one response head and body (by Content-Length) off `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => out.push(byte[0]),
+            other => panic!(
+                "connection ended mid-response ({other:?}): {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&out).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().expect("length"))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).await.expect("body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Whether the proxy closes `s` (EOF, no bytes) within `limit`.
+async fn closes_quietly(s: &mut tokio::net::TcpStream, limit: Duration) -> Result<(), String> {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) if rest.is_empty() => Ok(()),
+        Ok(Ok(_)) => Err(format!("sent bytes: {}", String::from_utf8_lossy(&rest))),
+        Ok(Err(e)) => Err(format!("read error {e}")),
+        Err(_) => Err(format!("still open after {limit:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_a_smuggling_head_ends_them() {
+    let be = backends(2).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = fx.start().await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+          POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /4 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let first = read_response(&mut s).await;
+    let second = read_response(&mut s).await;
+    let third = read_response(&mut s).await;
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.contains("Hello from backend 1"),
+        "{first}"
+    );
+    assert!(
+        second.starts_with("HTTP/1.1 200") && second.contains("Hello from backend 2"),
+        "{second}"
+    );
+    assert!(third.starts_with("HTTP/1.1 400"), "{third}");
+    assert!(
+        third.contains("both Content-Length and Transfer-Encoding"),
+        "{third}"
+    );
+    assert!(
+        third.to_ascii_lowercase().contains("connection: close"),
+        "{third}"
+    );
+    closes_quietly(&mut s, Duration::from_secs(3))
+        .await
+        .expect("closed after the refusal");
+    let served: u64 = proxy.gateway().routes().upstreams[0]
+        .backends
+        .load()
+        .backends
+        .iter()
+        .map(|b| b.requests())
+        .sum();
+    assert_eq!(
+        served, 2,
+        "neither the refused request nor the one after it reached a backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "{}\n[client]\nmax-body-size = 10\n",
+        upstream("round-robin", &be, "max-fails = 1")
+    ));
+    let proxy = fx.start().await;
+    let backend = std::sync::Arc::clone(
+        &proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0],
+    );
+
+    // Announced too large: refused before anything is sent upstream.
+    let (answer, closed) = exchange_closing(
+        proxy.addr(),
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(closed);
+    assert_eq!(backend.requests(), 0);
+
+    // Chunked past the limit, and a malformed chunk extension: the body is
+    // cut where it goes wrong; the client gets the reason, the backend's
+    // connection is dropped and the backend is not blamed.
+    for (body, status, reason) in [
+        (
+            "6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n",
+            "413",
+            "max-body-size",
+        ),
+        (
+            "5;a b\r\nhello\r\n0\r\n\r\n",
+            "400",
+            "invalid chunk extension",
+        ),
+        (
+            "5;q=\"x\r\nhello\r\n0\r\n\r\n",
+            "400",
+            "invalid chunk extension",
+        ),
+    ] {
+        let (answer, closed) = exchange_closing(
+            proxy.addr(),
+            &format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+        )
+        .await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{body:?}: {answer}"
+        );
+        assert!(answer.contains(reason), "{body:?}: {answer}");
+        assert!(closed, "{body:?}");
+    }
+    assert_eq!(backend.failures(), 0);
+    assert!(backend.healthy());
+
+    // Within the limit, chunked with valid extensions: served.
+    let (answer, _) = exchange_closing(
+        proxy.addr(),
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b;c=\"d e\"\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "{}\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n",
+        upstream("round-robin", &be, "")
+    ));
+    let proxy = fx.start().await;
+    let backend = std::sync::Arc::clone(
+        &proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0],
+    );
+    let connect = || tokio::net::TcpStream::connect(proxy.addr());
+
+    // A head that stops half way: 408, closed, nothing upstream.
+    let mut s = connect().await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow:")
+        .await
+        .expect("write");
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    closes_quietly(&mut s, Duration::from_secs(3))
+        .await
+        .expect("closed after 408");
+    assert_eq!(backend.requests(), 0);
+
+    // A body that stops: 408 (the head had been sent upstream, to a backend
+    // that waits for the whole body; that connection is dropped, the
+    // backend not blamed).
+    let patient = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let patient_addr = patient.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = patient.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = conn.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{patient_addr}\"]\n\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n"
+    ));
+    let moved = eventually(Duration::from_secs(5), || async {
+        proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0]
+            .addr
+            == patient_addr
+    })
+    .await;
+    assert!(moved.is_some(), "config reloaded");
+    let patient_backend = std::sync::Arc::clone(
+        &proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0],
+    );
+    let mut s = connect().await.expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client.body-timeout"), "{answer}");
+    closes_quietly(&mut s, Duration::from_secs(3))
+        .await
+        .expect("closed after 408");
+    assert_eq!(patient_backend.failures(), 0);
+    assert!(patient_backend.healthy());
+    fx.write_config(&format!(
+        "{}\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n",
+        upstream("round-robin", &be, "")
+    ));
+    let back = eventually(Duration::from_secs(5), || async {
+        proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0]
+            .addr
+            != patient_addr
+    })
+    .await;
+    assert!(back.is_some(), "config reloaded");
+
+    // Keep-alive: idle longer than the head timeout is fine (the head
+    // timeout starts at a head's first byte), and a response slower than
+    // the keep-alive timeout is not cut.
+    let mut s = connect().await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let slow = read_response(&mut s).await;
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+
+    // Then idle with nothing in flight: closed quietly after the
+    // keep-alive timeout.
+    let idle = std::time::Instant::now();
+    closes_quietly(&mut s, Duration::from_secs(5))
+        .await
+        .expect("idle connection closed");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?}",
+        idle.elapsed()
+    );
+
+    // A connection that never sends a byte is closed after the head timeout.
+    let mut s = connect().await.expect("connect");
+    closes_quietly(&mut s, Duration::from_secs(3))
+        .await
+        .expect("silent connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let be = backends(1).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "{}\n[client]\nmax-connections = 2\n",
+        upstream("round-robin", &be, "")
+    ));
+    let proxy = fx.start().await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let mut second = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    for s in [&mut first, &mut second] {
+        s.write_all(request).await.expect("write");
+        assert!(read_response(s).await.starts_with("HTTP/1.1 200"));
+    }
+    // The kernel completes the third handshake, but the proxy does not
+    // take the connection while two are open.
+    let mut third = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    third.write_all(request).await.expect("write");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the third connection was served while two were open: {early:?}"
+    );
+    drop(first);
+    let answer = read_response(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

@@ -1,0 +1,387 @@
+//! The I/O half of the strict front: a client connection as hyper reads it,
+//! with every byte first followed by a [`Framer`], and the client timeouts.
+//!
+//! - A refused head is replaced by a stand-in head (hyper never sees the
+//!   original); the service answers it with [`Conn::refusal`] and closes.
+//! - A refused body (bad chunk, over the size limit, silent too long) ends
+//!   with a read error, so hyper fails the body; the proxy answers with the
+//!   refusal if no response has started and drops the upstream connection.
+//! - `client.header-timeout` runs from a head's first byte to its end (408);
+//!   `client.body-timeout` is the longest silence inside a body (408);
+//!   `client.keepalive-timeout` closes a connection with nothing in flight
+//!   and nothing arriving ([`Conn`] counts the responses in flight, so a
+//!   slow response is never cut).
+//!
+//! Timers cost nothing while bytes flow: the one `Sleep` is only set when a
+//! read finds nothing to do.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::framer::{Framer, RefusedAt, Waiting};
+use super::{Refusal, refuse};
+use crate::config::ClientLimits;
+
+/// What hyper reads in place of a refused head: a request the service
+/// recognises by [`Admitted::refusal`], never by its content.
+const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nHost: refused.invalid\r\nConnection: close\r\n\r\n";
+
+/// State one client connection shares between its [`Guard`] and the
+/// requests served on it.
+#[derive(Debug, Default)]
+pub struct Conn {
+    /// Requests begun on the connection (HTTP/1: in order).
+    requests: AtomicU64,
+    /// Requests whose response has not been sent yet.
+    in_flight: AtomicU32,
+    /// The refused request's number (counted like `requests`), and why.
+    refusal: OnceLock<(u64, Refusal)>,
+}
+
+impl Conn {
+    /// A request starts; its response holds the returned token.
+    pub fn begin(self: &Arc<Self>) -> Admitted {
+        let number = self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Admitted {
+            conn: Arc::clone(self),
+            number,
+        }
+    }
+
+    /// With nothing in flight, the number of requests so far (the same
+    /// mark later means the connection stayed idle in between).
+    fn mark(&self) -> Option<u64> {
+        (self.in_flight.load(Ordering::Relaxed) == 0).then(|| self.requests.load(Ordering::Relaxed))
+    }
+}
+
+/// One request of a connection, until its response has been sent.
+#[derive(Debug)]
+pub struct Admitted {
+    conn: Arc<Conn>,
+    /// Its place on the connection: 0, 1, ...
+    number: u64,
+}
+
+impl Admitted {
+    /// Why the front refused this request (its head, then served as a
+    /// stand-in, or its body), if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self.conn.refusal.get() {
+            Some(&(number, refusal)) if number == self.number => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted in flight on its
+    /// connection until hyper is done with it.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        in_flight: Admitted,
+    }
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, counted until dropped.
+    pub fn new(inner: B, in_flight: Admitted) -> Self {
+        Self { inner, in_flight }
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What comes after the bytes queued for hyper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Read,
+    /// End of stream: hyper closes an idle connection.
+    Eof,
+    /// Nothing more, ever: hyper answers the stand-in (which asks to close)
+    /// and closes. (An end of stream would make hyper drop the connection
+    /// before answering.)
+    Hold,
+    Fail(io::ErrorKind),
+}
+
+/// A client connection read through the strict front.
+#[derive(Debug)]
+pub struct Guard<I> {
+    io: I,
+    conn: Arc<Conn>,
+    framer: Framer,
+    limits: ClientLimits,
+    /// Checked bytes waiting for hyper (a head completed across reads, or
+    /// the stand-in head), and what follows them.
+    queued: Bytes,
+    then: Then,
+    /// When the head being read started.
+    head_since: Option<Instant>,
+    /// When the current silence started (body, keep-alive).
+    quiet_since: Option<Instant>,
+    /// [`Conn::mark`] when the keep-alive wait began.
+    idle_mark: Option<u64>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> Guard<I> {
+    /// Guards `io`, sharing `conn` with the requests served on it.
+    pub fn new(io: I, conn: Arc<Conn>, limits: ClientLimits) -> Self {
+        Self {
+            io,
+            conn,
+            framer: Framer::new(limits.max_body_size),
+            limits,
+            queued: Bytes::new(),
+            then: Then::Read,
+            head_since: None,
+            quiet_since: None,
+            idle_mark: None,
+            timer: None,
+        }
+    }
+
+    /// Refuses the stream: a head is answered through the stand-in, a body
+    /// fails.
+    fn refuse(&mut self, refusal: Refusal, at: RefusedAt, queued: Vec<u8>) {
+        // The stand-in comes after every head passed so far; a body belongs
+        // to the last of them.
+        let heads = self.framer.heads();
+        let number = match at {
+            RefusedAt::Head => heads,
+            RefusedAt::Body => heads.saturating_sub(1),
+        };
+        let _ = self.conn.refusal.set((number, refusal));
+        let mut queued = queued;
+        self.then = match at {
+            RefusedAt::Head => {
+                queued.extend_from_slice(STAND_IN);
+                Then::Hold
+            }
+            RefusedAt::Body => Then::Fail(if refusal.status.as_u16() == 408 {
+                io::ErrorKind::TimedOut
+            } else {
+                io::ErrorKind::InvalidData
+            }),
+        };
+        self.queued = Bytes::from(queued);
+    }
+
+    /// Nothing to read: runs the timeout that applies. `Ready` when it
+    /// expired and the stream has been refused or ended.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let waiting = self.framer.waiting();
+            let (limit, since) = match waiting {
+                Waiting::Head => (
+                    self.limits.header_timeout,
+                    *self.head_since.get_or_insert_with(Instant::now),
+                ),
+                Waiting::Body => (
+                    self.limits.body_timeout,
+                    *self.quiet_since.get_or_insert_with(Instant::now),
+                ),
+                // A new connection gets as long for its first bytes as for
+                // a head.
+                Waiting::Idle if self.framer.is_fresh() => (
+                    self.limits.header_timeout,
+                    *self.quiet_since.get_or_insert_with(Instant::now),
+                ),
+                Waiting::Idle => {
+                    if self.quiet_since.is_none() {
+                        self.idle_mark = self.conn.mark();
+                    }
+                    (
+                        self.limits.keepalive_timeout,
+                        *self.quiet_since.get_or_insert_with(Instant::now),
+                    )
+                }
+                Waiting::Nothing => return Poll::Pending,
+            };
+            let deadline = since + limit;
+            let timer = match &mut self.timer {
+                Some(timer) => {
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    timer
+                }
+                None => self
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            ready!(timer.as_mut().poll(cx));
+            match waiting {
+                Waiting::Head => self.refuse(
+                    refuse(
+                        http::StatusCode::REQUEST_TIMEOUT,
+                        "request head not received within client.header-timeout",
+                    ),
+                    RefusedAt::Head,
+                    Vec::new(),
+                ),
+                Waiting::Body => self.refuse(
+                    refuse(
+                        http::StatusCode::REQUEST_TIMEOUT,
+                        "request body stalled for client.body-timeout",
+                    ),
+                    RefusedAt::Body,
+                    Vec::new(),
+                ),
+                // Idle the whole time (nothing in flight when the wait
+                // began, no request since): end it quietly, as nginx does.
+                // Otherwise a response was still on its way: the idle time
+                // starts now.
+                Waiting::Idle
+                    if self.framer.is_fresh()
+                        || self.conn.mark().is_some_and(|m| Some(m) == self.idle_mark) =>
+                {
+                    self.then = Then::Eof;
+                }
+                Waiting::Idle => {
+                    self.quiet_since = None;
+                    continue;
+                }
+                Waiting::Nothing => unreachable!("no timer runs then"),
+            }
+            self.timer = None;
+            return Poll::Ready(());
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.queued.is_empty() {
+                let n = this.queued.len().min(buf.remaining());
+                buf.put_slice(&this.queued.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match this.then {
+                Then::Read => {}
+                Then::Eof => return Poll::Ready(Ok(())),
+                Then::Hold => return Poll::Pending,
+                Then::Fail(kind) => {
+                    return Poll::Ready(Err(io::Error::new(kind, "request refused by the front")));
+                }
+            }
+            if this.framer.is_passthrough() {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            let start = buf.filled().len();
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Pending => {
+                    ready!(this.poll_timeout(cx));
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = buf.filled().len() - start;
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.quiet_since = None;
+            let was_head = this.framer.waiting() == Waiting::Head;
+            let fed = this.framer.feed(&buf.filled()[start..]);
+            match this.framer.waiting() {
+                Waiting::Head if !was_head || fed.released.is_some() => {
+                    this.head_since = Some(Instant::now());
+                }
+                Waiting::Head => {}
+                _ => this.head_since = None,
+            }
+            if fed.is_whole(n) {
+                return Poll::Ready(Ok(()));
+            }
+            let pass = start + fed.pass.start..start + fed.pass.end;
+            if fed.released.is_none() && fed.pass.start == 0 && fed.refused.is_none() {
+                // Only a trailing partial head is held back.
+                buf.set_filled(pass.end);
+                if pass.end > start {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let mut queued = fed.released.unwrap_or_default();
+            queued.extend_from_slice(&buf.filled()[pass]);
+            buf.set_filled(start);
+            match fed.refused {
+                Some((refusal, at)) => this.refuse(refusal, at, queued),
+                None => this.queued = Bytes::from(queued),
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Guard<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
