@@ -22,7 +22,8 @@
 //! - [`tunnel`]: WebSocket and other upgrades passed through;
 //! - [`tls`]: TLS termination (`[tls]`), certificates reloaded on change;
 //! - [`admin`]: the admin listener: status, metrics, events, dashboard;
-//! - [`demo`]: built-in demo backends.
+//! - [`demo`]: built-in demo backends;
+//! - [`simulate`]: offline replay of a request trace through a strategy.
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod proxy;
 pub mod reload;
 pub mod retry;
 pub mod router;
+pub mod simulate;
 pub mod stats;
 pub mod tls;
 pub mod tunnel;

@@ -1,6 +1,6 @@
 //! The `switchyard` command: `run` a proxy from a config file, `check` a
-//! config file (like `nginx -t`), or run the `demo` (three built-in backends
-//! behind the round-robin plugin).
+//! config file (like `nginx -t`), run the `demo` (three built-in backends
+//! behind the round-robin plugin), or `simulate` a strategy offline.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
 use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +74,10 @@ enum Command {
         #[arg(long, default_value = "round-robin")]
         strategy: String,
     },
+    /// Replay a request trace (an access log, trace lines, or generated)
+    /// through a strategy offline, in virtual time, and print the split,
+    /// simulated latency and the plugin's decisions per second.
+    Simulate(switchyard::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,10 +85,19 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // `simulate` prints its report on stdout; its log lines (a failing
+    // plugin's) go to stderr.
+    let to_stderr = matches!(cli.command, Command::Simulate(_));
+    let (writer, tty) = if to_stderr {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        (BoxMakeWriter::new(std::io::stderr), tty)
+    } else {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        (BoxMakeWriter::new(std::io::stdout), tty)
+    };
+    let logs = logs.with_writer(writer);
     match cli.log_format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .init(),
+        LogFormat::Text => logs.with_ansi(tty).init(),
         LogFormat::Json => logs.json().init(),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +158,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             first_port,
             strategy,
         } => demo(listen, admin, plugins, backends, first_port, strategy).await,
+        Command::Simulate(args) => {
+            tokio::task::spawn_blocking(move || {
+                switchyard::simulate::run(&args, &mut std::io::stdout().lock())
+            })
+            .await?
+        }
     }
 }
 

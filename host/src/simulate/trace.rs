@@ -1,0 +1,813 @@
+//! Request traces for the simulator: read from a file (the proxy's own
+//! access log, as JSON lines or as text, or Switchyard's trace format) or
+//! generated (Poisson arrivals from a number of clients).
+//!
+//! Every line of a file is one of:
+//!
+//! - an access-log line of `switchyard run --log-format json` (an object
+//!   with `"target":"access"`): the request arrived at `timestamp` (when the
+//!   line was written, i.e. when the response ended) minus `duration_ms`;
+//!   `client`, `method` and `path` (with the query) are replayed, and
+//!   `duration_ms` is the recorded latency (`--latency recorded`);
+//! - the same line in the text log format (`2026-11-22T03:56:47.353354Z
+//!   INFO access: access client=... method=... path=... upstream="..."
+//!   ... duration_ms=...`), ANSI colours allowed;
+//! - any other log line (another target): skipped and counted;
+//! - a trace line: a JSON object with `at_ms` (arrival, milliseconds from
+//!   the start of the trace), `client` (an IP address), and optionally
+//!   `method` (`GET`), `path` (`/`, may carry `?query`), `host`, `headers`
+//!   (an object of name to value) and `duration_ms` (recorded latency);
+//!   unknown keys are errors;
+//! - a blank line or a `#` comment.
+//!
+//! Access-log lines name no headers (they are not logged), so strategies
+//! that read headers need trace lines.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde::Deserialize;
+
+use super::model::Rng;
+
+/// One request of a trace.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceRequest {
+    /// Arrival, nanoseconds after the start of the trace.
+    pub(crate) at_ns: u64,
+    pub(crate) client: IpAddr,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    /// The latency the trace recorded for it, if any.
+    pub(crate) recorded_ns: Option<u64>,
+}
+
+impl TraceRequest {
+    /// A request at `at_ns` from `client` for `GET /`.
+    pub(crate) fn get(at_ns: u64, client: IpAddr) -> Self {
+        Self {
+            at_ns,
+            client,
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            headers: HeaderMap::new(),
+            recorded_ns: None,
+        }
+    }
+
+    /// The request head a strategy reads through the `request` imports.
+    pub(crate) fn parts(&self) -> Parts {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.headers = self.headers.clone();
+        parts
+    }
+}
+
+/// Why a trace file cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TraceError {
+    /// The file is missing or unreadable.
+    #[error("cannot read trace {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// One line is malformed.
+    #[error("{path}:{line}: {reason}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// Nothing to replay.
+    #[error("{path}: no requests to replay{detail}")]
+    Empty { path: PathBuf, detail: String },
+}
+
+/// What was read from a trace file.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// In arrival order.
+    pub(crate) requests: Vec<TraceRequest>,
+    /// Lines by kind: `access-json`, `access-text`, `trace`.
+    pub(crate) kinds: BTreeMap<&'static str, u64>,
+    /// Lines not replayed, by reason.
+    pub(crate) skipped: BTreeMap<&'static str, u64>,
+}
+
+/// How to read a trace file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadOptions {
+    /// Replay only access-log lines of this upstream.
+    pub(crate) upstream: Option<String>,
+    /// Arrival times will be replaced (`--rate`): lines need no `at_ms`.
+    pub(crate) retimed: bool,
+}
+
+/// Where a request's arrival time came from; one file uses one clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// Wall-clock time of an access log, nanoseconds since the epoch.
+    Log,
+    /// `at_ms` offsets of trace lines.
+    Offset,
+}
+
+struct Parsed {
+    at_ns: Option<i128>,
+    clock: Clock,
+    request: TraceRequest,
+}
+
+/// Reads a trace file; errors name the file and the line.
+pub(crate) fn read(path: &Path, options: &ReadOptions) -> Result<Loaded, TraceError> {
+    let text = std::fs::read_to_string(path).map_err(|error| TraceError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    parse(&text, path, options)
+}
+
+/// Parses the text of a trace file (see the module documentation).
+pub(crate) fn parse(text: &str, path: &Path, options: &ReadOptions) -> Result<Loaded, TraceError> {
+    let mut loaded = Loaded::default();
+    let mut parsed: Vec<Parsed> = Vec::new();
+    let mut clock: Option<(Clock, usize)> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let fail = |reason: String| TraceError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let outcome = if trimmed.starts_with('{') {
+            parse_json_line(trimmed, options)
+        } else {
+            parse_text_line(&strip_ansi(trimmed), options)
+        }
+        .map_err(fail)?;
+        match outcome {
+            Line::Skip(reason) => *loaded.skipped.entry(reason).or_insert(0) += 1,
+            Line::Request(kind, request) => {
+                match clock {
+                    None => clock = Some((request.clock, line)),
+                    Some((first, first_line)) if first != request.clock => {
+                        return Err(fail(format!(
+                            "mixes trace lines (`at_ms`) with access-log lines (line {first_line} is the other kind): their times cannot be compared"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+                if request.at_ns.is_none() && !options.retimed {
+                    return Err(fail(
+                        "no `at_ms`: give every trace line an arrival time, or re-time the trace with --rate".into(),
+                    ));
+                }
+                *loaded.kinds.entry(kind).or_insert(0) += 1;
+                parsed.push(*request);
+            }
+        }
+    }
+    if parsed.is_empty() {
+        let detail = if loaded.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (skipped: {})",
+                loaded
+                    .skipped
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(TraceError::Empty {
+            path: path.to_owned(),
+            detail,
+        });
+    }
+    // Access logs are written in completion order: sort by arrival (stable,
+    // so equal times keep the file's order).
+    if parsed.iter().all(|p| p.at_ns.is_some()) {
+        parsed.sort_by_key(|p| p.at_ns);
+        let start = parsed.first().and_then(|p| p.at_ns).unwrap_or(0);
+        for p in &mut parsed {
+            let offset = p.at_ns.unwrap_or(start) - start;
+            p.request.at_ns = u64::try_from(offset).unwrap_or(u64::MAX);
+        }
+    }
+    loaded.requests = parsed.into_iter().map(|p| p.request).collect();
+    Ok(loaded)
+}
+
+enum Line {
+    Request(&'static str, Box<Parsed>),
+    Skip(&'static str),
+}
+
+/// A JSON line: an access-log line, another log line, or a trace line.
+fn parse_json_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err("expected a JSON object".into());
+    };
+    if let Some(target) = object.get("target") {
+        if target != "access" {
+            return Ok(Line::Skip("other log lines"));
+        }
+        let fields = object
+            .get("fields")
+            .and_then(|f| f.as_object())
+            .ok_or("access-log line without `fields`")?;
+        let text = |key: &str| -> Result<String, String> {
+            match fields.get(key) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(other) => Ok(other.to_string()),
+                None => Err(format!("access-log line without `{key}`")),
+            }
+        };
+        let timestamp = object
+            .get("timestamp")
+            .and_then(|t| t.as_str())
+            .ok_or("access-log line without `timestamp`")?;
+        let duration_ms = fields
+            .get("duration_ms")
+            .and_then(serde_json::Value::as_f64)
+            .ok_or("access-log line without a numeric `duration_ms`")?;
+        let access = Access {
+            timestamp,
+            client: &text("client")?,
+            method: &text("method")?,
+            path: &text("path")?,
+            upstream: &text("upstream")?,
+            duration_ms,
+        };
+        return access.into_line("access-json", options);
+    }
+    let line: TraceLine =
+        serde_json::from_value(value).map_err(|e| format!("not a trace line: {e}"))?;
+    line.into_parsed()
+        .map(|p| Line::Request("trace", Box::new(p)))
+}
+
+/// A text log line: an access line is replayed, other log lines skipped,
+/// anything else is an error.
+fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
+    let mut words = line.split_whitespace();
+    let timestamp = words.next().unwrap_or_default();
+    if parse_timestamp(timestamp).is_err() {
+        return Err(
+            "not a trace line (expected a JSON object, or a log line starting with an RFC 3339 timestamp)"
+                .into(),
+        );
+    }
+    let Some(at) = line.find(" access: ") else {
+        return Ok(Line::Skip("other log lines"));
+    };
+    let fields = text_fields(&line[at + " access: ".len()..]);
+    let get = |key: &str| {
+        fields
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("access-log line without `{key}=`"))
+    };
+    let duration = get("duration_ms")?;
+    let access = Access {
+        timestamp,
+        client: get("client")?,
+        method: get("method")?,
+        path: get("path")?,
+        upstream: get("upstream")?,
+        duration_ms: duration
+            .parse()
+            .map_err(|_| format!("`duration_ms={duration}` is not a number"))?,
+    };
+    access.into_line("access-text", options)
+}
+
+/// `key=value key="quoted \"value\""` as tracing's text format writes
+/// fields (strings quoted with Rust escapes, displayed values bare).
+fn text_fields(text: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let Some(eq) = rest[..word_end].find('=') else {
+            // The message, or a word without a value.
+            rest = rest[word_end..].trim_start();
+            continue;
+        };
+        let key = rest[..eq].to_owned();
+        let after = &rest[eq + 1..];
+        let (value, used) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, 't')) => value.push('\t'),
+                        Some((_, other)) => value.push(other),
+                        None => {}
+                    },
+                    other => value.push(other),
+                }
+            }
+            (value, 1 + end)
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (after[..end].to_owned(), end)
+        };
+        fields.insert(key, value);
+        rest = after[used.min(after.len())..].trim_start();
+    }
+    fields
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), which the text log
+/// format has when it was written to a terminal.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The fields of an access-log line that a replay uses.
+struct Access<'a> {
+    timestamp: &'a str,
+    client: &'a str,
+    method: &'a str,
+    path: &'a str,
+    upstream: &'a str,
+    duration_ms: f64,
+}
+
+impl Access<'_> {
+    fn into_line(self, kind: &'static str, options: &ReadOptions) -> Result<Line, String> {
+        if self.upstream.is_empty() {
+            return Ok(Line::Skip("requests without an upstream (404)"));
+        }
+        if options
+            .upstream
+            .as_deref()
+            .is_some_and(|u| u != self.upstream)
+        {
+            return Ok(Line::Skip("requests of other upstreams"));
+        }
+        let ended = parse_timestamp(self.timestamp)?;
+        let duration = duration_ns(self.duration_ms, "duration_ms")?;
+        let request = TraceRequest {
+            at_ns: 0,
+            client: parse_client(self.client)?,
+            method: parse_method(self.method)?,
+            uri: parse_path(self.path)?,
+            headers: HeaderMap::new(),
+            recorded_ns: Some(duration),
+        };
+        Ok(Line::Request(
+            kind,
+            Box::new(Parsed {
+                at_ns: Some(ended - i128::from(duration)),
+                clock: Clock::Log,
+                request,
+            }),
+        ))
+    }
+}
+
+/// A line of Switchyard's own trace format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceLine {
+    at_ms: Option<f64>,
+    client: String,
+    method: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    duration_ms: Option<f64>,
+}
+
+impl TraceLine {
+    fn into_parsed(self) -> Result<Parsed, String> {
+        let mut headers = HeaderMap::new();
+        if let Some(host) = &self.host {
+            let value = HeaderValue::from_str(host)
+                .map_err(|_| format!("`host` {host:?} is not a valid header value"))?;
+            headers.insert(http::header::HOST, value);
+        }
+        for (name, value) in &self.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`headers`: {name:?} is not a header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("`headers.{name}`: {value:?} is not a valid header value"))?;
+            headers.append(header, value);
+        }
+        let at_ns = self
+            .at_ms
+            .map(|ms| duration_ns(ms, "at_ms").map(i128::from))
+            .transpose()?;
+        Ok(Parsed {
+            at_ns,
+            clock: Clock::Offset,
+            request: TraceRequest {
+                at_ns: 0,
+                client: parse_client(&self.client)?,
+                method: parse_method(self.method.as_deref().unwrap_or("GET"))?,
+                uri: parse_path(self.path.as_deref().unwrap_or("/"))?,
+                headers,
+                recorded_ns: self
+                    .duration_ms
+                    .map(|ms| duration_ns(ms, "duration_ms"))
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+fn parse_client(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("client {text:?} is not an IP address"))
+}
+
+fn parse_method(text: &str) -> Result<Method, String> {
+    Method::from_bytes(text.as_bytes()).map_err(|_| format!("method {text:?} is not a method"))
+}
+
+fn parse_path(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("path {text:?} is not a request target: {e}"))?;
+    Ok(uri)
+}
+
+/// Milliseconds (non-negative, finite) as nanoseconds.
+fn duration_ns(ms: f64, key: &str) -> Result<u64, String> {
+    if !(ms.is_finite() && (0.0..1e12).contains(&ms)) {
+        return Err(format!(
+            "`{key}` must be a non-negative number of milliseconds, not {ms}"
+        ));
+    }
+    Ok((ms * 1e6).round() as u64)
+}
+
+/// An RFC 3339 timestamp (`2026-11-22T03:56:47.353354Z`, or with an offset
+/// such as `+01:00`) as nanoseconds since the Unix epoch.
+pub(crate) fn parse_timestamp(text: &str) -> Result<i128, String> {
+    let bad = || format!("{text:?} is not an RFC 3339 timestamp");
+    let bytes = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let part = text.get(range).ok_or_else(bad)?;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse().map_err(|_| bad())
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return Err(bad());
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return Err(bad());
+    }
+    if second > 60 {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    let mut nanos: i128 = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        for (i, b) in fraction.bytes().take(digits).enumerate() {
+            if i < 9 {
+                nanos = nanos * 10 + i128::from(b - b'0');
+            }
+        }
+        nanos *= 10i128.pow(9u32.saturating_sub(digits as u32));
+        rest = &fraction[digits..];
+    }
+    let offset_s: i64 = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let hours: i64 = rest[1..3].parse().map_err(|_| bad())?;
+            let minutes: i64 = rest[4..6].parse().map_err(|_| bad())?;
+            if &rest[3..4] != ":" {
+                return Err(bad());
+            }
+            sign * (hours * 3600 + minutes * 60)
+        }
+        _ => return Err(bad()),
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Ok(i128::from(seconds) * 1_000_000_000 + nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`, <http://howardhinnant.github.io/date_algorithms.html>).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Gives the requests new arrival times: Poisson at `rate` per second, in
+/// their current order.
+pub(crate) fn retime(requests: &mut [TraceRequest], rate: f64, rng: &mut Rng) {
+    let mut clock = Poisson::new(rate);
+    for r in requests {
+        r.at_ns = clock.next(rng);
+    }
+}
+
+/// Arrival times of a Poisson process (exponential gaps).
+#[derive(Debug, Clone)]
+struct Poisson {
+    mean_gap_ns: f64,
+    now: f64,
+    first: bool,
+}
+
+impl Poisson {
+    fn new(rate: f64) -> Self {
+        Self {
+            mean_gap_ns: 1e9 / rate,
+            now: 0.0,
+            first: true,
+        }
+    }
+
+    /// The next arrival; the first is at 0.
+    fn next(&mut self, rng: &mut Rng) -> u64 {
+        if self.first {
+            self.first = false;
+        } else {
+            self.now += self.mean_gap_ns * rng.exponential();
+        }
+        self.now.round() as u64
+    }
+}
+
+/// What `--generate` makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Generate {
+    pub(crate) requests: u64,
+    pub(crate) clients: u32,
+    pub(crate) rate: f64,
+    pub(crate) paths: u32,
+    /// Each request gets one of the values of each header, uniformly.
+    pub(crate) headers: Vec<(HeaderName, Vec<HeaderValue>)>,
+}
+
+/// The address of generated client `k`: distinct for k < 2^20, spread over
+/// 172.16.0.0/12 (an odd multiplier is a bijection modulo 2^20), so that
+/// neighbouring clients are not in the same /24.
+pub(crate) fn client_address(k: u32) -> IpAddr {
+    let spread = (k.wrapping_add(1)).wrapping_mul(0x9E37_79B1) & 0xF_FFFF;
+    IpAddr::V4(Ipv4Addr::from(0xAC10_0000 | spread))
+}
+
+/// Most distinct generated clients.
+pub(crate) const MAX_CLIENTS: u32 = 1 << 20;
+
+impl Generate {
+    /// The generated requests, one at a time (a long trace is never held in
+    /// memory).
+    pub(crate) fn iter(&self, rng: Rng) -> impl Iterator<Item = TraceRequest> + '_ {
+        let mut clock = Poisson::new(self.rate);
+        let mut rng = rng;
+        (0..self.requests).map(move |_| {
+            let at_ns = clock.next(&mut rng);
+            let client = client_address(rng.below(u64::from(self.clients.max(1))) as u32);
+            let mut request = TraceRequest::get(at_ns, client);
+            if self.paths > 1 {
+                let path = format!("/p/{}", rng.below(u64::from(self.paths)) + 1);
+                if let Ok(uri) = path.parse() {
+                    request.uri = uri;
+                }
+            }
+            for (name, values) in &self.headers {
+                let i = rng.below(values.len() as u64) as usize;
+                if let Some(value) = values.get(i) {
+                    request.headers.append(name.clone(), value.clone());
+                }
+            }
+            request
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded, String> {
+        parse(text, Path::new("t.log"), &ReadOptions::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timestamps_are_nanoseconds_since_the_epoch() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(
+            parse_timestamp("2000-03-01T00:00:01.5Z"),
+            Ok((951_868_800 + 1) * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-01T01:00:00.000001+01:00"),
+            Ok(1_000)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn access_log_lines_in_both_formats_replay_in_arrival_order() {
+        // Written in completion order: the second line arrived first.
+        let text = concat!(
+            r#"{"timestamp":"2026-11-22T03:56:50.058788Z","level":"INFO","fields":{"message":"switchyard is serving","listen":"127.0.0.1:1"},"target":"switchyard"}"#,
+            "\n",
+            r#"{"timestamp":"2026-11-22T03:56:51.100000Z","level":"INFO","fields":{"message":"access","client":"10.0.0.7","method":"GET","path":"/a?b=1","upstream":"app","backend":"-","status":200,"duration_ms":50.0,"retries":0,"complete":true},"target":"access"}"#,
+            "\n",
+            "\u{1b}[2m2026-11-22T03:56:51.080000Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \u{1b}[2maccess\u{1b}[0m\u{1b}[2m:\u{1b}[0m access \u{1b}[3mclient\u{1b}[0m\u{1b}[2m=\u{1b}[0m10.0.0.8 method=POST path=/x upstream=\"app\" backend=\"-\" status=200 duration_ms=20.5 retries=0 complete=true\n",
+            "2026-11-22T03:56:51.090000Z  INFO access: access client=10.0.0.9 method=GET path=/ upstream=\"\" backend=\"-\" status=404 duration_ms=0.1 retries=0 complete=true\n",
+            "\n# a comment\n",
+        );
+        let loaded = load(text).expect("parses");
+        assert_eq!(loaded.requests.len(), 2);
+        let first = &loaded.requests[0];
+        assert_eq!(first.client.to_string(), "10.0.0.7");
+        assert_eq!(first.uri, "/a?b=1");
+        assert_eq!(first.at_ns, 0);
+        assert_eq!(first.recorded_ns, Some(50_000_000));
+        let second = &loaded.requests[1];
+        assert_eq!(second.method, Method::POST);
+        // Arrived 51.0595 s vs 51.05 s.
+        assert_eq!(second.at_ns, 9_500_000);
+        assert_eq!(loaded.kinds.get("access-json"), Some(&1));
+        assert_eq!(loaded.kinds.get("access-text"), Some(&1));
+        assert_eq!(loaded.skipped.get("other log lines"), Some(&1));
+        assert_eq!(
+            loaded.skipped.get("requests without an upstream (404)"),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn trace_lines_carry_headers_and_host() {
+        let text = r#"{"at_ms": 2.5, "client": "2001:db8::1", "method": "PUT", "path": "/k", "host": "shop.example", "headers": {"x-tenant": "a"}, "duration_ms": 3}
+{"at_ms": 1, "client": "192.0.2.1"}"#;
+        let loaded = load(text).expect("parses");
+        let [first, second] = &loaded.requests[..] else {
+            panic!("two requests: {:?}", loaded.requests);
+        };
+        assert_eq!(first.client.to_string(), "192.0.2.1");
+        assert_eq!(first.method, Method::GET);
+        assert_eq!(second.at_ns, 1_500_000);
+        assert_eq!(second.headers["x-tenant"], "a");
+        assert_eq!(second.headers["host"], "shop.example");
+        assert_eq!(second.recorded_ns, Some(3_000_000));
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_naming_the_line() {
+        let cases = [
+            (
+                "{\"at_ms\": 1, \"client\": \"1.2.3.4\"}\n{oops",
+                "t.log:2: not valid JSON",
+            ),
+            (
+                "{\"at_ms\": 1, \"client\": \"nobody\"}",
+                "t.log:1: client \"nobody\"",
+            ),
+            (
+                "{\"at_ms\": 1, \"client\": \"1.2.3.4\", \"pth\": \"/\"}",
+                "unknown field `pth`",
+            ),
+            ("{\"client\": \"1.2.3.4\"}", "t.log:1: no `at_ms`"),
+            (
+                "{\"at_ms\": -1, \"client\": \"1.2.3.4\"}",
+                "`at_ms` must be",
+            ),
+            ("GET / HTTP/1.1", "t.log:1: not a trace line"),
+            (
+                "2026-11-22T03:56:51Z INFO access: access client=1.2.3.4",
+                "without `duration_ms=`",
+            ),
+            ("", "no requests to replay"),
+        ];
+        for (text, needle) in cases {
+            let err = load(text).expect_err(text);
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let mixed = "{\"at_ms\": 1, \"client\": \"1.2.3.4\"}\n2026-11-22T03:56:51Z INFO access: access client=1.2.3.4 method=GET path=/ upstream=\"a\" duration_ms=1";
+        assert!(load(mixed).expect_err("mixed").contains("t.log:2: mixes"));
+    }
+
+    #[test]
+    fn an_upstream_filter_and_retiming() {
+        let text = "2026-11-22T03:56:51Z INFO access: access client=1.2.3.4 method=GET path=/ upstream=\"a\" duration_ms=1\n\
+                    2026-11-22T03:56:52Z INFO access: access client=1.2.3.4 method=GET path=/ upstream=\"b\" duration_ms=1\n";
+        let options = ReadOptions {
+            upstream: Some("b".into()),
+            retimed: false,
+        };
+        let loaded = parse(text, Path::new("t"), &options).expect("parses");
+        assert_eq!(loaded.requests.len(), 1);
+        assert_eq!(loaded.skipped.get("requests of other upstreams"), Some(&1));
+
+        let untimed = "{\"client\": \"1.2.3.4\"}\n{\"client\": \"1.2.3.5\"}";
+        assert!(load(untimed).is_err(), "needs at_ms without --rate");
+        let options = ReadOptions {
+            upstream: None,
+            retimed: true,
+        };
+        let mut loaded = parse(untimed, Path::new("t"), &options).expect("parses");
+        retime(&mut loaded.requests, 10.0, &mut Rng::new(1, 1));
+        assert_eq!(loaded.requests[0].at_ns, 0);
+        assert!(loaded.requests[1].at_ns > 0);
+        assert_eq!(loaded.requests[1].client.to_string(), "1.2.3.5");
+    }
+
+    #[test]
+    fn generated_traces_are_deterministic_and_use_every_client() {
+        let generate = Generate {
+            requests: 2000,
+            clients: 10,
+            rate: 1000.0,
+            paths: 3,
+            headers: vec![(
+                HeaderName::from_static("x-tenant"),
+                vec![HeaderValue::from_static("a"), HeaderValue::from_static("b")],
+            )],
+        };
+        let run = |seed| generate.iter(Rng::new(seed, 1)).collect::<Vec<_>>();
+        let (a, b) = (run(5), run(5));
+        let key = |r: &TraceRequest| (r.at_ns, r.client, r.uri.to_string(), r.headers.clone());
+        assert!(
+            a.iter().map(key).eq(b.iter().map(key)),
+            "same seed, same trace"
+        );
+        assert!(a.windows(2).all(|w| w[0].at_ns <= w[1].at_ns), "in order");
+        let clients: std::collections::BTreeSet<_> = a.iter().map(|r| r.client).collect();
+        assert_eq!(clients.len(), 10);
+        // 2000 requests at 1000/s span about 2 s.
+        let span = a.last().map_or(0, |r| r.at_ns) as f64 / 1e9;
+        assert!((1.8..2.2).contains(&span), "{span}");
+        assert!(a.iter().any(|r| r.headers["x-tenant"] == "b"));
+        assert!(a.iter().any(|r| r.uri == "/p/3"));
+        let distinct: std::collections::BTreeSet<_> =
+            (0..MAX_CLIENTS).step_by(997).map(client_address).collect();
+        assert_eq!(distinct.len(), (0..MAX_CLIENTS).step_by(997).count());
+    }
+}
