@@ -14,6 +14,15 @@ use std::process::Command;
 const REFERENCE: [&str; 3] = ["round-robin", "least-conn", "ip-hash"];
 /// Used by the test suite only.
 const TEST_ONLY: [&str; 1] = ["test-strategy"];
+/// More strategies under `examples/strategies/`: built and tested with the
+/// host, not installed into `plugins/`.
+const EXAMPLES: &[&str] = &[
+    "smooth-wrr",
+    "p2c",
+    "peak-ewma",
+    "consistent-hash",
+    "canary",
+];
 
 fn main() {
     let manifest =
@@ -22,7 +31,12 @@ fn main() {
         .parent()
         .expect("host/ lives in the workspace root")
         .to_path_buf();
-    for watched in ["wit", "Cargo.lock", "host/tests/plugins"] {
+    for watched in [
+        "wit",
+        "Cargo.lock",
+        "host/tests/plugins",
+        "examples/strategies",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     for name in REFERENCE {
@@ -48,7 +62,7 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target_dir);
-    for name in REFERENCE.iter().chain(TEST_ONLY.iter()) {
+    for name in REFERENCE.iter().chain(TEST_ONLY.iter()).chain(EXAMPLES) {
         cmd.args(["-p", name]);
     }
     // Settings meant for the host build must not leak into the guest build.
@@ -75,7 +89,7 @@ fn main() {
     }
 
     let artifacts = target_dir.join("wasm32-wasip2").join("release");
-    for name in REFERENCE.iter().chain(TEST_ONLY.iter()) {
+    for name in REFERENCE.iter().chain(TEST_ONLY.iter()).chain(EXAMPLES) {
         let file = artifacts.join(format!("{}.wasm", name.replace('-', "_")));
         let var = name.replace('-', "_").to_uppercase();
         println!("cargo:rustc-env=SWITCHYARD_WASM_{var}={}", file.display());

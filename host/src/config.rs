@@ -123,6 +123,13 @@ pub struct UpstreamConfig {
     pub strategy: String,
     /// Parameters handed to the strategy's `init`.
     pub params: toml::Table,
+    /// `shadow`: file stem of a second strategy asked on every request
+    /// without affecting traffic (its agreement with `strategy` is shown by
+    /// the admin API). Default: none.
+    pub shadow: Option<String>,
+    /// `shadow-params`: parameters handed to the shadow's `init`. Default:
+    /// empty.
+    pub shadow_params: toml::Table,
     /// The backend servers given as IP addresses.
     pub servers: Vec<ServerConfig>,
     /// The backend servers given as host names: resolved by the proxy at
@@ -440,6 +447,10 @@ struct RawUpstream {
     name: String,
     #[serde(default = "default_strategy")]
     strategy: String,
+    #[serde(default)]
+    shadow: Option<String>,
+    #[serde(default)]
+    shadow_params: toml::Table,
     #[serde(default)]
     params: toml::Table,
     servers: Vec<RawServer>,
@@ -886,6 +897,18 @@ impl Validator<'_> {
                 format!("`{}` must be a plugin file stem such as \"round-robin\" (letters, digits, `-`, `_`, `.`; no path, no `.wasm`)", u.strategy),
             ));
         }
+        if let Some(shadow) = u.shadow.as_deref().filter(|s| !is_plugin_stem(s)) {
+            return Err(self.err(
+                key("shadow"),
+                format!("`{shadow}` must be a plugin file stem such as \"ip-hash\" (letters, digits, `-`, `_`, `.`; no path, no `.wasm`)"),
+            ));
+        }
+        if u.shadow.is_none() && !u.shadow_params.is_empty() {
+            return Err(self.err(
+                key("shadow-params"),
+                "is only used with `shadow = \"<plugin>\"`",
+            ));
+        }
         if u.servers.is_empty() {
             return Err(self.err(
                 key("servers"),
@@ -1021,6 +1044,8 @@ impl Validator<'_> {
             name: u.name,
             strategy: u.strategy,
             params: u.params,
+            shadow: u.shadow,
+            shadow_params: u.shadow_params,
             servers,
             names,
             resolve_interval: u.resolve_interval,

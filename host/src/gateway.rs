@@ -18,7 +18,9 @@ use tokio::sync::broadcast;
 
 use crate::config::{Config, NATIVE_STRATEGY};
 use crate::discovery::{self, Discovered};
-use crate::plugin::{Compiled, PluginError, Runtime, content_hash, plugin_path};
+use crate::plugin::{
+    Compiled, PluginError, Runtime, Shadow, Succession, content_hash, plugin_path,
+};
 use crate::router::RouteTable;
 use crate::tls::{Tls, TlsError};
 use crate::tunnel::Tunnels;
@@ -282,15 +284,24 @@ impl Gateway {
     }
 
     /// Reacts to a change of the plugin file `path`: recompiles it and swaps
-    /// it into every upstream using it. Blocking.
+    /// it into every upstream using it (as its strategy or its shadow), each
+    /// new strategy continuing the lineage of the one it replaces. Blocking.
     pub fn reload_plugin(&self, path: &Path) -> PluginReload {
         let mut state = self.lock();
         let table = self.routes.load_full();
-        let users: Vec<&Arc<Upstream>> = table
-            .upstreams
-            .iter()
-            .filter(|u| plugin_path(&state.config.plugins, &u.config.strategy) == path)
-            .collect();
+        let dir = &state.config.plugins;
+        // (upstream, as its shadow)
+        let mut users: Vec<(&Arc<Upstream>, bool)> = Vec::new();
+        for u in &table.upstreams {
+            if plugin_path(dir, &u.config.strategy) == path {
+                users.push((u, false));
+            }
+            if u.shadow.is_some()
+                && (u.config.shadow.as_deref()).is_some_and(|s| plugin_path(dir, s) == path)
+            {
+                users.push((u, true));
+            }
+        }
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -329,16 +340,24 @@ impl Gateway {
         };
         // Prepare for every user first, then swap: all or nothing.
         let mut prepared = Vec::with_capacity(users.len());
-        for upstream in &users {
+        for &(upstream, shadow) in &users {
             let set = upstream.backends.load_full();
-            match self.runtime.prepare(
+            let (params, previous) = match &upstream.shadow {
+                Some(s) if shadow => (&upstream.config.shadow_params, s.strategy.load_full()),
+                _ => (&upstream.config.params, upstream.strategy.load_full()),
+            };
+            match self.runtime.prepare_after(
                 Arc::clone(&compiled),
                 upstream.name(),
-                &upstream.config.params,
+                params,
                 &set,
                 state.config.plugin_limits,
+                Succession {
+                    previous: Some(&previous),
+                    shadow,
+                },
             ) {
-                Ok(strategy) => prepared.push((upstream, strategy)),
+                Ok(strategy) => prepared.push((upstream, shadow, strategy)),
                 Err(e) => {
                     return PluginReload::Rejected {
                         path: path.to_owned(),
@@ -355,9 +374,15 @@ impl Gateway {
         }
         let upstreams = prepared
             .into_iter()
-            .map(|(upstream, strategy)| {
-                upstream.strategy.store(strategy);
-                upstream.name().to_owned()
+            .map(|(upstream, shadow, strategy)| match &upstream.shadow {
+                Some(s) if shadow => {
+                    s.strategy.store(strategy);
+                    format!("{} (shadow)", upstream.name())
+                }
+                _ => {
+                    upstream.strategy.store(strategy);
+                    upstream.name().to_owned()
+                }
             })
             .collect();
         PluginReload::Swapped {
@@ -416,24 +441,32 @@ fn build_table(
 ) -> Result<RouteTable, BuildError> {
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for uc in &config.upstreams {
-        let path = plugin_path(&config.plugins, &uc.strategy);
         let plugin_err = |error| BuildError::Plugin {
             upstream: uc.name.clone(),
             error,
         };
-        let plugin = match compiled.get(&path) {
-            Some(c) => Arc::clone(c),
-            None => {
-                let c = compile_plugin(runtime, &path, &uc.strategy).map_err(plugin_err)?;
-                compiled.insert(path.clone(), Arc::clone(&c));
-                c
+        let mut compiled_for = |stem: &str| -> Result<Arc<Compiled>, BuildError> {
+            let path = plugin_path(&config.plugins, stem);
+            if let Some(c) = compiled.get(&path) {
+                return Ok(Arc::clone(c));
             }
+            let c = compile_plugin(runtime, &path, stem).map_err(plugin_err)?;
+            compiled.insert(path, Arc::clone(&c));
+            Ok(c)
         };
+        let plugin = compiled_for(&uc.strategy)?;
+        let shadow_plugin = uc.shadow.as_deref().map(&mut compiled_for).transpose()?;
         let prev = previous.and_then(|t| t.upstream(&uc.name));
         if let Some(prev) = prev {
             let strategy = prev.strategy.load();
+            let same_shadow = match (&prev.shadow, &shadow_plugin) {
+                (None, None) => true,
+                (Some(s), Some(p)) => Arc::ptr_eq(&s.strategy.load().compiled, p),
+                _ => false,
+            };
             if prev.config == *uc
                 && Arc::ptr_eq(&strategy.compiled, &plugin)
+                && same_shadow
                 && strategy.limits() == config.plugin_limits
             {
                 upstreams.push(Arc::clone(prev));
@@ -445,17 +478,48 @@ fn build_table(
         let discovered = Mutex::new(Discovered::carried(uc, prev.map(|p| &p.discovered)));
         let servers = discovery::expand(uc, &discovered);
         let set = Arc::new(BackendSet::build(&servers, prev_set.as_deref()));
+        // The strategies that took the upstream's places so far hand their
+        // per-thread state over.
+        let prev_strategy = prev.map(|p| p.strategy.load_full());
         let strategy = runtime
-            .prepare(plugin, &uc.name, &uc.params, &set, config.plugin_limits)
+            .prepare_after(
+                plugin,
+                &uc.name,
+                &uc.params,
+                &set,
+                config.plugin_limits,
+                Succession {
+                    previous: prev_strategy.as_deref(),
+                    shadow: false,
+                },
+            )
             .map_err(plugin_err)?;
+        let prev_shadow = prev.and_then(|p| p.shadow.as_ref());
+        let shadow = match (&uc.shadow, shadow_plugin) {
+            (Some(name), Some(shadow_plugin)) => {
+                let prev_strategy = prev_shadow.map(|s| s.strategy.load_full());
+                let shadow = runtime
+                    .prepare_after(
+                        shadow_plugin,
+                        &uc.name,
+                        &uc.shadow_params,
+                        &set,
+                        config.plugin_limits,
+                        Succession {
+                            previous: prev_strategy.as_deref(),
+                            shadow: true,
+                        },
+                    )
+                    .map_err(plugin_err)?;
+                Some(Shadow::new(name.clone(), shadow, prev_shadow))
+            }
+            _ => None,
+        };
         let discovered = discovered.into_inner().unwrap_or_else(|p| p.into_inner());
-        upstreams.push(Arc::new(Upstream::new(
-            uc.clone(),
-            set,
-            strategy,
-            discovered,
-            prev.map(|p| &**p),
-        )));
+        upstreams.push(Arc::new(
+            Upstream::new(uc.clone(), set, strategy, discovered, prev.map(|p| &**p))
+                .with_shadow(shadow),
+        ));
     }
     Ok(RouteTable {
         upstreams,

@@ -428,6 +428,9 @@ impl Exchange<'_> {
             *parts = picked;
             choice
         };
+        if let Some(shadow) = &self.upstream.shadow {
+            shadow.observe(input, parts, &choice);
+        }
         match choice {
             Choice::Backend(i) => Ok(i),
             Choice::Fallback(_)
@@ -483,8 +486,10 @@ impl Exchange<'_> {
             };
             match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
                 Ok(Ok(resp)) => {
-                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    backend.latency.record(us);
+                    let now = Instant::now();
+                    let us = u64::try_from(now.saturating_duration_since(started).as_micros())
+                        .unwrap_or(u64::MAX);
+                    backend.latency.record(us, now);
                     backend.responses.record(resp.status());
                     return Tried::Response(resp, sender, in_flight);
                 }

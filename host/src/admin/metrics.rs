@@ -255,6 +255,62 @@ impl Collector for Metrics {
         }
 
         let mut m = enc.encode_descriptor(
+            "plugin_handovers",
+            "Worker threads whose instance of a new plugin version continued from their instance of the previous one (`state` export), by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for us in &strategies {
+            let st = &us.2.stats;
+            for (result, n) in [("ok", &st.handovers), ("failed", &st.handover_failures)] {
+                let mut labels = plugin_labels(us);
+                labels.push(("result", Cow::Borrowed(result)));
+                counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
+            }
+        }
+
+        let shadows: Vec<_> = table
+            .upstreams
+            .iter()
+            .filter_map(|u| u.shadow.as_ref().map(|s| (u, s)))
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "shadow_picks",
+            "Picks of the upstream's shadow strategy, by whether it agreed with the live strategy.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (u, s) in &shadows {
+            for (result, n) in [
+                ("agree", &s.stats.agreements),
+                ("disagree", &s.stats.disagreements),
+                ("failed", &s.stats.failures),
+            ] {
+                let labels: Labels<'_> = vec![
+                    ("upstream", Cow::Borrowed(u.name())),
+                    ("plugin", Cow::Borrowed(s.name.as_str())),
+                    ("result", Cow::Borrowed(result)),
+                ];
+                counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "shadow_backend_picks",
+            "Picks the upstream's shadow strategy would have sent to a backend.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ub in &backends {
+            let shadowed = table
+                .upstreams
+                .iter()
+                .any(|u| u.name() == ub.0 && u.shadow.is_some());
+            if shadowed {
+                counter(&mut m, &backend_labels(ub), ub.1.shadow_picks())?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
             "reloads",
             "Plugin and config reloads by result.",
             None,

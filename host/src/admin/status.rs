@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::gateway::{Gateway, ReloadRecord, unix_ms};
 use crate::plugin::content_hash;
 use crate::stats::LATENCY_BOUNDS_US;
-use crate::upstream::{Backend, Upstream};
+use crate::upstream::{Backend, BackendSet, Upstream};
 
 /// The whole `/status` document.
 #[derive(Debug, Serialize)]
@@ -31,6 +31,8 @@ struct UpstreamStatus {
     retries: u64,
     in_flight: u32,
     backends: Vec<BackendStatus>,
+    /// `null` without `shadow = "..."`.
+    shadow: Option<ShadowStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +45,41 @@ struct StrategyStatus {
     loaded_at_ms: u64,
     picks: u64,
     failures: Failures,
+    /// Exports `state`: carries its state across reloads.
+    stateful: bool,
+    /// Threads whose instance continued from the previous version's.
+    handovers: u64,
+    /// Hand-overs that failed (that thread started fresh).
+    handover_failures: u64,
+}
+
+/// An upstream's shadow strategy and how it compares with the live one.
+#[derive(Debug, Serialize)]
+struct ShadowStatus {
+    name: String,
+    plugin: String,
+    hash: String,
+    loaded_at_ms: u64,
+    /// Picks the shadow was asked for: `agreements + disagreements +
+    /// failures`.
+    picks: u64,
+    agreements: u64,
+    disagreements: u64,
+    failures: u64,
+    /// `agreements / (agreements + disagreements)`; `null` before any.
+    agreement_ratio: Option<f64>,
+    /// Mean time of a shadow pick (the cost it adds to a request).
+    pick_us_mean: Option<f64>,
+    /// The split it would have produced.
+    backends: Vec<ShadowBackend>,
+}
+
+#[derive(Debug, Serialize)]
+struct ShadowBackend {
+    id: String,
+    address: String,
+    picks: u64,
+    share: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,12 +202,51 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
                 instantiate: st.instantiate_failures.load(Ordering::Relaxed),
                 skipped: st.skipped.load(Ordering::Relaxed),
             },
+            stateful: compiled.stateful(),
+            handovers: st.handovers.load(Ordering::Relaxed),
+            handover_failures: st.handover_failures.load(Ordering::Relaxed),
         },
         requests: all_total,
         retries: u.retries.load(Ordering::Relaxed),
         in_flight: set.in_flight(),
         backends,
+        shadow: shadow(u, &set),
     }
+}
+
+fn shadow(u: &Upstream, set: &BackendSet) -> Option<ShadowStatus> {
+    let shadow = u.shadow.as_ref()?;
+    let strategy = shadow.strategy.load();
+    let compiled = &strategy.compiled;
+    let st = &shadow.stats;
+    let total: u64 = set.backends.iter().map(|b| b.shadow_picks()).sum();
+    let timed: u64 = strategy.stats.pick_ns.counts().iter().sum();
+    Some(ShadowStatus {
+        name: shadow.name.clone(),
+        plugin: compiled.path.display().to_string(),
+        hash: format!("{:016x}", compiled.hash),
+        loaded_at_ms: unix_ms(compiled.loaded_at),
+        picks: st.picks.load(Ordering::Relaxed),
+        agreements: st.agreements.load(Ordering::Relaxed),
+        disagreements: st.disagreements.load(Ordering::Relaxed),
+        failures: st.failures.load(Ordering::Relaxed),
+        agreement_ratio: st.agreement_ratio(),
+        pick_us_mean: (timed > 0).then(|| strategy.stats.pick_ns.sum() as f64 / timed as f64 / 1e3),
+        backends: set
+            .backends
+            .iter()
+            .map(|b| ShadowBackend {
+                id: b.id.clone(),
+                address: b.address.clone(),
+                picks: b.shadow_picks(),
+                share: if total > 0 {
+                    b.shadow_picks() as f64 / total as f64
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
+    })
 }
 
 fn backend(b: &Backend, checks: bool, latency: Option<(f64, f64)>, share: f64) -> BackendStatus {
@@ -211,6 +287,7 @@ struct UpstreamStats {
     rps: f64,
     in_flight: u32,
     backends: Vec<BackendStats>,
+    shadow: Option<ShadowStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,6 +328,7 @@ pub fn stats(gateway: &Gateway) -> Stats {
                 rps: backends.iter().map(|b| b.rps).sum(),
                 in_flight: backends.iter().map(|b| b.in_flight).sum(),
                 backends,
+                shadow: shadow(u, &set),
             }
         })
         .collect();

@@ -30,7 +30,13 @@ impl GuestState {
             sandbox: SandboxState::new(label),
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory)
-                .instances(4)
+                // Core instances are fixed by the component's structure (a
+                // guest cannot create more at run time), so this limit only
+                // turns components away, it bounds nothing at run time. A
+                // Rust guest has 3, jco's QuickJS build 11 (runtime, bindings,
+                // WASI stubs), componentize-py 38. Memories and tables, which
+                // do cost, stay capped below.
+                .instances(64)
                 .tables(16)
                 .memories(4)
                 .trap_on_grow_failure(true)
@@ -110,5 +116,11 @@ impl backends::Host for GuestState {
 
     fn usable(&mut self, backend: u32) -> bool {
         self.set.usable(backend, &self.exclude)
+    }
+
+    fn latency(&mut self, backend: u32) -> u64 {
+        self.set
+            .get(backend)
+            .map_or(0, |b| b.latency.peak_ewma_ns())
     }
 }

@@ -6,6 +6,13 @@
 //! the strategy's shared `InstancePre` and live until their strategy is
 //! replaced or they fail. Global truth (sequence, in-flight, health) comes
 //! from the host, so per-thread instances still make global decisions.
+//!
+//! State across reloads: when a thread makes its instance of a new version
+//! of a strategy, the instance it still holds of an earlier version of the
+//! same lineage (see [`Strategy::lineage`]) hands its guest-side state over
+//! (`state.snapshot`, then `state.restore` on the new instance, after `init`
+//! and `set-backends`, before its first pick) and is dropped. Per thread, so
+//! every thread continues its own state exactly.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -18,16 +25,23 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{Balancer, Decision, IpAddress, WitRequest};
 use super::imports::GuestState;
-use super::{Budget, FailureKind, Strategy, wit_backends};
+use super::{Budget, FailureKind, MAX_SNAPSHOT, StateExports, Strategy, wit_backends};
 use crate::upstream::BackendSet;
 
 /// A live instance of one strategy, owned by one thread.
 pub(super) struct Instance {
     pub(super) strategy_id: u64,
+    pub(super) lineage: u64,
     pub(super) set_version: u64,
     pub(super) store: Store<GuestState>,
     pub(super) bindings: Balancer,
+    pub(super) wasm: wasmtime::component::Instance,
+    /// The component's `state` exports, if it has them.
+    pub(super) state: Option<StateExports>,
 }
+
+type SnapshotFn = wasmtime::component::TypedFunc<(), (Vec<u8>,)>;
+type RestoreFn = wasmtime::component::TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
 
 impl Instance {
     /// Hands the instance `set` if it has not seen it yet.
@@ -46,6 +60,53 @@ impl Instance {
         self.store.data_mut().set = Arc::clone(set);
         self.set_version = set.version;
         Ok(())
+    }
+
+    fn state_funcs(&mut self) -> wasmtime::Result<Option<(SnapshotFn, RestoreFn)>> {
+        let Some(state) = self.state else {
+            return Ok(None);
+        };
+        let snapshot = self.wasm.get_typed_func(&mut self.store, state.snapshot)?;
+        let restore = self.wasm.get_typed_func(&mut self.store, state.restore)?;
+        Ok(Some((snapshot, restore)))
+    }
+
+    /// Checks that the `state` exports, if any, have the WIT's types.
+    pub(super) fn check_state(&mut self) -> wasmtime::Result<()> {
+        self.state_funcs().map(drop)
+    }
+
+    /// The guest's state, within `deadline_ticks`; `Ok(None)` when it does
+    /// not export `state`.
+    fn snapshot(&mut self, deadline_ticks: u64) -> Result<Option<Vec<u8>>, String> {
+        let Some((snapshot, _)) = self.state_funcs().map_err(|e| format!("{e:#}"))? else {
+            return Ok(None);
+        };
+        self.store.set_epoch_deadline(deadline_ticks);
+        let (bytes,) = snapshot
+            .call(&mut self.store, ())
+            .map_err(|e| format!("snapshot: {e:#}"))?;
+        if bytes.len() > MAX_SNAPSHOT {
+            return Err(format!(
+                "snapshot is {} bytes, more than the {MAX_SNAPSHOT} allowed",
+                bytes.len()
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Hands `bytes` to the guest's `restore`, within `deadline_ticks`;
+    /// `Ok(false)` when it does not export `state`.
+    fn restore(&mut self, bytes: Vec<u8>, deadline_ticks: u64) -> Result<bool, String> {
+        let Some((_, restore)) = self.state_funcs().map_err(|e| format!("{e:#}"))? else {
+            return Ok(false);
+        };
+        self.store.set_epoch_deadline(deadline_ticks);
+        let (result,) = restore
+            .call(&mut self.store, (bytes,))
+            .map_err(|e| format!("restore: {e:#}"))?;
+        result.map_err(|msg| format!("restore refused the snapshot: {msg}"))?;
+        Ok(true)
     }
 }
 
@@ -164,9 +225,27 @@ impl Strategy {
         {
             Some(pos) => pos,
             None => {
-                // Forget instances of strategies that were replaced.
-                entries.retain(|e| e.strategy.strong_count() > 0);
-                match self.instantiate(input.set, Budget::Request) {
+                // This thread's instance of an earlier version of this
+                // strategy hands its state over; the rest of the replaced
+                // ones are forgotten.
+                let earlier = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| self.follows(&e.instance))
+                    .max_by_key(|(_, e)| e.instance.strategy_id)
+                    .map(|(pos, _)| pos);
+                let earlier = earlier.map(|pos| entries.swap_remove(pos));
+                entries.retain(|e| e.strategy.strong_count() > 0 && !self.follows(&e.instance));
+                let made = match (self.instantiate(input.set, Budget::Request), earlier) {
+                    (Ok(fresh), Some(earlier)) => self.hand_over(earlier, fresh, input.set),
+                    (Ok(fresh), None) => Ok(fresh),
+                    (Err(e), earlier) => {
+                        // Kept for the next try to hand over from.
+                        entries.extend(earlier);
+                        Err(e)
+                    }
+                };
+                match made {
                     Ok(instance) => {
                         entries.push(Entry {
                             strategy: Arc::downgrade(self),
@@ -250,6 +329,67 @@ impl Strategy {
         (choice, parts)
     }
 
+    /// Whether `instance` belongs to an earlier version of this strategy.
+    fn follows(&self, instance: &Instance) -> bool {
+        instance.lineage == self.lineage && instance.strategy_id < self.id
+    }
+
+    /// Continues `fresh` (just made, fed its backend set, never picked)
+    /// from `earlier`, this thread's instance of the previous version, when
+    /// both export `state`. `earlier` is dropped either way. A failed
+    /// hand-over is counted and logged and leaves a fresh instance: `fresh`
+    /// itself if `restore` was never called, else a new one (a refused or
+    /// trapped restore may have left it half-restored).
+    fn hand_over(
+        &self,
+        mut earlier: Entry,
+        mut fresh: Instance,
+        set: &Arc<BackendSet>,
+    ) -> Result<Instance, (&'static str, String)> {
+        if earlier.instance.state.is_none() || fresh.state.is_none() {
+            return Ok(fresh);
+        }
+        let started = Instant::now();
+        let ticks = Budget::Request.ticks(self.deadline_ticks());
+        let bytes = match earlier.instance.snapshot(ticks) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(fresh),
+            Err(reason) => {
+                self.handover_failed(&reason);
+                return Ok(fresh);
+            }
+        };
+        drop(earlier);
+        let size = bytes.len();
+        match fresh.restore(bytes, ticks) {
+            Ok(restored) => {
+                if restored {
+                    self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        upstream = %self.upstream, plugin = %self.compiled.path.display(),
+                        bytes = size, took = ?started.elapsed(),
+                        "strategy state handed over to the new version on this thread"
+                    );
+                }
+                Ok(fresh)
+            }
+            Err(reason) => {
+                self.handover_failed(&reason);
+                drop(fresh);
+                self.instantiate(set, Budget::Request)
+            }
+        }
+    }
+
+    fn handover_failed(&self, reason: &str) {
+        self.stats.handover_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            upstream = %self.upstream,
+            plugin = %self.compiled.path.display(),
+            "strategy state not carried over to the new version on this thread (it starts fresh): {reason}"
+        );
+    }
+
     fn failed(&self, kind: FailureKind, detail: &str) {
         self.stats.count(kind);
         if let Some(pause) = self.stats.failed_in_a_row() {
@@ -261,12 +401,17 @@ impl Strategy {
             );
         }
         if self.stats.should_log() {
+            let then = if self.shadow {
+                "shadow strategy failed (traffic unaffected)"
+            } else {
+                "strategy failed, request served by host round robin"
+            };
             tracing::warn!(
                 upstream = %self.upstream,
                 plugin = %self.compiled.path.display(),
                 kind = kind.as_str(),
                 failures = self.stats.failures(),
-                "strategy failed, request served by host round robin: {detail}"
+                "{then}: {detail}"
             );
         }
     }

@@ -8,11 +8,19 @@
 //! [`Strategy`], is swapped into the upstream atomically. On the request path
 //! a worker thread finds its own instance of that strategy (instantiating it
 //! once from the shared `InstancePre`, ~15 µs) and calls `pick`.
+//!
+//! A strategy that exports the optional `state` interface carries its
+//! guest-side state across reloads: each thread's instance of the new
+//! version is restored from a snapshot of that thread's instance of the old
+//! one ([`Strategy::lineage`], `instances.rs`). An upstream may also run a
+//! second strategy as a shadow, asked on every request without routing any
+//! ([`shadow`]).
 
 mod bindings;
 mod imports;
 mod instances;
 mod sandbox;
+pub mod shadow;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,13 +28,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Engine, Store};
 
 pub use self::bindings::ParamValue;
-use self::bindings::{BalancerPre, WitBackend};
+use self::bindings::{BalancerIndices, WitBackend};
 use self::imports::GuestState;
 pub use self::instances::{Choice, PickInput, fallback};
+pub use self::shadow::{Shadow, ShadowStats};
 use crate::config::PluginLimits;
 use crate::stats::{Histogram, PICK_BOUNDS_NS};
 use crate::upstream::BackendSet;
@@ -178,7 +187,8 @@ impl Runtime {
             .define_unknown_imports_as_traps(&component)
             .map_err(mismatch)?;
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
-        let pre = BalancerPre::new(pre).map_err(mismatch)?;
+        let indices = BalancerIndices::new(&pre).map_err(mismatch)?;
+        let state = StateExports::find(&component).map_err(mismatch)?;
         Ok(Arc::new(Compiled {
             name: path
                 .file_stem()
@@ -189,6 +199,8 @@ impl Runtime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             pre,
+            indices,
+            state,
         }))
     }
 
@@ -203,8 +215,43 @@ impl Runtime {
         set: &Arc<BackendSet>,
         limits: PluginLimits,
     ) -> Result<Arc<Strategy>, PluginError> {
+        self.prepare_after(
+            compiled,
+            upstream,
+            params,
+            set,
+            limits,
+            Succession::default(),
+        )
+    }
+
+    /// Like [`Runtime::prepare`], for a strategy that takes the place of
+    /// `succession.previous` (which then hands its per-thread state over, see
+    /// [`Strategy::lineage`]), or that serves as a shadow.
+    pub fn prepare_after(
+        self: &Arc<Self>,
+        compiled: Arc<Compiled>,
+        upstream: &str,
+        params: &toml::Table,
+        set: &Arc<BackendSet>,
+        limits: PluginLimits,
+        succession: Succession<'_>,
+    ) -> Result<Arc<Strategy>, PluginError> {
+        let id = NEXT_STRATEGY_ID.fetch_add(1, Ordering::Relaxed);
+        // The same plugin (by name) in the same place continues the line;
+        // anything else starts a new one.
+        let lineage = succession
+            .previous
+            .filter(|p| {
+                p.upstream == upstream
+                    && p.compiled.name == compiled.name
+                    && p.shadow == succession.shadow
+            })
+            .map_or(id, |p| p.lineage);
         let strategy = Arc::new(Strategy {
-            id: NEXT_STRATEGY_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            lineage,
+            shadow: succession.shadow,
             upstream: upstream.to_owned(),
             params: params_to_wit(params),
             limits,
@@ -259,7 +306,50 @@ pub struct Compiled {
     pub size: usize,
     /// When it was compiled.
     pub loaded_at: SystemTime,
-    pre: BalancerPre<GuestState>,
+    pre: InstancePre<GuestState>,
+    indices: BalancerIndices,
+    state: Option<StateExports>,
+}
+
+impl Compiled {
+    /// Whether the plugin exports the optional `state` interface (carries
+    /// its state across reloads).
+    pub fn stateful(&self) -> bool {
+        self.state.is_some()
+    }
+}
+
+/// The optional `state` interface, by the name the WIT gives it.
+pub const STATE_INTERFACE: &str = "switchyard:balancer/state@0.1.0";
+
+/// Largest snapshot handed from one version of a strategy to the next; a
+/// bigger one is counted as a failed hand-over.
+pub const MAX_SNAPSHOT: usize = 1 << 20;
+
+/// Where a component's `state` functions are (looked up once per build).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StateExports {
+    snapshot: ComponentExportIndex,
+    restore: ComponentExportIndex,
+}
+
+impl StateExports {
+    /// `None` when the component does not export `state`; an error when it
+    /// exports it without both functions.
+    fn find(component: &Component) -> wasmtime::Result<Option<Self>> {
+        let Some(iface) = component.get_export_index(None, STATE_INTERFACE) else {
+            return Ok(None);
+        };
+        let func = |name: &str| {
+            component
+                .get_export_index(Some(&iface), name)
+                .ok_or_else(|| wasmtime::format_err!("`{STATE_INTERFACE}` exports no `{name}`"))
+        };
+        Ok(Some(Self {
+            snapshot: func("snapshot")?,
+            restore: func("restore")?,
+        }))
+    }
 }
 
 impl fmt::Debug for Compiled {
@@ -273,10 +363,23 @@ impl fmt::Debug for Compiled {
 
 static NEXT_STRATEGY_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How a strategy being prepared relates to the one it replaces.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Succession<'a> {
+    /// The strategy it replaces in the same place (the upstream's live
+    /// strategy, or its shadow). When it runs the same plugin (by name), the
+    /// new one continues its lineage and each thread's state is handed over.
+    pub previous: Option<&'a Strategy>,
+    /// Serves as the upstream's shadow: asked on every request, never routes.
+    pub shadow: bool,
+}
+
 /// A compiled plugin bound to one upstream's parameters: what an upstream
 /// swaps in on reload.
 pub struct Strategy {
     id: u64,
+    lineage: u64,
+    shadow: bool,
     upstream: String,
     params: Vec<(String, ParamValue)>,
     limits: PluginLimits,
@@ -341,6 +444,12 @@ pub struct StrategyStats {
     /// Picks served by the host's round robin without calling the plugin,
     /// because it kept failing (see [`BREAKER_AFTER`]).
     pub skipped: AtomicU64,
+    /// Threads whose instance continued from their instance of the previous
+    /// version (`state` snapshot restored).
+    pub handovers: AtomicU64,
+    /// Hand-overs that failed (snapshot trapped, timed out or was too big,
+    /// or restore refused it): that thread's instance started fresh.
+    pub handover_failures: AtomicU64,
     consecutive_failures: AtomicU32,
     open_until_ms: AtomicU64,
     last_log_ms: AtomicU64,
@@ -367,6 +476,8 @@ impl Default for StrategyStats {
             instantiate_failures: AtomicU64::new(0),
             instances: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            handovers: AtomicU64::new(0),
+            handover_failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             last_log_ms: AtomicU64::new(0),
@@ -448,6 +559,24 @@ impl Strategy {
         self.limits
     }
 
+    /// Identifies a line of versions of one plugin in one place (an
+    /// upstream's live strategy, or its shadow): a strategy prepared after
+    /// one of the same plugin continues its lineage. When a worker thread
+    /// makes its instance of a new version and still holds its instance of
+    /// an earlier version of the same lineage, the old instance's `state`
+    /// snapshot is restored into the new one, then the old one is dropped.
+    /// Nothing else keeps an old version alive: no `Arc` to it is held, and
+    /// a thread holds at most one earlier instance per lineage (the one it
+    /// last picked with), however many reloads happened meanwhile.
+    pub fn lineage(&self) -> u64 {
+        self.lineage
+    }
+
+    /// Whether this strategy runs as a shadow.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
     /// Epoch ticks in one pick deadline (rounded up, plus the tick in
     /// progress).
     fn deadline_ticks(&self) -> u64 {
@@ -466,10 +595,7 @@ impl Strategy {
         set: &Arc<BackendSet>,
         budget: Budget,
     ) -> Result<instances::Instance, (&'static str, String)> {
-        let ticks = match budget {
-            Budget::Load => (LOAD_DEADLINE.as_micros() / TICK.as_micros()) as u64,
-            Budget::Request => self.deadline_ticks() * INSTANCE_DEADLINE_FACTOR,
-        };
+        let ticks = budget.ticks(self.deadline_ticks());
         let mut store = Store::new(
             &self.runtime.engine,
             GuestState::new(
@@ -480,10 +606,15 @@ impl Strategy {
         );
         store.limiter(GuestState::limiter);
         store.set_epoch_deadline(ticks);
-        let bindings = self
+        let wasm = self
             .compiled
             .pre
             .instantiate(&mut store)
+            .map_err(|e| ("instantiate", format!("{e:#}")))?;
+        let bindings = self
+            .compiled
+            .indices
+            .load(&mut store, &wasm)
             .map_err(|e| ("instantiate", format!("{e:#}")))?;
         store.set_epoch_deadline(ticks);
         bindings
@@ -493,26 +624,47 @@ impl Strategy {
             .map_err(|msg| ("init", msg))?;
         let mut instance = instances::Instance {
             strategy_id: self.id,
+            lineage: self.lineage,
             set_version: 0,
             store,
             bindings,
+            wasm,
+            state: self.compiled.state,
         };
         instance
             .sync(set, ticks)
             .map_err(|e| ("set-backends", format!("{e:#}")))?;
+        if matches!(budget, Budget::Load) {
+            // Typed once here, so a mistyped `state` export is refused at
+            // load rather than found at the first hand-over.
+            instance
+                .check_state()
+                .map_err(|e| ("state exports", format!("{e:#}")))?;
+        }
         self.stats.instances.fetch_add(1, Ordering::Relaxed);
         Ok(instance)
     }
 }
 
-/// How long creating an instance (instantiate, `init`, `set-backends`)
-/// may take.
+/// How long creating an instance (instantiate, `init`, `set-backends`,
+/// and a hand-over's `snapshot` and `restore` each) may take.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Budget {
     /// Loading a plugin, off the request path: [`LOAD_DEADLINE`].
     Load,
     /// A worker thread's first pick: [`INSTANCE_DEADLINE_FACTOR`] picks.
     Request,
+}
+
+impl Budget {
+    /// The budget in epoch ticks, for a strategy whose pick deadline is
+    /// `pick_ticks`.
+    fn ticks(self, pick_ticks: u64) -> u64 {
+        match self {
+            Budget::Load => (LOAD_DEADLINE.as_micros() / TICK.as_micros()) as u64,
+            Budget::Request => pick_ticks * INSTANCE_DEADLINE_FACTOR,
+        }
+    }
 }
 
 /// Budget of the trial instance made when a plugin is loaded.
