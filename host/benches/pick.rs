@@ -8,6 +8,11 @@
 //! and the host's check of the answer. The request head is moved in and out
 //! of the pick as on the request path, never rebuilt.
 //!
+//! A strategy written in another language is measured next to them when its
+//! component is given (see [`POLYGLOT`]): `SWITCHYARD_WASM_JS=$(bash
+//! examples/js-strategy/build.sh) cargo bench -p switchyard --bench pick --
+//! 'ip-hash'`.
+//!
 //! Run with `cargo bench -p switchyard --bench pick`.
 
 use std::hint::black_box;
@@ -32,6 +37,31 @@ const PLUGINS: [(&str, &str); 3] = [
     ("least-conn", env!("SWITCHYARD_WASM_LEAST_CONN")),
     ("ip-hash", env!("SWITCHYARD_WASM_IP_HASH")),
 ];
+
+/// The example strategies of `examples/strategies/` and their `params`:
+/// consistent hash hashes the client address, with 20 ring points per
+/// backend so that a worker's ring of 10 000 backends builds within the
+/// instance deadline; canary requests have no marker (the stable pool).
+const EXAMPLE_STRATEGIES: [(&str, &str, &str); 4] = [
+    ("p2c", env!("SWITCHYARD_WASM_P2C"), ""),
+    ("peak-ewma", env!("SWITCHYARD_WASM_PEAK_EWMA"), ""),
+    (
+        "consistent-hash",
+        env!("SWITCHYARD_WASM_CONSISTENT_HASH"),
+        "vnodes = 20",
+    ),
+    (
+        "canary",
+        env!("SWITCHYARD_WASM_CANARY"),
+        "canary = [\"127.0.0.1:10000\"]",
+    ),
+];
+
+/// Strategies written in other languages, built outside cargo: criterion
+/// group name and the environment variable naming the component
+/// (`examples/js-strategy/build.sh` builds `ip-hash-js` and prints its path).
+/// A group whose variable is unset is skipped with a note.
+const POLYGLOT: [(&str, &str); 1] = [("ip-hash-js", "SWITCHYARD_WASM_JS")];
 
 /// `n` backends at 127.0.0.1:10000, :10001, ..., weight 1, id = address.
 fn backend_set(n: usize) -> Arc<BackendSet> {
@@ -184,7 +214,61 @@ fn picks(c: &mut Criterion) {
             Picker::Wasm(strategy)
         });
     }
+    polyglot_picks(c, &runtime);
+    for (name, path, params) in EXAMPLE_STRATEGIES {
+        let compiled = runtime
+            .compile(Path::new(path))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let params: toml::Table = params
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} params: {e}"));
+        bench_group(c, name, |set| {
+            let strategy = runtime
+                .prepare(
+                    Arc::clone(&compiled),
+                    "bench",
+                    &params,
+                    set,
+                    PluginLimits::default(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            Picker::Wasm(strategy)
+        });
+    }
     bench_group(c, "native-fallback", |_| Picker::Native);
+}
+
+/// The [`POLYGLOT`] strategies whose component is given, measured like the
+/// reference plugins. Their compile time is printed too: a guest that
+/// embeds a language runtime compiles for seconds, not milliseconds.
+fn polyglot_picks(c: &mut Criterion, runtime: &Arc<Runtime>) {
+    for (name, var) in POLYGLOT {
+        let Some(path) = std::env::var_os(var) else {
+            eprintln!("note: {name} skipped: set {var} to its component file");
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let compiled = runtime
+            .compile(Path::new(&path))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name}: {} bytes compiled in {:.2?}",
+            compiled.size,
+            started.elapsed()
+        );
+        bench_group(c, name, |set| {
+            let strategy = runtime
+                .prepare(
+                    Arc::clone(&compiled),
+                    "bench",
+                    &toml::Table::new(),
+                    set,
+                    PluginLimits::default(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            Picker::Wasm(strategy)
+        });
+    }
 }
 
 // Written out instead of `criterion_group!`/`criterion_main!`, whose
