@@ -21,6 +21,16 @@ async fn exchange_closing(addr: std::net::SocketAddr, request: &str) -> (String,
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// The first backend of the first upstream, as the proxy holds it now.
+fn first_backend(proxy: &switchyard::Proxy) -> std::sync::Arc<switchyard::upstream::Backend> {
+    std::sync::Arc::clone(
+        &proxy.gateway().routes().upstreams[0]
+            .backends
+            .load()
+            .backends[0],
+    )
+}
+
 async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
     exchange_closing(addr, request).await.0
 }
@@ -31,14 +41,7 @@ async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() 
     let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
     fx.write_config(&upstream("round-robin", &be, ""));
     let proxy = fx.start().await;
-    let backend = || {
-        std::sync::Arc::clone(
-            &proxy.gateway().routes().upstreams[0]
-                .backends
-                .load()
-                .backends[0],
-        )
-    };
+    let backend = || first_backend(&proxy);
 
     let many_headers: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
     let cases = [
@@ -98,12 +101,7 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_backends() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let backend = std::sync::Arc::clone(
-        &proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0],
-    );
+    let backend = first_backend(&proxy);
     assert_eq!(backend.failures(), 0);
     assert!(
         backend.healthy(),
@@ -213,12 +211,7 @@ async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
         upstream("round-robin", &be, "max-fails = 1")
     ));
     let proxy = fx.start().await;
-    let backend = std::sync::Arc::clone(
-        &proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0],
-    );
+    let backend = first_backend(&proxy);
 
     // Announced too large: refused before anything is sent upstream.
     let (answer, closed) = exchange_closing(
@@ -283,12 +276,7 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
         upstream("round-robin", &be, "")
     ));
     let proxy = fx.start().await;
-    let backend = std::sync::Arc::clone(
-        &proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0],
-    );
+    let backend = first_backend(&proxy);
     let connect = || tokio::net::TcpStream::connect(proxy.addr());
 
     // A head that stops half way: 408, closed, nothing upstream.
@@ -331,12 +319,7 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
     })
     .await;
     assert!(moved.is_some(), "config reloaded");
-    let patient_backend = std::sync::Arc::clone(
-        &proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0],
-    );
+    let patient_backend = first_backend(&proxy);
     let mut s = connect().await.expect("connect");
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
         .await

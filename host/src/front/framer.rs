@@ -334,6 +334,23 @@ enum Phase {
     EndLf,
 }
 
+impl Phase {
+    /// Inside a chunk extension (after the `;`).
+    fn in_extension(self) -> bool {
+        matches!(
+            self,
+            Phase::NameStart
+                | Phase::Name
+                | Phase::NameSpace
+                | Phase::ValueStart
+                | Phase::Token
+                | Phase::Quoted
+                | Phase::Escape
+                | Phase::ValueSpace
+        )
+    }
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -364,17 +381,7 @@ impl Chunked {
                 continue;
             }
             let b = input[i];
-            if matches!(
-                self.phase,
-                Phase::NameStart
-                    | Phase::Name
-                    | Phase::NameSpace
-                    | Phase::ValueStart
-                    | Phase::Token
-                    | Phase::Quoted
-                    | Phase::Escape
-                    | Phase::ValueSpace
-            ) {
+            if self.phase.in_extension() {
                 self.extension += 1;
                 if self.extension > MAX_EXTENSION {
                     return bad(i, "chunk extension too long");
@@ -417,17 +424,6 @@ impl Chunked {
                 (Phase::Quoted, b'\\') => Phase::Escape,
                 (Phase::Quoted, _) if b == b'\t' || (b >= b' ' && b != 0x7f) => Phase::Quoted,
                 (Phase::Escape, _) if b == b'\t' || (b >= b' ' && b != 0x7f) => Phase::Quoted,
-                (
-                    Phase::NameStart
-                    | Phase::Name
-                    | Phase::NameSpace
-                    | Phase::ValueStart
-                    | Phase::Token
-                    | Phase::Quoted
-                    | Phase::Escape
-                    | Phase::ValueSpace,
-                    _,
-                ) => return bad(i, "invalid chunk extension"),
                 (Phase::SizeLf, b'\n') if self.size == 0 => Phase::TrailerStart,
                 (Phase::SizeLf, b'\n') => {
                     self.total = self.total.saturating_add(self.size);
@@ -470,6 +466,11 @@ impl Chunked {
                     return bad(i, "trailer line must end in CRLF");
                 }
                 (Phase::Data, _) => unreachable!("data is skipped above"),
+                // Every other phase has its last arm above.
+                (phase, _) => {
+                    debug_assert!(phase.in_extension());
+                    return bad(i, "invalid chunk extension");
+                }
             };
             i += 1;
         }
