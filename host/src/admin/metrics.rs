@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fmt::Error;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder};
@@ -15,6 +15,7 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::gateway::{Gateway, unix_ms};
+use crate::plugin::{Strategy, StrategyStats};
 use crate::stats::{CLASSES, Histogram};
 
 /// The content type of the exposition.
@@ -73,6 +74,40 @@ fn histogram<S: EncodeLabelSet, const N: usize>(
         &buckets,
         None,
     )
+}
+
+/// An upstream's name, its strategy's configured name, and the strategy.
+type StrategyRow = (String, String, Arc<Strategy>);
+
+fn plugin_labels((upstream, plugin, _): &StrategyRow) -> Labels<'_> {
+    vec![
+        ("upstream", Cow::Borrowed(upstream.as_str())),
+        ("plugin", Cow::Borrowed(plugin.as_str())),
+    ]
+}
+
+/// A counter family with one sample per strategy and `(value, counter)`
+/// pair that `counts` lists, labelled `label="value"` (no extra label when
+/// `label` is `None`).
+fn strategy_counters<const N: usize>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &'static str,
+    help: &str,
+    strategies: &[StrategyRow],
+    label: Option<&'static str>,
+    counts: impl Fn(&StrategyStats) -> [(&'static str, &AtomicU64); N],
+) -> Result<(), Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for row in strategies {
+        for (value, n) in counts(&row.2.stats) {
+            let mut labels = plugin_labels(row);
+            if let Some(label) = label {
+                labels.push((label, Cow::Borrowed(value)));
+            }
+            counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
+        }
+    }
+    Ok(())
 }
 
 impl Collector for Metrics {
@@ -191,13 +226,6 @@ impl Collector for Metrics {
                 )
             })
             .collect();
-        let plugin_labels =
-            |(u, name, _): &(String, String, Arc<crate::plugin::Strategy>)| -> Labels<'static> {
-                vec![
-                    ("upstream", Cow::Owned(u.clone())),
-                    ("plugin", Cow::Owned(name.clone())),
-                ]
-            };
         let mut m = enc.encode_descriptor(
             "plugin_pick",
             "Time one pick took, plugin call and fallback included.",
@@ -207,67 +235,45 @@ impl Collector for Metrics {
         for us in &strategies {
             histogram(&mut m, &plugin_labels(us), &us.2.stats.pick_ns, 1e9)?;
         }
-        let mut m = enc.encode_descriptor(
+        strategy_counters(
+            &mut enc,
             "plugin_picks",
             "Picks answered by the plugin.",
+            &strategies,
             None,
-            MetricType::Counter,
+            |st| [("", &st.picks)],
         )?;
-        for us in &strategies {
-            counter(
-                &mut m,
-                &plugin_labels(us),
-                us.2.stats.picks.load(Ordering::Relaxed),
-            )?;
-        }
-        let mut m = enc.encode_descriptor(
+        strategy_counters(
+            &mut enc,
             "plugin_failures",
             "Plugin failures by kind; each such pick was served by the fallback or answered 503.",
-            None,
-            MetricType::Counter,
+            &strategies,
+            Some("kind"),
+            |st| {
+                [
+                    ("trap", &st.traps),
+                    ("timeout", &st.timeouts),
+                    ("bad_answer", &st.bad_answers),
+                    ("instantiate", &st.instantiate_failures),
+                ]
+            },
         )?;
-        for us in &strategies {
-            let st = &us.2.stats;
-            for (kind, n) in [
-                ("trap", &st.traps),
-                ("timeout", &st.timeouts),
-                ("bad_answer", &st.bad_answers),
-                ("instantiate", &st.instantiate_failures),
-            ] {
-                let mut labels = plugin_labels(us);
-                labels.push(("kind", Cow::Borrowed(kind)));
-                counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
+        strategy_counters(
+            &mut enc,
             "plugin_skipped_picks",
             "Picks served by the host's round robin without calling the plugin, paused after failing again and again.",
+            &strategies,
             None,
-            MetricType::Counter,
+            |st| [("", &st.skipped)],
         )?;
-        for us in &strategies {
-            counter(
-                &mut m,
-                &plugin_labels(us),
-                us.2.stats.skipped.load(Ordering::Relaxed),
-            )?;
-        }
-
-        let mut m = enc.encode_descriptor(
+        strategy_counters(
+            &mut enc,
             "plugin_handovers",
             "Worker threads whose instance of a new plugin version continued from their instance of the previous one (`state` export), by result.",
-            None,
-            MetricType::Counter,
+            &strategies,
+            Some("result"),
+            |st| [("ok", &st.handovers), ("failed", &st.handover_failures)],
         )?;
-        for us in &strategies {
-            let st = &us.2.stats;
-            for (result, n) in [("ok", &st.handovers), ("failed", &st.handover_failures)] {
-                let mut labels = plugin_labels(us);
-                labels.push(("result", Cow::Borrowed(result)));
-                counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
-            }
-        }
 
         let shadows: Vec<_> = table
             .upstreams
