@@ -42,6 +42,9 @@ pub struct Config {
     pub plugin_limits: PluginLimits,
     /// How long open connections may finish after SIGTERM/SIGINT.
     pub drain_timeout: Duration,
+    /// Threads serving client connections, each with its own event loop
+    /// (nginx's `worker_processes`); default: one per core.
+    pub workers: usize,
     /// Write one `access` log line per request.
     pub access_log: bool,
     /// What one client connection may take (`[client]`).
@@ -308,6 +311,8 @@ struct RawConfig {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     drain_timeout: Duration,
     #[serde(default)]
+    workers: Option<i64>,
+    #[serde(default)]
     access_log: bool,
     #[serde(default)]
     client: RawClient,
@@ -397,6 +402,14 @@ struct RawTls {
 
 fn default_tls_listen() -> String {
     "127.0.0.1:8443".into()
+}
+
+/// Most `workers` accepted.
+const MAX_WORKERS: usize = 256;
+
+/// One worker per core the process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn default_drain_timeout() -> Duration {
@@ -761,6 +774,18 @@ impl Validator<'_> {
             ));
         }
         let client = self.client(&raw.client)?;
+        let workers = match raw.workers {
+            None => default_workers(),
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    self.err(
+                        "workers",
+                        format!("must be between 1 and {MAX_WORKERS} (threads serving clients; leave it out for one per core)"),
+                    )
+                })?,
+        };
         if raw.upstream.is_empty() {
             return Err(self.err(
                 "upstream",
@@ -806,6 +831,7 @@ impl Validator<'_> {
                 memory: (limits.memory_mib as usize) << 20,
             },
             drain_timeout: raw.drain_timeout,
+            workers,
             access_log: raw.access_log,
             client,
             tls,
@@ -1187,6 +1213,7 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(c.plugin_limits, PluginLimits::default());
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.workers, default_workers());
         assert_eq!(c.client, ClientLimits::default());
         assert_eq!(c.client.max_body_size, Some(10 << 20));
         let u = &c.upstreams[0];
@@ -1291,9 +1318,18 @@ health-check = { interval = "500ms" }
     }
 
     #[test]
+    fn workers_is_taken_as_given() {
+        let c = parse(&format!("workers = 3\n{MINIMAL}")).expect("valid");
+        assert_eq!(c.workers, 3);
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_expected_form() {
         let cases = [
             (MINIMAL.replace("127.0.0.1:8080", "localhost"), "`listen`"),
+            (format!("workers = 0\n{MINIMAL}"), "`workers`"),
+            (format!("workers = -2\n{MINIMAL}"), "`workers`"),
+            (format!("workers = 100000\n{MINIMAL}"), "`workers`"),
             (
                 MINIMAL.replace("127.0.0.1:5002", "127.0.0.1"),
                 "`upstream[0].servers[1]`",

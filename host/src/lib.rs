@@ -49,6 +49,7 @@ pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,15 +150,13 @@ impl Proxy {
             }),
             _ => None,
         };
-        let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(listener::serve(
-            listener,
-            secure,
-            Arc::clone(&gateway),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let server = listener::start(listener, secure, Arc::clone(&gateway))
+            .context("cannot start the worker threads")?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = rx.await;
+            server.shutdown().await;
+        });
         Ok(Proxy {
             addr,
             tls_addr,

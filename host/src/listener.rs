@@ -2,7 +2,8 @@
 //! and, with `[tls]`, on `tls.listen` (TLS handshake first, within
 //! [`tls::HANDSHAKE_TIMEOUT`]), and serve HTTP/1.1 and HTTP/2 on them with
 //! hyper, handing each request to [`proxy::handle`]. Both serve the same
-//! routes. Stops accepting on shutdown and lets open connections finish, up
+//! routes. Every worker thread ([`crate::workers`]) runs its own accept loop
+//! on copies of the same sockets. Stops accepting on shutdown and lets open connections finish, up
 //! to the config's `drain-timeout`: in-flight requests complete, keep-alive
 //! clients get `Connection: close` on their last response, and open tunnels
 //! (WebSockets) may run until the deadline.
@@ -19,12 +20,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
 use crate::tls::{self, Tls};
-use crate::{front, proxy};
+use crate::{front, proxy, workers};
 
 /// The HTTPS listener and the certificate it serves.
 #[derive(Debug)]
@@ -35,12 +36,93 @@ pub struct TlsListener {
     pub tls: Arc<Tls>,
 }
 
-/// Serves `listener` (and `secure`, when TLS is on) until `shutdown`
-/// completes, then drains.
-pub async fn serve(
+/// The listeners being served by the worker threads.
+#[derive(Debug)]
+pub struct Server {
+    stop: watch::Sender<bool>,
+    workers: Vec<workers::Worker>,
+}
+
+impl Server {
+    /// Stops accepting, lets open connections finish (up to the config's
+    /// `drain-timeout`) and returns once every worker is done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for worker in self.workers {
+            worker.finished().await;
+        }
+    }
+}
+
+/// Serves `listener` (and `secure`, when TLS is on) on the config's number
+/// of worker threads ([`crate::workers`]) until [`Server::shutdown`]. Each
+/// worker accepts from the same sockets: whichever is free takes the next
+/// connection, and serves it to the end on its own thread.
+pub fn start(
     listener: TcpListener,
     secure: Option<TlsListener>,
     gateway: Arc<Gateway>,
+) -> std::io::Result<Server> {
+    let plain = listener.into_std()?;
+    let secure = secure
+        .map(|s| s.listener.into_std().map(|l| (l, s.tls)))
+        .transpose()?;
+    let config = gateway.config();
+    // `client.max-connections` counts over all workers.
+    let slots = Arc::new(Semaphore::new(config.client.max_connections));
+    let mut sockets = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let secure = match &secure {
+            Some((l, tls)) => Some((l.try_clone()?, Arc::clone(tls))),
+            None => None,
+        };
+        sockets.push(std::sync::Mutex::new(Some((plain.try_clone()?, secure))));
+    }
+    drop((plain, secure));
+    let (stop, stopped) = watch::channel(false);
+    let workers = workers::spawn(config.workers, move |index| {
+        let taken = sockets[index].lock().ok().and_then(|mut s| s.take());
+        let gateway = Arc::clone(&gateway);
+        let slots = Arc::clone(&slots);
+        let mut stopped = stopped.clone();
+        async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            };
+            match taken.map(|(plain, secure)| registered(plain, secure)) {
+                Some(Ok((plain, secure))) => worker(plain, secure, gateway, slots, shutdown).await,
+                Some(Err(e)) => tracing::error!("worker {index} cannot serve the listener: {e}"),
+                None => tracing::error!("worker {index} has no listener"),
+            }
+        }
+    })?;
+    Ok(Server { stop, workers })
+}
+
+/// The worker's copies of the listening sockets, registered with its own
+/// runtime.
+fn registered(
+    plain: std::net::TcpListener,
+    secure: Option<(std::net::TcpListener, Arc<Tls>)>,
+) -> std::io::Result<(TcpListener, Option<TlsListener>)> {
+    let plain = TcpListener::from_std(plain)?;
+    let secure = match secure {
+        Some((listener, tls)) => Some(TlsListener {
+            listener: TcpListener::from_std(listener)?,
+            tls,
+        }),
+        None => None,
+    };
+    Ok((plain, secure))
+}
+
+/// One worker's accept loop: serves `listener` (and `secure`) until
+/// `shutdown` completes, then drains its connections.
+async fn worker(
+    listener: TcpListener,
+    secure: Option<TlsListener>,
+    gateway: Arc<Gateway>,
+    slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -53,11 +135,10 @@ pub async fn serve(
         .max_buf_size(front::MAX_HEAD);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    // `client.max-connections`: a connection takes a slot before it is
-    // accepted, so beyond the cap clients wait in the listen backlog.
-    let slots = Arc::new(Semaphore::new(gateway.config().client.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // A connection takes a slot before it is accepted, so beyond the
+        // cap clients wait in the listen backlog.
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {

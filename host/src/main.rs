@@ -12,6 +12,11 @@ use switchyard::config::Config;
 use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+/// mimalloc's per-thread free lists: glibc's malloc and free were about 7%
+/// of the proxy's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -1,6 +1,11 @@
 //! Keep-alive connections to one backend: HTTP/1.1 client connections
 //! (hyper's `client::conn`, one task each) kept idle between requests.
 //!
+//! Idle connections are kept per worker thread ([`crate::workers`]), like
+//! nginx's `keepalive` per worker process: a connection's task runs on the
+//! thread that opened it, so a request only reuses connections of its own
+//! thread and never wakes the other core. `keepalive` (most idle) applies per worker.
+//!
 //! A request checks a connection out (or opens one), sends on it and, when
 //! the response body has been read to its end, checks it back in (see
 //! [`crate::body::ProxyBody`]). A response abandoned half-way closes its
@@ -33,8 +38,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// How long a connection may sit idle before it is closed.
     pub idle_timeout: Duration,
-    /// Most idle connections kept per backend; 0 closes every connection
-    /// after its request.
+    /// Most idle connections kept per backend and worker thread; 0 closes
+    /// every connection after its request.
     pub max_idle: usize,
 }
 
@@ -55,11 +60,23 @@ struct Idle {
 }
 
 /// The idle connections of one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnPool {
-    // Oldest at the front; checkout takes the newest ready one (warm, and
-    // lets the oldest age out).
-    idle: Mutex<VecDeque<Idle>>,
+    // One list per worker thread, and one for every other thread (health
+    // checks and tests run there). Oldest at the front; checkout takes the
+    // newest ready one (warm, and lets the oldest age out).
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
+}
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        // Workers beyond the number of cores share lists (correct, only
+        // slower for them).
+        let lists = crate::config::default_workers() + 1;
+        ConnPool {
+            idle: (0..lists).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 /// Why no connection could be opened.
@@ -80,7 +97,7 @@ impl ConnPool {
     /// An idle connection that can take a request now, if there is one.
     /// Drops closed and timed-out connections on the way.
     pub fn checkout(&self, settings: &PoolSettings) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.local().lock().ok()?;
         let now = Instant::now();
         while idle
             .front()
@@ -110,7 +127,7 @@ impl ConnPool {
         if settings.max_idle == 0 || sender.is_closed() {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.local().lock() else {
             return;
         };
         if idle.len() >= settings.max_idle {
@@ -125,15 +142,28 @@ impl ConnPool {
     /// Closes connections idle for `idle_timeout` or more, and ones the
     /// backend closed.
     pub fn sweep(&self, idle_timeout: Duration) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let now = Instant::now();
-            idle.retain(|c| now.duration_since(c.since) < idle_timeout && !c.sender.is_closed());
+        let now = Instant::now();
+        for list in &self.idle {
+            if let Ok(mut idle) = list.lock() {
+                idle.retain(|c| {
+                    now.duration_since(c.since) < idle_timeout && !c.sender.is_closed()
+                });
+            }
         }
     }
 
-    /// Idle connections held now.
+    /// Idle connections held now, over all threads.
     pub fn idle(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
+        self.idle
+            .iter()
+            .map(|list| list.lock().map_or(0, |idle| idle.len()))
+            .sum()
+    }
+
+    /// This thread's list.
+    fn local(&self) -> &Mutex<VecDeque<Idle>> {
+        let at = crate::workers::current().map_or(0, |w| w + 1) % self.idle.len();
+        &self.idle[at]
     }
 }
 

@@ -28,7 +28,7 @@ use crate::retry::{Replay, RetryToken};
 use crate::router::host_of;
 use crate::tunnel::{Tunnel, Tunnels};
 use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
-use crate::{access, forwarded, front, tunnel};
+use crate::{access, forwarded, front, tunnel, workers};
 
 /// How the client reached the proxy: what `X-Forwarded-Proto` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,7 +484,15 @@ impl Exchange<'_> {
                     Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                 },
             };
-            match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+            // The worker's reused timer: a new one per request costs a wake-up
+            // of the event loop (see `workers::timer`).
+            let deadline = workers::timer(tokio::time::Instant::now() + timeout);
+            let answer = tokio::select! {
+                biased;
+                answer = sender.try_send_request(request) => Ok(answer),
+                () = deadline => Err(()),
+            };
+            match answer {
                 Ok(Ok(resp)) => {
                     let now = Instant::now();
                     let us = u64::try_from(now.saturating_duration_since(started).as_micros())

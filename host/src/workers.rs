@@ -1,0 +1,220 @@
+//! The serving threads. Client connections are served by `workers` threads
+//! (one per core by default), each running its own single-threaded tokio
+//! runtime, in the manner of nginx's worker processes. A connection, its
+//! requests and the backend connections those requests use live on one
+//! thread: no work stealing and no wake-ups across cores on the request path
+//! (with one shared multi-threaded runtime, waking tasks on the other core
+//! was a large part of the proxy's CPU).
+//!
+//! Everything else (health checks, reloads, admin, discovery, plugin
+//! compiles) runs on the main runtime. What the workers share (routes,
+//! backends, counters) is behind atomics and `ArcSwap`s; plugin instances
+//! are per thread already ([`crate::plugin`]), and so are idle backend
+//! connections ([`crate::pool`]).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Timers free for reuse on this worker (see [`timer`]).
+    static SPARE_TIMERS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most spare timers a worker keeps.
+const MAX_SPARE_TIMERS: usize = 512;
+
+/// The index of the worker running on this thread (from 0), or None on
+/// any other thread.
+pub fn current() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// A running worker: resolves when its thread is done (its future ended
+/// and every task it spawned was dropped).
+#[derive(Debug)]
+pub struct Worker(oneshot::Receiver<()>);
+
+impl Worker {
+    /// Waits for the worker's thread to finish.
+    pub async fn finished(self) {
+        // An error means the thread ended without saying so (a panic):
+        // finished all the same.
+        let _ = self.0.await;
+    }
+}
+
+/// Starts `count` worker threads; worker `i` runs `run(i)` on a fresh
+/// single-threaded runtime until that future ends, then drops whatever
+/// tasks it still has. The runtimes are all built before any thread
+/// starts, so an error leaves nothing running.
+pub fn spawn<F, Fut>(count: usize, run: F) -> io::Result<Vec<Worker>>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let runtimes = (0..count)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let run = Arc::new(run);
+    let mut workers = Vec::with_capacity(count);
+    for (index, runtime) in runtimes.into_iter().enumerate() {
+        let (done, finished) = oneshot::channel();
+        let run = Arc::clone(&run);
+        std::thread::Builder::new()
+            .name(format!("switchyard-worker-{index}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(Some(index)));
+                runtime.block_on(run(index));
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        workers.push(Worker(finished));
+    }
+    Ok(workers)
+}
+
+/// A timer for one request that fires at `deadline`, reused from earlier
+/// requests of this worker when one is free.
+///
+/// Each new tokio timer that becomes the earliest of its runtime wakes the
+/// runtime's event loop with a write to its eventfd, even from the loop's own
+/// thread: with a fresh response timer per request that was a system call
+/// for about one request in four. A reused timer moved to a later deadline
+/// is only an atomic store. A dropped [`Timer`] goes back to its worker's
+/// spares (off the workers, it is simply dropped).
+pub fn timer(deadline: Instant) -> Timer {
+    let spare = current()
+        .and_then(|_| SPARE_TIMERS.with(|spares| spares.borrow_mut().pop()));
+    let sleep = match spare {
+        Some(mut sleep) => {
+            sleep.as_mut().reset(deadline);
+            sleep
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    Timer(Some(sleep))
+}
+
+/// A request's timer (see [`timer`]); a future that completes at its
+/// deadline.
+#[derive(Debug)]
+pub struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let Some(mut sleep) = self.0.take() else {
+            return;
+        };
+        if current().is_none() {
+            return;
+        }
+        // Forget the waker of the request that used it, so that a spare
+        // firing wakes nobody (and keeps no finished task alive).
+        let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        SPARE_TIMERS.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < MAX_SPARE_TIMERS {
+                spares.push(sleep);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_worker_runs_on_its_own_thread_and_knows_its_index() {
+        assert_eq!(current(), None);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let workers = spawn(3, move |i| {
+            let tx = tx.clone();
+            async move {
+                // Spawned tasks stay on the worker's thread.
+                let seen = tokio::spawn(async { current() }).await.ok().flatten();
+                let _ = tx.send((i, current(), seen, std::thread::current().id()));
+            }
+        })
+        .expect("runtimes");
+        for w in workers {
+            w.finished().await;
+        }
+        let mut seen = Vec::new();
+        while let Some(s) = rx.recv().await {
+            seen.push(s);
+        }
+        seen.sort_by_key(|s| s.0);
+        assert_eq!(seen.len(), 3);
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!((s.0, s.1, s.2), (i, Some(i), Some(i)));
+        }
+        assert_ne!(seen[0].3, seen[1].3);
+        assert_ne!(seen[1].3, seen[2].3);
+    }
+
+    #[tokio::test]
+    async fn a_reused_timer_fires_at_its_new_deadline() {
+        let (tx, rx) = oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let workers = spawn(1, move |_| {
+            let tx = tx.lock().ok().and_then(|mut t| t.take());
+            async move {
+                // A long timer, dropped unfired: its spare is reused below.
+                let first = timer(Instant::now() + std::time::Duration::from_secs(3600));
+                drop(first);
+                let reused = SPARE_TIMERS.with(|s| s.borrow().len());
+                let start = Instant::now();
+                timer(start + std::time::Duration::from_millis(30)).await;
+                let waited = start.elapsed();
+                let fresh_after = SPARE_TIMERS.with(|s| s.borrow().len());
+                if let Some(tx) = tx {
+                    let _ = tx.send((reused, waited, fresh_after));
+                }
+            }
+        })
+        .expect("runtime");
+        let (spares_before, waited, spares_after) = rx.await.expect("worker ran");
+        for w in workers {
+            w.finished().await;
+        }
+        assert_eq!(spares_before, 1, "a dropped timer is kept");
+        assert!(
+            waited >= std::time::Duration::from_millis(30)
+                && waited < std::time::Duration::from_secs(10),
+            "fired after {waited:?}, not at the earlier deadline"
+        );
+        assert_eq!(spares_after, 1, "and given back after use");
+    }
+
+    #[tokio::test]
+    async fn off_the_workers_timers_are_plain() {
+        let start = Instant::now();
+        timer(start + std::time::Duration::from_millis(10)).await;
+        assert!(start.elapsed() >= std::time::Duration::from_millis(10));
+        assert_eq!(SPARE_TIMERS.with(|s| s.borrow().len()), 0);
+    }
+}
