@@ -9,8 +9,8 @@
 #     * nginx       - `upstream` round-robin, keepalive 64, HTTP/1.1 to the
 #                     backends, worker_processes = nproc, access_log off;
 #     * switchyard  - target/release/switchyard with the round-robin Wasm
-#                     plugin from the repo's plugins/ directory (tokio
-#                     multi-thread runtime: one worker per core);
+#                     plugin from the repo's plugins/ directory (its
+#                     default `workers`: one serving thread per core);
 #     * switchyard-native - the same binary with `strategy =
 #                     "host:round-robin"` (the host's own round robin, no
 #                     Wasm call): switchyard / switchyard-native is the cost

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::config::{Config, NATIVE_STRATEGY};
+use crate::config::{ClientLimits, Config, NATIVE_STRATEGY};
 use crate::discovery::{self, Discovered};
 use crate::plugin::{
     Compiled, PluginError, Runtime, Shadow, Succession, content_hash, plugin_path,
@@ -220,6 +220,11 @@ impl Gateway {
     /// A copy of the current configuration.
     pub fn config(&self) -> Config {
         self.lock().config.clone()
+    }
+
+    /// The current `[client]` limits (read for each new connection).
+    pub fn client_limits(&self) -> ClientLimits {
+        self.lock().config.client
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReloadState> {

@@ -11,16 +11,19 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
@@ -196,15 +199,31 @@ async fn worker(
                             return;
                         }
                     };
-                    connection(&builder, watcher, stream, gateway, peer, Scheme::Https).await;
-                    drop(slot);
+                    connection(
+                        &builder,
+                        watcher,
+                        stream,
+                        gateway,
+                        peer,
+                        Scheme::Https,
+                        slot,
+                    )
+                    .await;
                 });
             }
             _ => {
-                tokio::spawn(async move {
-                    connection(&builder, watcher, stream, gateway, peer, Scheme::Http).await;
-                    drop(slot);
-                });
+                // Spawned as is, not inside an `async` block that awaits it:
+                // that would keep two copies of the connection's state
+                // (4 KiB instead of 2 per idle client).
+                tokio::spawn(connection(
+                    &builder,
+                    watcher,
+                    stream,
+                    gateway,
+                    peer,
+                    Scheme::Http,
+                    slot,
+                ));
             }
         }
     }
@@ -236,32 +255,68 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection.
-async fn connection<I>(
+/// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection,
+/// holding its `max-connections` slot until it ends.
+fn connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     scheme: Scheme,
-) where
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(front::Conn::default());
-    let io = front::Guard::new(io, Arc::clone(&shared), gateway.config().client);
+    let io = front::Guard::new(io, Arc::clone(&shared), gateway.client_limits());
     let service = service_fn(move |req| {
         let gateway = Arc::clone(&gateway);
         let shared = Arc::clone(&shared);
-        async move {
+        // Boxed per request: hyper keeps a connection's service future in
+        // one allocation for the connection's life, so an unboxed (large)
+        // future would be memory every idle keep-alive client holds.
+        Box::pin(async move {
             let in_flight = shared.begin();
             let resp = proxy::handle(&gateway, peer, scheme, &in_flight, req).await;
             Ok::<_, Infallible>(resp.map(|body| front::Tracked::new(body, in_flight)))
-        }
+        })
     });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, "client connection ended with error: {e}");
+    Serving {
+        conn: watcher.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned(),
+        ),
+        peer,
+        _slot: slot,
+    }
+}
+
+pin_project! {
+    /// A client connection being served. A plain struct, not an `async`
+    /// block: one copy of hyper's connection state per client.
+    struct Serving<F> {
+        #[pin]
+        conn: F,
+        peer: SocketAddr,
+        _slot: OwnedSemaphorePermit,
+    }
+}
+
+impl<F, E> Future for Serving<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if let Err(e) = std::task::ready!(this.conn.poll(cx)) {
+            tracing::debug!(peer = %this.peer, "client connection ended with error: {e}");
+        }
+        Poll::Ready(())
     }
 }

@@ -13,7 +13,8 @@ use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// mimalloc's per-thread free lists: glibc's malloc and free were about 7%
-/// of the proxy's CPU under load.
+/// of the proxy's CPU under load. Built without transparent huge pages (see
+/// `host/Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

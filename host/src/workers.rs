@@ -95,8 +95,7 @@ where
 /// is only an atomic store. A dropped [`Timer`] goes back to its worker's
 /// spares (off the workers, it is simply dropped).
 pub fn timer(deadline: Instant) -> Timer {
-    let spare = current()
-        .and_then(|_| SPARE_TIMERS.with(|spares| spares.borrow_mut().pop()));
+    let spare = current().and_then(|_| SPARE_TIMERS.with(|spares| spares.borrow_mut().pop()));
     let sleep = match spare {
         Some(mut sleep) => {
             sleep.as_mut().reset(deadline);
