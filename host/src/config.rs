@@ -404,12 +404,18 @@ fn default_tls_listen() -> String {
     "127.0.0.1:8443".into()
 }
 
+/// Longest timeout accepted: deadlines are added to the clock, and a
+/// timeout of centuries would overflow it.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
+
 /// Most `workers` accepted.
 const MAX_WORKERS: usize = 256;
 
-/// One worker per core the process may run on.
+/// One worker per core the process may run on (asked once: the answer
+/// comes from cgroup files, and every backend's pool asks).
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 fn default_drain_timeout() -> Duration {
@@ -848,6 +854,9 @@ impl Validator<'_> {
             if value.is_zero() {
                 return Err(self.err(key, "must be more than 0 (e.g. \"10s\")"));
             }
+            if value > MAX_TIMEOUT {
+                return Err(self.err(key, "must be at most a year (e.g. \"10s\")"));
+            }
         }
         let max_body_size = parse_size(&c.max_body_size).ok_or_else(|| {
             self.err(
@@ -1022,6 +1031,9 @@ impl Validator<'_> {
         ] {
             if d.is_zero() {
                 return Err(self.err(key(k), "must be greater than zero (e.g. \"5s\")"));
+            }
+            if d > MAX_TIMEOUT {
+                return Err(self.err(key(k), "must be at most a year (e.g. \"5s\")"));
             }
         }
         if u.retries > MAX_RETRIES {
@@ -1328,6 +1340,17 @@ health-check = { interval = "500ms" }
         let cases = [
             (MINIMAL.replace("127.0.0.1:8080", "localhost"), "`listen`"),
             (format!("workers = 0\n{MINIMAL}"), "`workers`"),
+            (
+                format!("{MINIMAL}response-timeout = \"400days\"\n"),
+                "`upstream[0].response-timeout`",
+            ),
+            (
+                MINIMAL.replace(
+                    "[[upstream]]",
+                    "[client]\nheader-timeout = \"1000years\"\n\n[[upstream]]",
+                ),
+                "`client.header-timeout`",
+            ),
             (format!("workers = -2\n{MINIMAL}"), "`workers`"),
             (format!("workers = 100000\n{MINIMAL}"), "`workers`"),
             (

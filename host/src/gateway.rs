@@ -267,6 +267,13 @@ impl Gateway {
         if config.admin != state.config.admin || config.resolver != state.config.resolver {
             tracing::warn!("`admin` or `resolver` changed: restart the proxy to apply it");
         }
+        if config.workers != state.config.workers {
+            tracing::warn!(
+                old = state.config.workers,
+                new = config.workers,
+                "`workers` changed: restart the proxy to apply it"
+            );
+        }
         let table = Arc::new(table);
         self.routes.store(Arc::clone(&table));
         for old in &current.upstreams {

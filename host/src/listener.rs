@@ -3,10 +3,10 @@
 //! [`tls::HANDSHAKE_TIMEOUT`]), and serve HTTP/1.1 and HTTP/2 on them with
 //! hyper, handing each request to [`proxy::handle`]. Both serve the same
 //! routes. Every worker thread ([`crate::workers`]) runs its own accept loop
-//! on copies of the same sockets. Stops accepting on shutdown and lets open connections finish, up
-//! to the config's `drain-timeout`: in-flight requests complete, keep-alive
-//! clients get `Connection: close` on their last response, and open tunnels
-//! (WebSockets) may run until the deadline.
+//! on copies of the same sockets. Stops accepting on shutdown and lets open
+//! connections finish, up to the config's `drain-timeout`: in-flight
+//! requests complete, keep-alive clients get `Connection: close` on their
+//! last response, and open tunnels (WebSockets) may run until the deadline.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -4,7 +4,8 @@
 //! Idle connections are kept per worker thread ([`crate::workers`]), like
 //! nginx's `keepalive` per worker process: a connection's task runs on the
 //! thread that opened it, so a request only reuses connections of its own
-//! thread and never wakes the other core. `keepalive` (most idle) applies per worker.
+//! thread and never wakes the other core. `keepalive` (most idle) applies
+//! per worker.
 //!
 //! A request checks a connection out (or opens one), sends on it and, when
 //! the response body has been read to its end, checks it back in (see

@@ -486,7 +486,7 @@ impl Exchange<'_> {
             };
             // The worker's reused timer: a new one per request costs a wake-up
             // of the event loop (see `workers::timer`).
-            let deadline = workers::timer(tokio::time::Instant::now() + timeout);
+            let deadline = workers::timer(timeout);
             let answer = tokio::select! {
                 biased;
                 answer = sender.try_send_request(request) => Ok(answer),

@@ -18,6 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -85,7 +86,8 @@ where
     Ok(workers)
 }
 
-/// A timer for one request that fires at `deadline`, reused from earlier
+/// A timer for one request that fires `after` from now (or in 30 years,
+/// for a timeout too long to add to the clock), reused from earlier
 /// requests of this worker when one is free.
 ///
 /// Each new tokio timer that becomes the earliest of its runtime wakes the
@@ -94,7 +96,11 @@ where
 /// for about one request in four. A reused timer moved to a later deadline
 /// is only an atomic store. A dropped [`Timer`] goes back to its worker's
 /// spares (off the workers, it is simply dropped).
-pub fn timer(deadline: Instant) -> Timer {
+pub fn timer(after: Duration) -> Timer {
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
     let spare = current().and_then(|_| SPARE_TIMERS.with(|spares| spares.borrow_mut().pop()));
     let sleep = match spare {
         Some(mut sleep) => {
@@ -183,11 +189,11 @@ mod tests {
             let tx = tx.lock().ok().and_then(|mut t| t.take());
             async move {
                 // A long timer, dropped unfired: its spare is reused below.
-                let first = timer(Instant::now() + std::time::Duration::from_secs(3600));
+                let first = timer(Duration::from_secs(3600));
                 drop(first);
                 let reused = SPARE_TIMERS.with(|s| s.borrow().len());
                 let start = Instant::now();
-                timer(start + std::time::Duration::from_millis(30)).await;
+                timer(Duration::from_millis(30)).await;
                 let waited = start.elapsed();
                 let fresh_after = SPARE_TIMERS.with(|s| s.borrow().len());
                 if let Some(tx) = tx {
@@ -202,18 +208,24 @@ mod tests {
         }
         assert_eq!(spares_before, 1, "a dropped timer is kept");
         assert!(
-            waited >= std::time::Duration::from_millis(30)
-                && waited < std::time::Duration::from_secs(10),
+            waited >= Duration::from_millis(30) && waited < Duration::from_secs(10),
             "fired after {waited:?}, not at the earlier deadline"
         );
         assert_eq!(spares_after, 1, "and given back after use");
     }
 
     #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_does_not_panic() {
+        let never = timer(Duration::MAX);
+        let fired = tokio::time::timeout(Duration::from_millis(20), never).await;
+        assert!(fired.is_err(), "a 30-year timer did not fire within 20 ms");
+    }
+
+    #[tokio::test]
     async fn off_the_workers_timers_are_plain() {
         let start = Instant::now();
-        timer(start + std::time::Duration::from_millis(10)).await;
-        assert!(start.elapsed() >= std::time::Duration::from_millis(10));
+        timer(Duration::from_millis(10)).await;
+        assert!(start.elapsed() >= Duration::from_millis(10));
         assert_eq!(SPARE_TIMERS.with(|s| s.borrow().len()), 0);
     }
 }
