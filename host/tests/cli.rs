@@ -72,87 +72,10 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::Running;
 use common::*;
-
-/// `switchyard run` as a child process, with its listen address read from
-/// its log.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    /// Every line the proxy wrote to stdout so far.
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(fx: &Fixture, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("run")
-            .arg("--config")
-            .arg(fx.config_path())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start switchyard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // `listen=127.0.0.1:1234` as text, `"listen":"..."` as JSON.
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr.to_string());
-                }
-                kept.lock().expect("lock").push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("switchyard logs its address")
-            .parse()
-            .expect("an address");
-        Self { child, addr, lines }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_config_and_plugins_when_files_are_not_watched() {

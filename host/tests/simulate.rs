@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::Running;
 use common::*;
 use serde_json::Value;
 
@@ -421,63 +419,15 @@ fn bad_input_is_a_clear_error_and_exit_code_1() {
     }
 }
 
-/// `switchyard run` as a child process; every stdout line is kept.
-struct Running {
-    child: std::process::Child,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(fx: &Fixture, log_format: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--no-watch", "--log-format", log_format, "--config"])
-            .arg(fx.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start switchyard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr.to_string());
-                }
-                kept.lock().expect("lock").push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("switchyard logs its address")
-            .parse()
-            .expect("an address");
-        Self { child, addr, lines }
-    }
-
-    fn access_lines(&self) -> usize {
-        self.lines
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|l| l.contains("\"target\":\"access\"") || l.contains(" access: "))
-            .count()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Access-log lines the proxy wrote so far (JSON or text).
+fn access_lines(proxy: &Running) -> usize {
+    proxy
+        .lines
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|l| l.contains("\"target\":\"access\"") || l.contains(" access: "))
+        .count()
 }
 
 /// Serves `requests` through a real proxy with the access log on, and
@@ -489,7 +439,7 @@ async fn record_access_log(log_format: &str, requests: usize, log: &Path) {
         "access-log = true\n{}",
         upstream("round-robin", &be, "")
     ));
-    let proxy = Running::start(&fx, log_format);
+    let proxy = Running::start(&fx, &["--no-watch", "--log-format", log_format]);
     let client = client();
     for i in 0..requests {
         let path = match i % 3 {
@@ -500,11 +450,11 @@ async fn record_access_log(log_format: &str, requests: usize, log: &Path) {
         assert_eq!(get(&client, proxy.addr, &path).await.status, 200);
     }
     let logged = eventually(Duration::from_secs(5), || {
-        let n = proxy.access_lines();
+        let n = access_lines(&proxy);
         async move { n == requests }
     })
     .await;
-    assert!(logged.is_some(), "{} access lines", proxy.access_lines());
+    assert!(logged.is_some(), "{} access lines", access_lines(&proxy));
     let text = proxy.lines.lock().expect("lock").join("\n");
     std::fs::write(log, text).expect("write log");
 }

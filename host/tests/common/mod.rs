@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod process;
 pub mod scripted;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,90 @@
+//! `switchyard run` as a child process, the way a user starts it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Fixture;
+
+/// `switchyard run --config <fixture's config> <args>`, with its listen
+/// address read from its log (text or JSON) and every line it writes to
+/// stdout kept.
+pub struct Running {
+    /// The proxy's process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every line the proxy wrote to stdout so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts the binary on `fx`'s config with `args` after it, and waits
+    /// (up to 20 s) for it to log its address.
+    pub fn start(fx: &Fixture, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("run")
+            .arg("--config")
+            .arg(fx.config_path())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switchyard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // `listen=127.0.0.1:1234` as text, `"listen":"..."` as JSON.
+                let addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr.to_string());
+                }
+                kept.lock().expect("lock").push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("switchyard logs its address")
+            .parse()
+            .expect("an address");
+        Self { child, addr, lines }
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Its exit status, if it exits within `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
