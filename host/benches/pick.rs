@@ -25,7 +25,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion};
 use http::request::Parts;
 use switchyard::config::{PluginLimits, ServerConfig};
-use switchyard::plugin::{Choice, PickInput, Runtime, Strategy, fallback};
+use switchyard::plugin::{Choice, Compiled, PickInput, Runtime, Strategy, fallback};
 use switchyard::upstream::BackendSet;
 
 /// Backend counts every group is measured with.
@@ -195,24 +195,36 @@ fn check_stats(name: &str, n: usize, strategy: &Strategy) {
     }
 }
 
+/// Measures the compiled plugin `name`, prepared with `params`, like the
+/// request path calls it.
+fn bench_plugin(
+    c: &mut Criterion,
+    runtime: &Arc<Runtime>,
+    name: &str,
+    compiled: &Arc<Compiled>,
+    params: &toml::Table,
+) {
+    bench_group(c, name, |set| {
+        let strategy = runtime
+            .prepare(
+                Arc::clone(compiled),
+                "bench",
+                params,
+                set,
+                PluginLimits::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Picker::Wasm(strategy)
+    });
+}
+
 fn picks(c: &mut Criterion) {
     let runtime = Runtime::new().expect("wasmtime runtime");
     for (name, path) in PLUGINS {
         let compiled = runtime
             .compile(Path::new(path))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        bench_group(c, name, |set| {
-            let strategy = runtime
-                .prepare(
-                    Arc::clone(&compiled),
-                    "bench",
-                    &toml::Table::new(),
-                    set,
-                    PluginLimits::default(),
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            Picker::Wasm(strategy)
-        });
+        bench_plugin(c, &runtime, name, &compiled, &toml::Table::new());
     }
     polyglot_picks(c, &runtime);
     for (name, path, params) in EXAMPLE_STRATEGIES {
@@ -222,18 +234,7 @@ fn picks(c: &mut Criterion) {
         let params: toml::Table = params
             .parse()
             .unwrap_or_else(|e| panic!("{name} params: {e}"));
-        bench_group(c, name, |set| {
-            let strategy = runtime
-                .prepare(
-                    Arc::clone(&compiled),
-                    "bench",
-                    &params,
-                    set,
-                    PluginLimits::default(),
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            Picker::Wasm(strategy)
-        });
+        bench_plugin(c, &runtime, name, &compiled, &params);
     }
     bench_group(c, "native-fallback", |_| Picker::Native);
 }
@@ -256,18 +257,7 @@ fn polyglot_picks(c: &mut Criterion, runtime: &Arc<Runtime>) {
             compiled.size,
             started.elapsed()
         );
-        bench_group(c, name, |set| {
-            let strategy = runtime
-                .prepare(
-                    Arc::clone(&compiled),
-                    "bench",
-                    &toml::Table::new(),
-                    set,
-                    PluginLimits::default(),
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            Picker::Wasm(strategy)
-        });
+        bench_plugin(c, runtime, name, &compiled, &toml::Table::new());
     }
 }
 
