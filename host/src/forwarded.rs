@@ -59,8 +59,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 }
 
 /// Hop-by-hop headers that never cross the proxy (RFC 9110 7.6.1, plus the
-/// non-standard `Proxy-Connection` and `Keep-Alive`).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// non-standard `Proxy-Connection` and `Keep-Alive`). `Connection` first.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -70,18 +70,87 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Where a lower-case `name` is in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "proxy-connection" => Some(1),
+        "keep-alive" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
+    }
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // Which of them are present, in one pass over the names: most messages
+    // carry none, or only `Connection: keep-alive`, and each removal hashes
+    // its name.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present[i] = true;
+        }
     }
+    let only_options = || {
+        headers.get_all(header::CONNECTION).iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        })
+    };
+    if present[0] && !only_options() {
+        // Other names `Connection` lists (`close` is an option, not a name).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && hop_by_hop_index(&token.to_ascii_lowercase()).is_none()
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(hop);
+    }
+}
+
+/// A client connection's address, with its text as a header value made once
+/// per connection (not per request).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            value: ip_value(ip),
+        }
+    }
+
+    /// Its address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+/// `ip` as header text.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    // Digits, dots and colons: always a valid value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Rewrites a request head for the backend: strips hop-by-hop headers, sets
@@ -90,32 +159,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// trusted proxy already did.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &Peer,
     client: IpAddr,
     scheme: &'static str,
     proxies: &[IpNet],
 ) {
     strip_hop_by_hop(headers);
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert(&X_REAL_IP, v);
-    }
-    let peer_text = peer.to_string();
-    let joined = {
-        let previous: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if previous.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", previous.join(", "))
-        }
+    let real_ip = if client == peer.ip {
+        peer.value.clone()
+    } else {
+        ip_value(client)
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    headers.insert(&X_REAL_IP, real_ip);
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = if previous.is_empty() {
+        Some(peer.value.clone())
+    } else {
+        let peer_text = peer.value.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer_text}", previous.join(", "))).ok()
+    };
+    if let Some(v) = joined {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    if !(trusted(peer, proxies) && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !(trusted(peer.ip, proxies) && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
 }
@@ -175,7 +245,8 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("example.com"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        rewrite_request(&mut h, ip("127.0.0.1"), ip("127.0.0.1"), "http", &[]);
+        let peer = Peer::new(ip("127.0.0.1"));
+        rewrite_request(&mut h, &peer, ip("127.0.0.1"), "http", &[]);
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} must be stripped");
         }
@@ -186,5 +257,59 @@ mod tests {
             h[&X_FORWARDED_PROTO], "http",
             "untrusted peer cannot set the scheme"
         );
+    }
+
+    #[test]
+    fn a_client_behind_a_trusted_proxy_is_the_real_ip_and_the_peer_is_appended() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let peer = Peer::new(ip("10.0.0.1"));
+        let mut h = xff(&["198.51.100.7"]);
+        let client = client_ip(peer.ip(), &h, &proxies);
+        rewrite_request(&mut h, &peer, client, "https", &proxies);
+        assert_eq!(h[&X_REAL_IP], "198.51.100.7");
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        // The connection's value serves its next request too.
+        let mut h = HeaderMap::new();
+        rewrite_request(&mut h, &peer, peer.ip(), "http", &proxies);
+        assert_eq!(h[&X_REAL_IP], "10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+    }
+
+    #[test]
+    fn the_index_matches_the_list() {
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(hop.as_str()), Some(i));
+        }
+        assert_eq!(hop_by_hop_index("host"), None);
+    }
+
+    #[test]
+    fn a_head_without_hop_by_hop_headers_is_left_as_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // Names listed in `Connection` go, in any case, whatever else it lists.
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Close, X-Gone"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        h.insert(
+            "close",
+            HeaderValue::from_static("kept: an option, not a name"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-gone") && !h.contains_key(header::CONNECTION));
+        h.remove("close");
+        assert_eq!(h, before);
     }
 }

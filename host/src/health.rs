@@ -102,8 +102,7 @@ impl Health {
 
     /// Whether the backend may receive traffic now.
     pub fn healthy(&self) -> bool {
-        let up = self.active_up.load(Ordering::Relaxed)
-            && now_ms() >= self.down_until_ms.load(Ordering::Relaxed);
+        let up = self.active_up.load(Ordering::Relaxed) && self.passive_up();
         if up && self.counted.load(Ordering::Relaxed) {
             // A passive time-out ran out, or active checks passed: it is back.
             self.forget();
@@ -119,7 +118,19 @@ impl Health {
     /// Whether passive health lets the backend in (not within a
     /// `fail-timeout` after `max-fails` failures).
     pub fn passive_up(&self) -> bool {
-        now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+        // 0: not taken out, and no clock read (this runs for every pick).
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        // The window ran out; a failure that set a new one meanwhile wins.
+        let _ = self
+            .down_until_ms
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
     }
 
     fn mark_down(&self) {

@@ -270,16 +270,18 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(front::Conn::default());
+    let client = Arc::new(proxy::Client::new(peer, scheme));
     let io = front::Guard::new(io, Arc::clone(&shared), gateway.client_limits());
     let service = service_fn(move |req| {
         let gateway = Arc::clone(&gateway);
         let shared = Arc::clone(&shared);
+        let client = Arc::clone(&client);
         // Boxed per request: hyper keeps a connection's service future in
         // one allocation for the connection's life, so an unboxed (large)
         // future would be memory every idle keep-alive client holds.
         Box::pin(async move {
             let in_flight = shared.begin();
-            let resp = proxy::handle(&gateway, peer, scheme, &in_flight, req).await;
+            let resp = proxy::handle(&gateway, &client, &in_flight, req).await;
             Ok::<_, Infallible>(resp.map(|body| front::Tracked::new(body, in_flight)))
         })
     });

@@ -95,11 +95,10 @@ pub enum ConnectError {
 }
 
 impl ConnPool {
-    /// An idle connection that can take a request now, if there is one.
+    /// An idle connection that can take a request `now`, if there is one.
     /// Drops closed and timed-out connections on the way.
-    pub fn checkout(&self, settings: &PoolSettings) -> Option<Conn> {
+    pub fn checkout(&self, settings: &PoolSettings, now: Instant) -> Option<Conn> {
         let mut idle = self.local().lock().ok()?;
-        let now = Instant::now();
         while idle
             .front()
             .is_some_and(|c| now.duration_since(c.since) >= settings.idle_timeout)

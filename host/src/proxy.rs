@@ -49,6 +49,29 @@ impl Scheme {
     }
 }
 
+/// A client connection as the request path sees it, made once per
+/// connection.
+#[derive(Debug)]
+pub struct Client {
+    /// Its address.
+    pub peer: SocketAddr,
+    /// How it reached the proxy.
+    pub scheme: Scheme,
+    /// Its address for the forwarding headers.
+    forwarded: forwarded::Peer,
+}
+
+impl Client {
+    /// The connection from `peer` over `scheme`.
+    pub fn new(peer: SocketAddr, scheme: Scheme) -> Self {
+        Self {
+            peer,
+            scheme,
+            forwarded: forwarded::Peer::new(peer.ip()),
+        }
+    }
+}
+
 /// A client's upgrade request on its way: the protocol it asked for and
 /// its connection, to be taken over if the backend agrees.
 struct ClientUpgrade {
@@ -72,11 +95,10 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     resp
 }
 
-/// Handles one client request that came from `peer` over `scheme`.
+/// Handles one client request that came over `client`'s connection.
 pub async fn handle(
     gateway: &Gateway,
-    peer: SocketAddr,
-    scheme: Scheme,
+    client: &Client,
     conn: &front::Admitted,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -85,7 +107,7 @@ pub async fn handle(
     // connection carries no further request.
     let switching = req.version() == Version::HTTP_11
         && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-    let resp = serve(gateway, peer, scheme, conn, req).await;
+    let resp = serve(gateway, client, conn, req).await;
     if switching && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         closing(resp)
     } else {
@@ -95,11 +117,11 @@ pub async fn handle(
 
 async fn serve(
     gateway: &Gateway,
-    peer: SocketAddr,
-    scheme: Scheme,
+    client: &Client,
     conn: &front::Admitted,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let peer = client.peer;
     let (mut parts, body) = req.into_parts();
     // Everything synchronous happens under one load of the route table.
     let table = gateway.routes();
@@ -173,9 +195,9 @@ async fn serve(
         }
         forwarded::rewrite_request(
             &mut parts.headers,
-            peer.ip(),
+            &client.forwarded,
             client_ip,
-            scheme.as_str(),
+            client.scheme.as_str(),
             &table.trusted_proxies,
         );
         (
@@ -473,7 +495,7 @@ impl Exchange<'_> {
         let mut stale = 0;
         loop {
             let pooled = if stale < 3 {
-                backend.pool.checkout(settings)
+                backend.pool.checkout(settings, started)
             } else {
                 None
             };
