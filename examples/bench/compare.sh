@@ -31,9 +31,18 @@
 #   Non-2xx responses or socket errors reported by wrk are flagged with `!`
 #   and listed after the table; the proxies' logs are scanned for errors too.
 #
+# INSTRUCTIONS PER REQUEST (-i)
+#   Requests per second on a shared or virtual machine move by 10-25% from
+#   one round to the next. With -i each proxy runs instead under valgrind's
+#   callgrind, with one worker (nginx: one process), and the user-space
+#   instructions it executes per proxied request are counted over DURATION
+#   seconds of `wrk -t1 -c8` after a warm-up: the same build gives the same
+#   count within about 1%, so a change to the request path can be judged by
+#   it. System-call and kernel costs are not counted.
+#
 # USAGE
 #   examples/bench/compare.sh [-r ROUNDS] [-d SECONDS] [-c "1 50 256"]
-#                             [-b SWITCHYARD_BIN] [-o OUT_DIR]
+#                             [-b SWITCHYARD_BIN] [-o OUT_DIR] [-i]
 #   or the same through the environment:
 #     ROUNDS=3 DURATION=5 CONNS="1 50 256" WARMUP=2 \
 #     SWITCHYARD_BIN=target/release/switchyard OUT_DIR=examples/bench/results \
@@ -44,6 +53,7 @@
 #
 # PREREQUISITES (nothing is installed by this script)
 #   nginx, wrk   (Debian/Ubuntu: apt-get install -y nginx wrk)
+#   valgrind     for -i only
 #   python3 is used to find free ports if present (optional).
 #   The system nginx service is not touched: private instances run from a
 #   temporary prefix and are stopped on exit (also on Ctrl-C or error).
@@ -66,6 +76,7 @@ SWITCHYARD_BIN=${SWITCHYARD_BIN:-"$REPO_ROOT/target/release/switchyard"}
 PLUGINS_DIR=${PLUGINS_DIR:-"$REPO_ROOT/plugins"}
 OUT_DIR=${OUT_DIR:-"$SCRIPT_DIR/results"}
 KEEP_TMP=${KEEP_TMP:-0}
+INSTRUCTIONS=${INSTRUCTIONS:-0}
 
 usage() {
     sed -n '/^# USAGE/,/^# PREREQUISITES/{/^# PREREQUISITES/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -78,6 +89,7 @@ while (($#)); do
         -c | --conns) CONNS=${2:?}; shift 2 ;;
         -b | --switchyard-bin) SWITCHYARD_BIN=${2:?}; shift 2 ;;
         -o | --out-dir) OUT_DIR=${2:?}; shift 2 ;;
+        -i | --instructions) INSTRUCTIONS=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -100,11 +112,13 @@ done
 # --- prerequisites -----------------------------------------------------------
 
 missing=()
-for tool in nginx wrk; do
+tools=(nginx wrk)
+((INSTRUCTIONS)) && tools+=(valgrind callgrind_control callgrind_annotate)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    die "missing: ${missing[*]}. Install with: apt-get install -y nginx wrk" \
+    die "missing: ${missing[*]}. Install with: apt-get install -y nginx wrk valgrind" \
         "(or your distribution's equivalent)"
 fi
 # nginx lives in /usr/sbin, which is not always on a user's PATH.
@@ -190,14 +204,17 @@ port_in_use() {
 }
 
 # Wait until PORT accepts connections, or fail if PID died / timed out.
+# Under valgrind, start-up (Switchyard compiles its plugin) takes far longer.
+WAIT_TENTHS=100
+((INSTRUCTIONS)) && WAIT_TENTHS=1200
 wait_port() {
     local port=$1 pid=$2 name=$3
-    for _ in $(seq 100); do
+    for _ in $(seq "$WAIT_TENTHS"); do
         kill -0 "$pid" 2>/dev/null || die "$name exited during start-up"
         port_in_use "$port" && return 0
         sleep 0.1
     done
-    die "$name did not listen on 127.0.0.1:$port within 10 s"
+    die "$name did not listen on 127.0.0.1:$port within $((WAIT_TENTHS / 10)) s"
 }
 
 # One HTTP/1.1 request over bash's /dev/tcp (no curl needed); prints the body.
@@ -246,11 +263,13 @@ SWITCHYARD_NATIVE_PORT=${PORTS[5]}
 # Common settings. keepalive_requests is raised on every hop because nginx
 # closes a keep-alive connection after 1000 requests by default, which would
 # make wrk reconnect to nginx (but not to Switchyard) every 1000 requests.
+# usage: nginx_common DIR [PROCESSES]  (1: one process, no master)
 nginx_common() {
+    local processes=${2:-$NPROC}
     cat <<EOF
 daemon off;
-master_process on;
-worker_processes $NPROC;
+master_process $( ((processes == 1)) && echo off || echo on);
+worker_processes $processes;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
 events { worker_connections 1024; }
@@ -294,7 +313,8 @@ write_proxy_conf() {
     local dir=$1 p
     mkdir -p "$dir"
     {
-        nginx_common "$dir"
+        # Counted instructions: one process, as Switchyard gets one worker.
+        nginx_common "$dir" "$( ((INSTRUCTIONS)) && echo 1 || echo "$NPROC")"
         echo "http {"
         nginx_http_common "$dir"
         echo "    upstream app {"
@@ -327,6 +347,7 @@ write_switchyard_conf() {
 listen = "127.0.0.1:$port"
 admin = "127.0.0.1:0"
 plugins = "$PLUGINS_DIR"
+$( ((INSTRUCTIONS)) && echo "workers = 1")
 
 [[upstream]]
 name = "app"
@@ -340,21 +361,34 @@ nginx_help=$("$NGINX" -h 2>&1 || true)
 NGINX_HAS_E=0
 [[ $nginx_help == *"-e filename"* ]] && NGINX_HAS_E=1
 
+# The proxies run under callgrind for -i (instrumentation off until the
+# measured window); the backends never do.
+declare -A TARGET_PID=()
+counted() {
+    local name=$1
+    ((INSTRUCTIONS)) && [[ $name != backends ]] &&
+        echo valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/$name.callgrind"
+}
+
 start_nginx() {
     local name=$1 dir=$2 port=$3 args
     args=(-p "$dir" -c "$dir/nginx.conf")
     ((NGINX_HAS_E)) && args+=(-e "$dir/error.log")
     "$NGINX" "${args[@]}" -t >"$dir/test.log" 2>&1 ||
         { cat "$dir/test.log" >&2; die "$name: nginx -t failed"; }
-    spawn "$name" "$TMP/$name.log" "$NGINX" "${args[@]}"
+    # shellcheck disable=SC2046  # word splitting intended
+    spawn "$name" "$TMP/$name.log" $(counted "$name") "$NGINX" "${args[@]}"
+    TARGET_PID[$name]=${PIDS[-1]}
     wait_port "$port" "${PIDS[-1]}" "$name"
 }
 
 start_switchyard() {
     local name=$1 port=$2 strategy=$3
     write_switchyard_conf "$TMP/$name.toml" "$port" "$strategy"
+    # shellcheck disable=SC2046  # word splitting intended
     spawn "$name" "$TMP/$name.log" \
-        env RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 "$SWITCHYARD_BIN" run --config "$TMP/$name.toml"
+        env RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 $(counted "$name") "$SWITCHYARD_BIN" run --config "$TMP/$name.toml"
+    TARGET_PID[$name]=${PIDS[-1]}
     wait_port "$port" "${PIDS[-1]}" "$name"
 }
 
@@ -404,6 +438,45 @@ start_switchyard switchyard-native "$SWITCHYARD_NATIVE_PORT" host:round-robin
 check_proxy switchyard-native "$SWITCHYARD_NATIVE_PORT"
 TARGETS+=(switchyard-native)
 TARGET_PORT[switchyard-native]=$SWITCHYARD_NATIVE_PORT
+
+# --- instructions per request (-i) -------------------------------------------
+
+if ((INSTRUCTIONS)); then
+    mkdir -p "$OUT_DIR"
+    OUT_DIR=$(cd -- "$OUT_DIR" && pwd)
+    TXT="$OUT_DIR/instructions-$(date +%Y%m%d-%H%M%S).txt"
+    declare -A IR=()
+    for t in "${TARGETS[@]}"; do
+        url="http://127.0.0.1:${TARGET_PORT[$t]}/"
+        log "$t: warm-up, then ${DURATION}s counted (wrk -t1 -c8 under callgrind)"
+        "$WRK" -t1 -c8 -d2s "$url" >/dev/null
+        callgrind_control -i on "${TARGET_PID[$t]}" >/dev/null 2>&1
+        "$WRK" -t1 -c8 -d"${DURATION}s" "$url" >"$TMP/$t.wrk" 2>&1
+        callgrind_control -i off "${TARGET_PID[$t]}" >/dev/null 2>&1
+        callgrind_control -d "${TARGET_PID[$t]}" >/dev/null 2>&1
+        requests=$(awk '/requests in/ {print $1}' "$TMP/$t.wrk")
+        [[ $requests =~ ^[0-9]+$ && $requests -gt 0 ]] || { cat "$TMP/$t.wrk" >&2; die "$t: wrk served nothing"; }
+        grep -q 'Non-2xx' "$TMP/$t.wrk" && die "$t: non-2xx responses while counting"
+        total=0
+        for f in "$TMP/$t.callgrind".*; do
+            ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+            total=$((total + ${ir:-0}))
+        done
+        IR[$t]=$((total / requests))
+        log "$t: $requests requests, $total instructions"
+    done
+    {
+        echo "user-space instructions per proxied request (callgrind; one worker each; wrk -t1 -c8, ${DURATION}s)"
+        for t in "${TARGETS[@]}"; do
+            printf '  %-18s %8d\n' "$t" "${IR[$t]}"
+        done
+        printf '  ratio switchyard/nginx: %s, switchyard/switchyard-native: %s\n' \
+            "$(awk -v a="${IR[switchyard]}" -v b="${IR[nginx]}" 'BEGIN {printf "%.2f", a / b}')" \
+            "$(awk -v a="${IR[switchyard]}" -v b="${IR[switchyard-native]}" 'BEGIN {printf "%.2f", a / b}')"
+    } | tee "$TXT"
+    echo "table: $TXT"
+    exit 0
+fi
 
 # --- running wrk -------------------------------------------------------------
 
