@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -159,23 +159,7 @@ async fn https_get(
             sender.send_request(req).await
         }
         .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((
-            Reply {
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                headers,
-            },
-            presented.into_owned(),
-            alpn,
-        ))
+        Ok((Reply::read(resp).await?, presented.into_owned(), alpn))
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await

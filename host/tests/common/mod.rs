@@ -137,6 +137,23 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads `resp` to its end.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            headers,
+        })
+    }
+
     /// N from "Hello from backend N", if the body is a demo greeting.
     pub fn backend(&self) -> Option<usize> {
         self.body
@@ -166,19 +183,7 @@ pub async fn get_with(
             .request(req)
             .await
             .map_err(|e| format!("request failed: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body failed: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            headers,
-        })
+        Reply::read(resp).await
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
@@ -197,14 +202,7 @@ pub async fn send(proxy: SocketAddr, method: &str, path: &str, body: &str) -> Re
         .expect("request");
     let fut = async {
         let resp = client.request(req).await.expect("request failed");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            headers,
-        }
+        Reply::read(resp).await.expect("body")
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
