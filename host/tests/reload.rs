@@ -84,14 +84,11 @@ async fn round_robin_with_test_strategy_installed() -> (
     Fixture,
     switchyard::Proxy,
 ) {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[
+    let plugins = [
         ("round-robin", ROUND_ROBIN),
         ("test-strategy", TEST_STRATEGY),
-    ]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
-    (be, fx, proxy)
+    ];
+    serve_three(&plugins, "round-robin", "").await
 }
 
 /// Starts round robin over three demo backends, makes `change` while a

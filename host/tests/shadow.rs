@@ -28,15 +28,12 @@ async fn start(
     Fixture,
     switchyard::Proxy,
 ) {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[
+    let plugins = [
         ("round-robin", ROUND_ROBIN),
         ("ip-hash", IP_HASH),
         ("test-strategy", TEST_STRATEGY),
-    ]);
-    fx.write_config(&upstream("round-robin", &be, shadow));
-    let proxy = fx.start().await;
-    (be, fx, proxy)
+    ];
+    serve_three(&plugins, "round-robin", shadow).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

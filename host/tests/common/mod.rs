@@ -120,6 +120,20 @@ pub fn upstream(strategy: &str, backends: &[DemoBackend], extra: &str) -> String
     )
 }
 
+/// Three demo backends behind upstream `app` with `strategy` (and `extra`
+/// settings), the watched `plugins` installed.
+pub async fn serve_three(
+    plugins: &[(&str, &str)],
+    strategy: &str,
+    extra: &str,
+) -> (Vec<DemoBackend>, Fixture, Proxy) {
+    let be = backends(3).await;
+    let fx = Fixture::new(plugins);
+    fx.write_config(&upstream(strategy, &be, extra));
+    let proxy = fx.start().await;
+    (be, fx, proxy)
+}
+
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 pub fn client() -> HttpClient {
