@@ -132,8 +132,9 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     require_browser_tools(&browser_dir);
 
     let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN), ("ip-hash", IP_HASH)]);
+    // A shadow, so that its split bar is drawn too.
+    fx.write_config(&upstream("round-robin", &be, "shadow = \"ip-hash\""));
     let proxy = fx.start().await;
     let admin = proxy.admin_addr().expect("the admin listener is on");
     let traffic = Traffic::start(proxy.addr(), 2);
@@ -226,6 +227,36 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
         "the log shows no successful plugin reload: {new_reloads:?}"
     );
     assert_eq!(report["strategy"], "round-robin", "strategy shown");
+    // Both split bars: one segment and one legend line per backend that
+    // took picks, named as the backend rows are.
+    let backends = report["backends"].as_array().cloned().unwrap_or_default();
+    for (bar, least) in [("traffic-split", 3), ("shadow-split", 1)] {
+        let split = &report["splits"][bar];
+        let names = split["names"].as_array().cloned().unwrap_or_default();
+        assert!(
+            names.len() >= least && split["segments"].as_u64() == Some(names.len() as u64),
+            "{bar}: {split}"
+        );
+        assert!(
+            names.iter().all(|n| backends.contains(n)),
+            "{bar} names {names:?}, backends {backends:?}"
+        );
+        assert!(
+            split["shares"].as_array().is_some_and(|s| s
+                .iter()
+                .all(|p| p.as_str().is_some_and(|p| p.ends_with('%')))),
+            "{bar}: {split}"
+        );
+    }
+    // All the traffic comes from one address: the IP-hash shadow would have
+    // sent all of it to one backend.
+    assert!(
+        report["splits"]["shadow-split"]["shares"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|p| p == "100%")),
+        "shadow split: {}",
+        report["splits"]["shadow-split"]
+    );
     assert_eq!(
         report["hashChanged"], true,
         "the strategy hash shown did not change with the new plugin"

@@ -7,7 +7,8 @@
 // flowing (total RPS and a backend's request count both change), prints
 // `READY`, then waits for a new entry in the reload log (the caller triggers
 // a reload after READY) and for the strategy shown to match /status, saves a
-// full-page screenshot and prints one JSON line with what it saw. Exit 0 on
+// full-page screenshot and prints one JSON line with what it saw (the split
+// bars' legends among it). Exit 0 on
 // success; on any failed expectation a JSON line with ok:false and the
 // reason, exit 1. Hard limit: 40 s.
 //
@@ -138,6 +139,13 @@ async function main() {
         strategy: q('[data-testid="strategy-name"]') ? q('[data-testid="strategy-name"]').textContent.trim() : null,
         hash: strategy ? strategy.dataset.hash : null,
         reloadLog: !!q('[data-testid="reload-log"]'),
+        // The live split bar and the shadow's: segments, legend names, shares.
+        splits: Object.fromEntries(['traffic-split', 'shadow-split'].map((id) => {
+          const bar = q(`[data-testid="${id}"]`);
+          const list = bar ? bar.nextElementSibling : null;
+          const texts = (sel) => (list ? [...list.querySelectorAll(sel)].map((n) => n.textContent) : []);
+          return [id, { segments: bar ? bar.children.length : 0, names: texts('.name'), shares: texts('.p') }];
+        })),
       };
     });
 
@@ -169,6 +177,7 @@ async function main() {
     return rpsMoved && requestsMoved && Date.now() - liveAt >= MIN_LIVE_MS;
   });
   observed.healthBefore = Object.fromEntries(s.rows.map((r) => [r.id, r.health]));
+  observed.splits = s.splits;
   observed.strategyBefore = s.strategy;
   observed.hashBefore = s.hash;
   const known = new Set(s.entries.map((e) => e.key));
