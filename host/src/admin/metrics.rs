@@ -4,6 +4,7 @@
 //! registered or looked up on the request path.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,14 +307,12 @@ impl Collector for Metrics {
             None,
             MetricType::Counter,
         )?;
-        for ub in &backends {
-            let shadowed = table
-                .upstreams
-                .iter()
-                .any(|u| u.name() == ub.0 && u.shadow.is_some());
-            if shadowed {
-                counter(&mut m, &backend_labels(ub), ub.1.shadow_picks())?;
-            }
+        let shadowed: HashSet<&str> = shadows.iter().map(|(u, _)| u.name()).collect();
+        for ub in backends
+            .iter()
+            .filter(|ub| shadowed.contains(ub.0.as_str()))
+        {
+            counter(&mut m, &backend_labels(ub), ub.1.shadow_picks())?;
         }
 
         let mut m = enc.encode_descriptor(
