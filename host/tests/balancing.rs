@@ -9,10 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_sequential_is_exactly_even() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
     let client = client();
     let mut replies = Vec::new();
     for _ in 0..999 {
@@ -32,10 +29,7 @@ async fn round_robin_sequential_is_exactly_even() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_robin_is_global_across_threads_and_connections() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
     let addr = proxy.addr();
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -93,10 +87,7 @@ async fn weighted_round_robin_follows_weights_smoothly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_avoids_backends_with_requests_in_flight() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("least-conn", LEAST_CONN)]);
-    fx.write_config(&upstream("least-conn", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[("least-conn", LEAST_CONN)], "least-conn", "").await;
     let addr = proxy.addr();
     let gateway = std::sync::Arc::clone(proxy.gateway());
     let in_flight = move || -> Vec<u32> {
@@ -221,10 +212,7 @@ async fn ip_hash_pins_a_client_and_spreads_many() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_x_forwarded_for_does_not_move_ip_hash() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("ip-hash", IP_HASH)]);
-    fx.write_config(&upstream("ip-hash", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[("ip-hash", IP_HASH)], "ip-hash", "").await;
     let client = client();
     let mut replies = Vec::new();
     for i in 0..30 {
@@ -245,10 +233,7 @@ async fn untrusted_x_forwarded_for_does_not_move_ip_hash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_strategy_rotates_without_calling_a_plugin() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[]);
-    fx.write_config(&upstream("host:round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[], "host:round-robin", "").await;
     let client = client();
     let mut order = Vec::new();
     for _ in 0..9 {

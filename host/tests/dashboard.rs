@@ -131,11 +131,13 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     let browser_dir = root.join("host/tests/browser");
     require_browser_tools(&browser_dir);
 
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN), ("ip-hash", IP_HASH)]);
     // A shadow, so that its split bar is drawn too.
-    fx.write_config(&upstream("round-robin", &be, "shadow = \"ip-hash\""));
-    let proxy = fx.start().await;
+    let (_be, fx, proxy) = serve_three(
+        &[("round-robin", ROUND_ROBIN), ("ip-hash", IP_HASH)],
+        "round-robin",
+        "shadow = \"ip-hash\"",
+    )
+    .await;
     let admin = proxy.admin_addr().expect("the admin listener is on");
     let traffic = Traffic::start(proxy.addr(), 2);
 

@@ -192,10 +192,7 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_files_never_replace_the_working_one() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
     let loaded = || {
         proxy.gateway().routes().upstreams[0]
             .strategy
@@ -260,10 +257,7 @@ async fn bad_files_are_rejected_with_the_file_name_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_on_the_old_plugin() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
     let addr = proxy.addr();
     let slow: Vec<_> = (0..3)
         .map(|_| tokio::spawn(async move { get(&client(), addr, "/delay/800").await }))
@@ -279,10 +273,7 @@ async fn in_flight_requests_finish_on_the_old_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_arrives() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, fx, proxy) = serve_three(&[], "round-robin", "").await;
     let client = client();
     let mut replies = Vec::new();
     for _ in 0..30 {

@@ -254,10 +254,7 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_ewma_tries_every_new_backend() {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("peak-ewma", PEAK_EWMA)]);
-    fx.write_config(&upstream("peak-ewma", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_three(&[("peak-ewma", PEAK_EWMA)], "peak-ewma", "").await;
 
     // An unmeasured backend costs 0 (`default-latency-ms` = 0): it wins
     // whenever it is drawn, until its first response has been timed.
