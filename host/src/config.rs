@@ -80,6 +80,10 @@ pub struct ClientLimits {
     /// An idle keep-alive connection (no request, nothing in flight) is
     /// closed after this.
     pub keepalive_timeout: Duration,
+    /// Longest a write to the client may wait for the client to read
+    /// (nginx's `send_timeout`): past it the connection is closed, and the
+    /// backend connection of the response with it.
+    pub send_timeout: Duration,
     /// Largest request body, in bytes (413); `None`: no limit.
     pub max_body_size: Option<u64>,
     /// Most client connections served at once; further ones wait in the
@@ -93,6 +97,7 @@ impl Default for ClientLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
             max_body_size: Some(10 << 20),
             max_connections: 20_000,
         }
@@ -331,6 +336,8 @@ struct RawClient {
     body_timeout: Duration,
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     keepalive_timeout: Duration,
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    send_timeout: Duration,
     #[serde(default = "default_max_body_size")]
     max_body_size: toml::Value,
     #[serde(default = "default_max_connections")]
@@ -343,6 +350,7 @@ impl Default for RawClient {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
+            send_timeout: default_send_timeout(),
             max_body_size: default_max_body_size(),
             max_connections: default_max_connections(),
         }
@@ -359,6 +367,10 @@ fn default_body_timeout() -> Duration {
 
 fn default_keepalive_timeout() -> Duration {
     ClientLimits::default().keepalive_timeout
+}
+
+fn default_send_timeout() -> Duration {
+    ClientLimits::default().send_timeout
 }
 
 fn default_max_body_size() -> toml::Value {
@@ -850,6 +862,7 @@ impl Validator<'_> {
             ("client.header-timeout", c.header_timeout),
             ("client.body-timeout", c.body_timeout),
             ("client.keepalive-timeout", c.keepalive_timeout),
+            ("client.send-timeout", c.send_timeout),
         ] {
             if value.is_zero() {
                 return Err(self.err(key, "must be more than 0 (e.g. \"10s\")"));
@@ -875,6 +888,7 @@ impl Validator<'_> {
             header_timeout: c.header_timeout,
             body_timeout: c.body_timeout,
             keepalive_timeout: c.keepalive_timeout,
+            send_timeout: c.send_timeout,
             max_body_size: (max_body_size > 0).then_some(max_body_size),
             max_connections,
         })
@@ -1252,8 +1266,11 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
     #[test]
     fn client_limits_take_nginx_sizes_and_reject_nonsense() {
         let with = |table: &str| parse(&format!("{MINIMAL}\n[client]\n{table}\n"));
-        let c = with("header-timeout = \"2s\"\nmax-body-size = \"512k\"\nmax-connections = 3")
-            .expect("valid");
+        let c = with(
+            "header-timeout = \"2s\"\nsend-timeout = \"5s\"\nmax-body-size = \"512k\"\nmax-connections = 3",
+        )
+        .expect("valid");
+        assert_eq!(c.client.send_timeout, Duration::from_secs(5));
         assert_eq!(c.client.header_timeout, Duration::from_secs(2));
         assert_eq!(c.client.max_body_size, Some(512 << 10));
         assert_eq!(c.client.max_connections, 3);
@@ -1278,6 +1295,7 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
             ("max-body-size = -1", "client.max-body-size"),
             ("max-connections = 0", "client.max-connections"),
             ("keepalive-timeout = \"0s\"", "client.keepalive-timeout"),
+            ("send-timeout = \"0s\"", "client.send-timeout"),
         ] {
             let err = with(table).expect_err(table).to_string();
             assert!(err.contains(key), "{table}: {err}");

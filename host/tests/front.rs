@@ -113,18 +113,7 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_backends() {
 
 /// Reads one response head and body (by Content-Length) off `s`.
 async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut byte = [0u8; 1];
-    while !out.ends_with(b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
-            Ok(Ok(1)) => out.push(byte[0]),
-            other => panic!(
-                "connection ended mid-response ({other:?}): {}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-    let head = String::from_utf8_lossy(&out).into_owned();
+    let head = read_head(s).await;
     let length = head
         .lines()
         .find_map(|l| {
@@ -136,6 +125,22 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
     let mut body = vec![0; length];
     s.read_exact(&mut body).await.expect("body");
     head + &String::from_utf8_lossy(&body)
+}
+
+/// A response head, read byte by byte (nothing after it is consumed).
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => out.push(byte[0]),
+            other => panic!(
+                "connection ended mid-response ({other:?}): {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether the proxy closes `s` (EOF, no bytes) within `limit`.
@@ -416,4 +421,130 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     drop(first);
     let answer = read_response(&mut third).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A backend for large responses: `/endless` gets a body that never ends
+/// (it writes until the proxy drops the connection), anything else
+/// `BULK_SIZE` bytes. Counts the `/endless` connections that were closed
+/// on it.
+async fn bulk_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&cut);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let cut = std::sync::Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let endless = head.starts_with(b"GET /endless ");
+                let size: u64 = if endless { 1 << 40 } else { BULK_SIZE };
+                let chunk = vec![b'x'; 64 << 10];
+                let mut out =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+                let mut left = size;
+                loop {
+                    if conn.write_all(&out).await.is_err() {
+                        cut.fetch_add(usize::from(endless), std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    if left == 0 {
+                        break;
+                    }
+                    let n = left.min(chunk.len() as u64);
+                    out = chunk[..n as usize].to_vec();
+                    left -= n;
+                }
+                let mut rest = Vec::new();
+                let _ = conn.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    (addr, cut)
+}
+
+const BULK_SIZE: u64 = 32 << 20;
+
+/// A connection on which `GET path` was sent and a 200 head read.
+async fn get_head(proxy: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_a_slow_one_is_not() {
+    let (addr, cut) = bulk_backend().await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{addr}\"]\n\n[client]\nsend-timeout = \"500ms\"\n"
+    ));
+    let proxy = fx.start().await;
+    let backend = first_backend(&proxy);
+
+    // A client that reads, but pauses for less than the timeout between
+    // reads (each time taking all that arrived), gets the whole body.
+    let s = get_head(proxy.addr(), "/big").await;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        if got >= BULK_SIZE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        loop {
+            match s.try_read(&mut buf) {
+                Ok(0) => panic!("slow reader cut after {got} bytes"),
+                Ok(n) => got += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("slow reader cut after {got} bytes: {e}"),
+            }
+        }
+    }
+    assert_eq!(got, BULK_SIZE);
+
+    // A client that stops reading: once the socket buffers are full, the
+    // proxy waits `send-timeout`, then closes the connection and the
+    // backend's (which is not blamed for it).
+    let mut s = get_head(proxy.addr(), "/endless").await;
+    let closed = eventually(Duration::from_secs(10), || async {
+        cut.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(closed.is_some(), "the backend connection was not closed");
+    let released = eventually(Duration::from_secs(5), || async {
+        backend.in_flight() == 0
+    })
+    .await;
+    assert!(released.is_some(), "the request is still in flight");
+    assert_eq!(backend.failures(), 0);
+    // What was buffered drains, then the connection ends (the body never
+    // would).
+    let mut drained = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => drained += n as u64,
+            Err(_) => panic!("the client connection is still open after {drained} bytes"),
+        }
+    }
+    assert!(drained < 1 << 40);
 }

@@ -11,9 +11,14 @@
 //!   `client.keepalive-timeout` closes a connection with nothing in flight
 //!   and nothing arriving ([`Conn`] counts the responses in flight, so a
 //!   slow response is never cut).
+//! - `client.send-timeout` is the longest a write may wait for the client
+//!   to read (nginx's `send_timeout`, also for an upgraded connection): the
+//!   write then fails, hyper closes the connection and drops the response,
+//!   and the response's backend connection is closed with it.
 //!
-//! Timers cost nothing while bytes flow: the one `Sleep` is only set when a
-//! read finds nothing to do.
+//! Timers cost nothing while bytes flow: the read timer is only set when a
+//! read finds nothing to do, the send timer when a write finds the socket
+//! full.
 
 use std::io;
 use std::pin::Pin;
@@ -158,6 +163,9 @@ pub struct Guard<I> {
     /// [`Conn::mark`] when the keep-alive wait began.
     idle_mark: Option<u64>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// When writes began to wait for the client to read.
+    blocked_since: Option<Instant>,
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> Guard<I> {
@@ -174,6 +182,8 @@ impl<I> Guard<I> {
             quiet_since: None,
             idle_mark: None,
             timer: None,
+            blocked_since: None,
+            send_timer: None,
         }
     }
 
@@ -234,19 +244,7 @@ impl<I> Guard<I> {
                 }
                 Waiting::Nothing => return Poll::Pending,
             };
-            let deadline = since + limit;
-            let timer = match &mut self.timer {
-                Some(timer) => {
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    timer
-                }
-                None => self
-                    .timer
-                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
-            };
-            ready!(timer.as_mut().poll(cx));
+            ready!(arm(&mut self.timer, since + limit).poll(cx));
             match waiting {
                 Waiting::Head => self.refuse(
                     refuse(
@@ -283,6 +281,22 @@ impl<I> Guard<I> {
             self.timer = None;
             return Poll::Ready(());
         }
+    }
+}
+
+/// `timer` set to go off at `deadline` (made the first time it is needed,
+/// then reused).
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) -> Pin<&mut Sleep> {
+    match timer {
+        Some(timer) => {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            timer.as_mut()
+        }
+        None => timer
+            .insert(Box::pin(tokio::time::sleep_until(deadline)))
+            .as_mut(),
     }
 }
 
@@ -356,13 +370,36 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Guard<I> {
+    /// Runs one write-side operation on the client's stream, timing how
+    /// long the client leaves it waiting (`client.send-timeout`, from the
+    /// first operation that had to wait since the last one that did not).
+    fn sending<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut I>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let polled = op(Pin::new(&mut self.io), cx);
+        if polled.is_ready() {
+            self.blocked_since = None;
+            return polled;
+        }
+        let since = *self.blocked_since.get_or_insert_with(Instant::now);
+        ready!(arm(&mut self.send_timer, since + self.limits.send_timeout).poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read for client.send-timeout",
+        )))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Guard<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().sending(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -370,7 +407,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guard<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .sending(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -378,10 +416,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guard<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().sending(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.get_mut().sending(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
