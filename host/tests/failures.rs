@@ -9,22 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-async fn proxy_with_test_strategy(
-    params: &str,
-) -> (
-    Vec<switchyard::demo::DemoBackend>,
-    Fixture,
-    switchyard::Proxy,
-) {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("test-strategy", TEST_STRATEGY)]);
-    fx.write_config(&upstream(
-        "test-strategy",
-        &be,
-        &format!("params = {params}"),
-    ));
-    let proxy = fx.start().await;
-    (be, fx, proxy)
+async fn proxy_with_test_strategy(params: &str) -> Served {
+    serve_with(3, &[("test-strategy", TEST_STRATEGY)], |be| {
+        upstream("test-strategy", be, &format!("params = {params}"))
+    })
+    .await
 }
 
 /// Sends `n` requests; all must be answered 200 by a demo backend within

@@ -22,6 +22,18 @@ async fn exchange_closing(addr: std::net::SocketAddr, request: &str) -> (String,
 }
 
 /// The first backend of the first upstream, as the proxy holds it now.
+/// One demo backend behind upstream `app` (round robin, with `extra`
+/// settings), and the `[client]` settings `client`.
+async fn serve_one(extra: &str, client: &str) -> Served {
+    serve_with(1, &[("round-robin", ROUND_ROBIN)], |be| {
+        format!(
+            "{}\n[client]\n{client}\n",
+            upstream("round-robin", be, extra)
+        )
+    })
+    .await
+}
+
 fn first_backend(proxy: &switchyard::Proxy) -> std::sync::Arc<switchyard::upstream::Backend> {
     std::sync::Arc::clone(
         &proxy.gateway().routes().upstreams[0]
@@ -37,10 +49,7 @@ async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() {
-    let be = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, ""));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_one("", "").await;
     let backend = || first_backend(&proxy);
 
     let many_headers: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
@@ -87,10 +96,7 @@ async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_request_body_is_the_clients_fault_not_the_backends() {
-    let be = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&upstream("round-robin", &be, "max-fails = 1"));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_one("max-fails = 1", "").await;
     let answer = exchange(
         proxy.addr(),
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
@@ -209,13 +215,7 @@ async fn pipelined_requests_are_answered_in_order_and_a_smuggling_head_ends_them
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
-    let be = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "{}\n[client]\nmax-body-size = 10\n",
-        upstream("round-robin", &be, "max-fails = 1")
-    ));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_one("max-fails = 1", "max-body-size = 10").await;
     let backend = first_backend(&proxy);
 
     // Announced too large: refused before anything is sent upstream.
@@ -274,13 +274,11 @@ async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
-    let be = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "{}\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n",
-        upstream("round-robin", &be, "")
-    ));
-    let proxy = fx.start().await;
+    let (be, fx, proxy) = serve_one(
+        "",
+        "header-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"",
+    )
+    .await;
     let backend = first_backend(&proxy);
     let connect = || tokio::net::TcpStream::connect(proxy.addr());
 
@@ -388,13 +386,7 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
-    let be = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "{}\n[client]\nmax-connections = 2\n",
-        upstream("round-robin", &be, "")
-    ));
-    let proxy = fx.start().await;
+    let (_be, _fx, proxy) = serve_one("", "max-connections = 2").await;
     let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut first = tokio::net::TcpStream::connect(proxy.addr())
         .await
@@ -547,4 +539,43 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_a_slow_one_is
         }
     }
     assert!(drained < 1 << 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_after_keepalive_timeout_but_slow_streams_are_not_cut() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (_be, _fx, proxy) = serve_one("", "keepalive-timeout = \"1200ms\"").await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+
+    // A stream slower than the keep-alive timeout, with nothing else
+    // arriving meanwhile, is answered in full.
+    let req = http::Request::get(format!("http://{}/delay/1500", proxy.addr()))
+        .body(Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("slow h2 response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(body.starts_with(b"Hello from backend"), "{body:?}");
+
+    // Then idle: the proxy ends the connection.
+    let idle = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection still open after 5 s");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?}",
+        idle.elapsed()
+    );
+    assert!(sender.is_closed());
 }

@@ -18,22 +18,15 @@ async fn statuses(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
 
 /// A proxy over [a closed port, demo backend 1] with the given upstream
 /// settings.
-async fn dead_then_live(
-    settings: &str,
-) -> (
-    Vec<switchyard::demo::DemoBackend>,
-    Fixture,
-    switchyard::Proxy,
-) {
-    let live = backends(1).await;
-    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
-    fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\n{settings}\n",
-        closed_port(),
-        live[0].addr
-    ));
-    let proxy = fx.start().await;
-    (live, fx, proxy)
+async fn dead_then_live(settings: &str) -> Served {
+    serve_with(1, &[("round-robin", ROUND_ROBIN)], |live| {
+        format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{}\", \"{}\"]\n{settings}\n",
+            closed_port(),
+            live[0].addr
+        )
+    })
+    .await
 }
 
 fn failed(replies: &[Reply]) -> usize {

@@ -79,11 +79,7 @@ fn settled_on(
 
 /// Round robin over three demo backends, with the test strategy also in
 /// the plugins directory.
-async fn round_robin_with_test_strategy_installed() -> (
-    Vec<switchyard::demo::DemoBackend>,
-    Fixture,
-    switchyard::Proxy,
-) {
+async fn round_robin_with_test_strategy_installed() -> Served {
     let plugins = [
         ("round-robin", ROUND_ROBIN),
         ("test-strategy", TEST_STRATEGY),

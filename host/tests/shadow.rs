@@ -21,13 +21,7 @@ async fn metrics(proxy: &switchyard::Proxy) -> String {
 }
 
 /// Round robin over three demo backends with `shadow` as its shadow.
-async fn start(
-    shadow: &str,
-) -> (
-    Vec<switchyard::demo::DemoBackend>,
-    Fixture,
-    switchyard::Proxy,
-) {
+async fn start(shadow: &str) -> Served {
     let plugins = [
         ("round-robin", ROUND_ROBIN),
         ("ip-hash", IP_HASH),

@@ -87,15 +87,14 @@ fn without_state(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// smooth-wrr over three backends weighted 5/1/1.
-async fn start() -> (Vec<switchyard::demo::DemoBackend>, Fixture, Proxy) {
-    let be = backends(3).await;
-    let fx = Fixture::new(&[("smooth-wrr", SMOOTH_WRR)]);
-    fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nstrategy = \"smooth-wrr\"\nservers = [{{ address = \"{}\", weight = 5 }}, \"{}\", \"{}\"]\n",
-        be[0].addr, be[1].addr, be[2].addr
-    ));
-    let proxy = fx.start().await;
-    (be, fx, proxy)
+async fn start() -> Served {
+    serve_with(3, &[("smooth-wrr", SMOOTH_WRR)], |be| {
+        format!(
+            "[[upstream]]\nname = \"app\"\nstrategy = \"smooth-wrr\"\nservers = [{{ address = \"{}\", weight = 5 }}, \"{}\", \"{}\"]\n",
+            be[0].addr, be[1].addr, be[2].addr
+        )
+    })
+    .await
 }
 
 /// Backend numbers of `n` sequential requests.

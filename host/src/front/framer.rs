@@ -82,8 +82,11 @@ enum State {
     Length(u64),
     /// Inside a chunked body.
     Chunked(Chunked),
-    /// Not HTTP/1 (any more): bytes pass unchecked.
+    /// Upgraded (or about to be): bytes pass unchecked.
     Passthrough,
+    /// HTTP/2: bytes pass unchecked (hyper reads the frames); the
+    /// connection is idle whenever nothing arrives.
+    Http2,
     /// Refused: nothing more passes.
     Refused,
 }
@@ -104,7 +107,7 @@ impl Framer {
     pub fn waiting(&self) -> Waiting {
         match self.state {
             State::Idle if self.head.iter().any(|b| !matches!(b, b'\r' | b'\n')) => Waiting::Head,
-            State::Idle => Waiting::Idle,
+            State::Idle | State::Http2 => Waiting::Idle,
             State::Length(_) | State::Chunked(_) => Waiting::Body,
             State::Passthrough | State::Refused => Waiting::Nothing,
         }
@@ -120,9 +123,16 @@ impl Framer {
         self.fresh && self.head.is_empty()
     }
 
-    /// Bytes are no longer followed (HTTP/2, an upgrade, a refusal).
+    /// Bytes are no longer followed, nor timed: the connection was
+    /// upgraded (the tunnel times itself).
     pub fn is_passthrough(&self) -> bool {
         matches!(self.state, State::Passthrough)
+    }
+
+    /// The connection speaks HTTP/2: bytes are no longer followed, only
+    /// the keep-alive time is kept.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.state, State::Http2)
     }
 
     /// Follows `input`, the next bytes read from the client.
@@ -134,7 +144,7 @@ impl Framer {
             refused: None,
         };
         match self.state {
-            State::Passthrough => return fed,
+            State::Passthrough | State::Http2 => return fed,
             State::Refused => {
                 fed.pass = 0..0;
                 return fed;
@@ -153,7 +163,7 @@ impl Framer {
                 }
                 // HTTP/2: hyper takes it from here.
                 self.fresh = false;
-                self.state = State::Passthrough;
+                self.state = State::Http2;
                 if seen > 0 {
                     fed.released = Some(std::mem::take(&mut self.head));
                 }
@@ -188,7 +198,7 @@ impl Framer {
         }
         while i < n {
             match &mut self.state {
-                State::Passthrough => break,
+                State::Passthrough | State::Http2 => break,
                 State::Refused => unreachable!("refusals return at once"),
                 State::Idle => match parse_head(&input[i..], self.max_body) {
                     Ok(Some((len, checked))) => {
@@ -552,6 +562,11 @@ mod tests {
             assert_eq!(refused, None);
             assert_eq!(out, input);
         }
+        // Only the idle time is followed from then on.
+        let mut framer = Framer::new(None);
+        framer.feed(PREFACE);
+        assert!(framer.is_http2() && !framer.is_passthrough());
+        assert_eq!(framer.waiting(), Waiting::Idle);
         // Something that merely starts like it is parsed as HTTP/1.
         let (_, refused) = run(None, b"PRI * HTTP/1.1\r\nHost: x\r\n\r\n", 3);
         assert_eq!(refused, None);

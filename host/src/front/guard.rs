@@ -10,7 +10,10 @@
 //!   `client.body-timeout` is the longest silence inside a body (408);
 //!   `client.keepalive-timeout` closes a connection with nothing in flight
 //!   and nothing arriving ([`Conn`] counts the responses in flight, so a
-//!   slow response is never cut).
+//!   slow response is never cut). On an HTTP/2 connection, whose frames
+//!   hyper reads unchecked, only the keep-alive time is kept: it ends (at
+//!   the end of the stream, without a GOAWAY) when no stream has been open
+//!   and no frame has arrived for that long.
 //! - `client.send-timeout` is the longest a write may wait for the client
 //!   to read (nginx's `send_timeout`, also for an upgraded connection): the
 //!   write then fails, hyper closes the connection and drops the response,
@@ -338,6 +341,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
                 return Poll::Ready(Ok(()));
             }
             this.quiet_since = None;
+            if this.framer.is_http2() {
+                return Poll::Ready(Ok(()));
+            }
             let was_head = this.framer.waiting() == Waiting::Head;
             let fed = this.framer.feed(&buf.filled()[start..]);
             match this.framer.waiting() {

@@ -120,18 +120,28 @@ pub fn upstream(strategy: &str, backends: &[DemoBackend], extra: &str) -> String
     )
 }
 
-/// Three demo backends behind upstream `app` with `strategy` (and `extra`
-/// settings), the watched `plugins` installed.
-pub async fn serve_three(
+/// Demo backends, the fixture holding the config and plugins, and the
+/// proxy over them (the backends stop when dropped).
+pub type Served = (Vec<DemoBackend>, Fixture, Proxy);
+
+/// `n` demo backends and a proxy over them, its config made by `config`
+/// from the backends, the watched `plugins` installed.
+pub async fn serve_with(
+    n: usize,
     plugins: &[(&str, &str)],
-    strategy: &str,
-    extra: &str,
-) -> (Vec<DemoBackend>, Fixture, Proxy) {
-    let be = backends(3).await;
+    config: impl FnOnce(&[DemoBackend]) -> String,
+) -> Served {
+    let be = backends(n).await;
     let fx = Fixture::new(plugins);
-    fx.write_config(&upstream(strategy, &be, extra));
+    fx.write_config(&config(&be));
     let proxy = fx.start().await;
     (be, fx, proxy)
+}
+
+/// Three demo backends behind upstream `app` with `strategy` (and `extra`
+/// settings), the watched `plugins` installed.
+pub async fn serve_three(plugins: &[(&str, &str)], strategy: &str, extra: &str) -> Served {
+    serve_with(3, plugins, |be| upstream(strategy, be, extra)).await
 }
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
