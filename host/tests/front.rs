@@ -417,8 +417,8 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
 
 /// A backend for large responses: `/endless` gets a body that never ends
 /// (it writes until the proxy drops the connection), anything else
-/// `BULK_SIZE` bytes. Counts the `/endless` connections that were closed
-/// on it.
+/// `BULK_SIZE` bytes; one request per connection (`Connection: close`).
+/// Counts the `/endless` connections that were closed on it.
 async fn bulk_backend() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -444,8 +444,10 @@ async fn bulk_backend() -> (
                 let endless = head.starts_with(b"GET /endless ");
                 let size: u64 = if endless { 1 << 40 } else { BULK_SIZE };
                 let chunk = vec![b'x'; 64 << 10];
-                let mut out =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes();
                 let mut left = size;
                 loop {
                     if conn.write_all(&out).await.is_err() {
@@ -459,8 +461,6 @@ async fn bulk_backend() -> (
                     out = chunk[..n as usize].to_vec();
                     left -= n;
                 }
-                let mut rest = Vec::new();
-                let _ = conn.read_to_end(&mut rest).await;
             });
         }
     });
