@@ -211,8 +211,8 @@ async fn serve(
 
     // HTTP/2 clients send `:authority` instead of Host; backends get Host,
     // and the request target in origin form.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, v);
@@ -357,7 +357,12 @@ impl Exchange<'_> {
             }
             let request = Request::from_parts(parts, body);
             let more = attempt < policy.retries;
-            let replay = if more { Replay::of(&request) } else { None };
+            let replay = if more {
+                // A forwarded request keeps `Upgrade` only when it is one.
+                Replay::of(&request, self.upgrade.is_some())
+            } else {
+                None
+            };
 
             let (failure, sent) = match self.try_backend(&backend, request).await {
                 Tried::Response(resp, sender, in_flight) => {
