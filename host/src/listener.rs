@@ -1,29 +1,34 @@
 //! The client-facing listeners: accept TCP connections on `listen` (plain)
 //! and, with `[tls]`, on `tls.listen` (TLS handshake first, within
 //! [`tls::HANDSHAKE_TIMEOUT`]), and serve HTTP/1.1 and HTTP/2 on them with
-//! hyper, handing each request to [`proxy::handle`]. Both serve the same
-//! routes. Every worker thread ([`crate::workers`]) runs its own accept loop
-//! on copies of the same sockets. Stops accepting on shutdown and lets open
-//! connections finish, up to the config's `drain-timeout`: in-flight
-//! requests complete, keep-alive clients get `Connection: close` on their
-//! last response, and open tunnels (WebSockets) may run until the deadline.
+//! hyper (the front tells which from the first bytes:
+//! [`front::Guard::poll_protocol`]), handing each request to
+//! [`proxy::handle`]. Both serve the same routes. Every worker thread
+//! ([`crate::workers`]) runs its own accept loop on copies of the same
+//! sockets. Stops accepting on shutdown and lets open connections finish, up
+//! to the config's `drain-timeout`: in-flight requests complete, keep-alive
+//! clients get `Connection: close` on their last response (HTTP/2 clients a
+//! GOAWAY), idle and silent connections are closed at once, and open tunnels
+//! (WebSockets) may run until the deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
@@ -128,16 +133,10 @@ async fn worker(
     slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The front's guard keeps the client timeouts (head, body,
-        // keep-alive) and refuses oversized heads itself.
-        .header_read_timeout(None)
-        .max_buf_size(front::MAX_HEAD);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let http = Arc::new(Http::new());
+    // Connections in progress, and the signal that tells them to finish.
+    let connections = TaskTracker::new();
+    let draining = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         // A connection takes a slot before it is accepted, so beyond the
@@ -174,15 +173,15 @@ async fn worker(
         };
         // Best effort; a failure only costs latency.
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let drain = draining.clone().cancelled_owned();
         let gateway = Arc::clone(&gateway);
-        let builder = Arc::clone(&builder);
+        let http = Arc::clone(&http);
         match (scheme, &secure) {
             (Scheme::Https, Some(secure)) => {
                 // The handshake runs in the connection's task, never in the
-                // accept loop; its watcher holds the drain until it is done.
+                // accept loop; the drain waits for it too.
                 let acceptor = secure.tls.acceptor();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let stream = match tokio::time::timeout(
                         tls::HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
@@ -200,8 +199,8 @@ async fn worker(
                         }
                     };
                     connection(
-                        &builder,
-                        watcher,
+                        http,
+                        drain,
                         stream,
                         gateway,
                         peer,
@@ -215,9 +214,9 @@ async fn worker(
                 // Spawned as is, not inside an `async` block that awaits it:
                 // that would keep two copies of the connection's state
                 // (4 KiB instead of 2 per idle client).
-                tokio::spawn(connection(
-                    &builder,
-                    watcher,
+                connections.spawn(connection(
+                    http,
+                    drain,
                     stream,
                     gateway,
                     peer,
@@ -231,8 +230,10 @@ async fn worker(
     drop(secure);
     let deadline = gateway.config().drain_timeout;
     let tunnels = Arc::clone(gateway.tunnels());
+    draining.cancel();
+    connections.close();
     let drained = async {
-        graceful.shutdown().await;
+        connections.wait().await;
         if tunnels.count() > 0 {
             tracing::info!(
                 "waiting for {} open tunnel(s) (WebSockets) to close",
@@ -255,11 +256,34 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
+/// The HTTP/1 and HTTP/2 servers of a worker. A connection gets the one
+/// its first bytes call for ([`front::Guard::poll_protocol`]).
+struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new() -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // The front's guard keeps the client timeouts (head, body,
+            // keep-alive) and refuses oversized heads itself.
+            .header_read_timeout(None)
+            .max_buf_size(front::MAX_HEAD);
+        Self {
+            h1,
+            h2: http2::Builder::new(TokioExecutor::new()),
+        }
+    }
+}
+
 /// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection,
-/// holding its `max-connections` slot until it ends.
+/// holding its `max-connections` slot until it ends; `drain` completes when
+/// the worker shuts down.
 fn connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    http: Arc<Http>,
+    drain: WaitForCancellationFutureOwned,
     io: I,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
@@ -286,39 +310,119 @@ where
         })
     });
     Serving {
-        conn: watcher.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned(),
-        ),
+        stage: Stage::Opening {
+            io: Some(io),
+            service: Some(service),
+        },
+        drain,
+        draining: false,
+        http,
         peer,
         _slot: slot,
     }
 }
 
 pin_project! {
+    /// Where a connection is: its first bytes not read yet, or served by
+    /// hyper's HTTP/1 (with upgrades) or HTTP/2 server.
+    #[project = StageProj]
+    enum Stage<I, S>
+    where
+        S: HttpService<Incoming>,
+    {
+        Opening {
+            io: Option<front::Guard<I>>,
+            service: Option<S>,
+        },
+        Http1 {
+            #[pin]
+            conn: http1::UpgradeableConnection<TokioIo<front::Guard<I>>, S>,
+        },
+        Http2 {
+            #[pin]
+            conn: http2::Connection<TokioIo<front::Guard<I>>, S, TokioExecutor>,
+        },
+    }
+}
+
+pin_project! {
     /// A client connection being served. A plain struct, not an `async`
     /// block: one copy of hyper's connection state per client.
-    struct Serving<F> {
+    struct Serving<I, S>
+    where
+        S: HttpService<Incoming>,
+    {
         #[pin]
-        conn: F,
+        stage: Stage<I, S>,
+        #[pin]
+        drain: WaitForCancellationFutureOwned,
+        draining: bool,
+        http: Arc<Http>,
         peer: SocketAddr,
         _slot: OwnedSemaphorePermit,
     }
 }
 
-impl<F, E> Future for Serving<F>
+impl<I, S, B> Future for Serving<I, S>
 where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if let Err(e) = std::task::ready!(this.conn.poll(cx)) {
-            tracing::debug!(peer = %this.peer, "client connection ended with error: {e}");
+        let mut this = self.project();
+        if !*this.draining && this.drain.as_mut().poll(cx).is_ready() {
+            // Shutting down: hyper answers what is in flight (HTTP/1 with
+            // `Connection: close`, HTTP/2 with a GOAWAY) and closes; a
+            // connection that has sent nothing yet is closed now.
+            *this.draining = true;
+            match this.stage.as_mut().project() {
+                StageProj::Opening { .. } => return Poll::Ready(()),
+                StageProj::Http1 { conn } => conn.graceful_shutdown(),
+                StageProj::Http2 { conn } => conn.graceful_shutdown(),
+            }
         }
-        Poll::Ready(())
+        let ended = loop {
+            match this.stage.as_mut().project() {
+                StageProj::Opening { io, service } => {
+                    let Some(guard) = io.as_mut() else {
+                        return Poll::Ready(());
+                    };
+                    let protocol = match ready!(guard.poll_protocol(cx)) {
+                        Ok(protocol) => protocol,
+                        Err(e) => return ended_with(this.peer, &e),
+                    };
+                    let (Some(io), Some(service)) = (io.take(), service.take()) else {
+                        return Poll::Ready(());
+                    };
+                    let io = TokioIo::new(io);
+                    this.stage.set(match protocol {
+                        front::Protocol::Http1 => Stage::Http1 {
+                            conn: this.http.h1.serve_connection(io, service).with_upgrades(),
+                        },
+                        front::Protocol::Http2 => Stage::Http2 {
+                            conn: this.http.h2.serve_connection(io, service),
+                        },
+                    });
+                }
+                StageProj::Http1 { conn } => break ready!(conn.poll(cx)),
+                StageProj::Http2 { conn } => break ready!(conn.poll(cx)),
+            }
+        };
+        match ended {
+            Ok(()) => Poll::Ready(()),
+            Err(e) => ended_with(this.peer, &e),
+        }
     }
+}
+
+/// A connection that ended with an error (the client's, usually).
+fn ended_with(peer: &SocketAddr, e: &dyn std::fmt::Display) -> Poll<()> {
+    tracing::debug!(%peer, "client connection ended with error: {e}");
+    Poll::Ready(())
 }

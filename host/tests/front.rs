@@ -579,3 +579,77 @@ async fn idle_http2_connections_are_closed_after_keepalive_timeout_but_slow_stre
     );
     assert!(sender.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_and_silent_connections_and_lets_streams_in_flight_finish() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (_be, _fx, proxy) = serve_one("", "").await;
+    let addr = proxy.addr();
+    let get = move |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request")
+    };
+    // Connected, nothing sent yet.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // HTTP/1.1, one request served, idle in keep-alive.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut idle, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    let idle_conn = tokio::spawn(conn);
+    let head = http::Request::get("/")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let reply = Reply::read(idle.send_request(head).await.expect("h1 response"))
+        .await
+        .expect("body");
+    assert_eq!(reply.status, 200);
+    // HTTP/2 (prior knowledge), a slow stream in flight.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let h2_conn = tokio::spawn(conn);
+    let slow = tokio::spawn(async move {
+        let resp = h2.send_request(get("/delay/700")).await?;
+        Ok::<_, hyper::Error>(Reply::read(resp).await)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let start = std::time::Instant::now();
+    let stopped = tokio::spawn(proxy.shutdown());
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the silent connection is closed at once: {read:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(2), idle_conn).await;
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/1.1 connection is closed at once"
+    );
+    let reply = slow
+        .await
+        .expect("join")
+        .expect("the HTTP/2 stream is answered")
+        .expect("body");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("after 700 ms"), "{}", reply.body);
+    let ended = tokio::time::timeout(Duration::from_secs(3), h2_conn).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection ends after its stream");
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the drain ends when the connections do, not at drain-timeout")
+        .expect("join");
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+}

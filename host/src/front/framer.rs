@@ -123,6 +123,12 @@ impl Framer {
         self.fresh && self.head.is_empty()
     }
 
+    /// Not yet known whether the stream is HTTP/2: nothing read, or only a
+    /// part of the HTTP/2 preface.
+    pub fn is_undecided(&self) -> bool {
+        self.fresh
+    }
+
     /// Bytes are no longer followed, nor timed: the connection was
     /// upgraded (the tunnel times itself).
     pub fn is_passthrough(&self) -> bool {

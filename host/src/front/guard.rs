@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -146,6 +146,16 @@ enum Then {
     /// before answering.)
     Hold,
     Fail(io::ErrorKind),
+}
+
+/// The protocol a client connection speaks, as its first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x (also a connection closed or refused before it said).
+    Http1,
+    /// HTTP/2 with prior knowledge (or ALPN `h2`): it opened with the
+    /// connection preface.
+    Http2,
 }
 
 /// A client connection read through the strict front.
@@ -340,6 +350,39 @@ impl Timer {
     }
 }
 
+impl<I: AsyncRead + Unpin> Guard<I> {
+    /// Reads until the first bytes tell which protocol the connection
+    /// speaks, and keeps them for the server that reads it next.
+    ///
+    /// hyper-util's automatic server reads the first 24 bytes itself and
+    /// hands them to hyper alone: hyper then receives a head in two reads
+    /// and grows its read buffer from 8 to 16 KiB, copying it, for the
+    /// connection's whole life (about 4 KiB more resident memory per idle
+    /// client). Here the whole first head reaches hyper in its first read.
+    pub fn poll_protocol(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
+        if self.framer.is_undecided() && self.queued.is_empty() && self.then == Then::Read {
+            // The framer decides on the first bytes (a partial preface is
+            // held back until it is complete or broken), so one read that
+            // returns anything decides.
+            let mut first = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut first);
+            ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            if !read.is_empty() {
+                let mut all = BytesMut::with_capacity(read.len() + self.queued.len());
+                all.put_slice(read);
+                all.put_slice(&self.queued);
+                self.queued = all.freeze();
+            }
+        }
+        Poll::Ready(Ok(if self.framer.is_http2() {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }))
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -468,5 +511,85 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guard<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().sending(cx, |io, cx| io.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    /// A guarded connection whose client writes `pieces`, pausing between
+    /// them so that each arrives in a read of its own, then goes silent.
+    async fn opened_with(pieces: &[&'static [u8]]) -> (Guard<DuplexStream>, Protocol) {
+        let (server, mut client) = duplex(1 << 16);
+        let mut guard = Guard::new(server, Arc::default(), ClientLimits::default());
+        let pieces = pieces.to_vec();
+        tokio::spawn(async move {
+            for piece in pieces {
+                client.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Keep the stream open: an end of stream is a case of its own.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
+            .await
+            .expect("protocol");
+        (guard, protocol)
+    }
+
+    /// What one read of an 8 KiB buffer (hyper's first) gets.
+    async fn first_read(guard: &mut Guard<DuplexStream>) -> Vec<u8> {
+        let mut buf = vec![0; 8192];
+        let n = guard.read(&mut buf).await.expect("read");
+        buf.truncate(n);
+        buf
+    }
+
+    #[tokio::test]
+    async fn an_http1_head_split_across_reads_reaches_the_server_whole_in_one_read() {
+        let head: &[u8] = b"GET /a HTTP/1.1\r\nHost: example\r\nUser-Agent: test\r\n\r\n";
+        let (mut guard, protocol) = opened_with(&[&head[..2], &head[2..30], &head[30..]]).await;
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(first_read(&mut guard).await, head);
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_look_is_not_cut() {
+        let head = format!("GET /{} HTTP/1.1\r\nHost: example\r\n\r\n", "x".repeat(300));
+        let head: &'static [u8] = head.into_bytes().leak();
+        let (mut guard, protocol) = opened_with(&[head]).await;
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(first_read(&mut guard).await, head);
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_in_pieces_is_http2_and_nothing_is_lost() {
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let settings: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        let (mut guard, protocol) = opened_with(&[&preface[..5], &preface[5..], settings]).await;
+        assert_eq!(protocol, Protocol::Http2);
+        let mut got = first_read(&mut guard).await;
+        while got.len() < preface.len() + settings.len() {
+            got.extend(first_read(&mut guard).await);
+        }
+        assert_eq!(got, [preface, settings].concat());
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_a_byte_is_http1_at_its_end() {
+        let (server, client) = duplex(64);
+        drop(client);
+        let mut guard = Guard::new(server, Arc::default(), ClientLimits::default());
+        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
+            .await
+            .expect("protocol");
+        assert_eq!(protocol, Protocol::Http1);
+        assert!(first_read(&mut guard).await.is_empty());
     }
 }

@@ -30,7 +30,7 @@ mod framer;
 mod guard;
 
 pub use self::framer::{Fed, Framer, RefusedAt};
-pub use self::guard::{Admitted, Conn, Guard, Tracked};
+pub use self::guard::{Admitted, Conn, Guard, Protocol, Tracked};
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
