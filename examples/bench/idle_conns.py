@@ -51,6 +51,18 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def is_open(conn):
+    """Whether the proxy has kept `conn` open (nothing, not even an end of
+    stream, is waiting on it)."""
+    conn.setblocking(False)
+    try:
+        return conn.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def raise_nofile(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, n + 1024))
@@ -117,14 +129,18 @@ def main():
         took = time.time() - start
         time.sleep(1.0)
         after = rss_kib(proxy.pid)
-        # Client connections still open on the proxy's side (the proxy closes
-        # keep-alive connections idle for longer than its header timeout, so
-        # a slow run loses its first ones): count them, do not assume N.
-        live = len(os.listdir(f"/proc/{proxy.pid}/fd")) - fds_before
+        # Client connections still open (the proxy closes keep-alive
+        # connections idle for longer than its keep-alive timeout, so a slow
+        # run loses its first ones): count them, do not assume N. The
+        # proxy's other new descriptors are backend connections it keeps
+        # for reuse; their memory is counted against the clients.
+        live = sum(1 for c in conns if is_open(c))
+        fds = len(os.listdir(f"/proc/{proxy.pid}/fd")) - fds_before
         per = (after - before) * 1024 / max(live, 1)
-        print(f"{args.n} keep-alive connections opened (each after one request) in {took:.1f} s; {live} still open")
+        print(f"{args.n} keep-alive connections opened (each after one request) in {took:.1f} s; "
+              f"{live} still open; {fds - live} backend connections kept")
         print(f"proxy RSS: {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB after: "
-              f"{per / 1024:.2f} KiB per open connection")
+              f"{per / 1024:.2f} KiB per open client connection")
         for c in conns:
             c.close()
     finally:
