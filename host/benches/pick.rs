@@ -206,16 +206,22 @@ fn bench_plugin(
 ) {
     bench_group(c, name, |set| {
         let strategy = runtime
-            .prepare(
-                Arc::clone(compiled),
-                "bench",
-                params,
-                set,
-                PluginLimits::default(),
-            )
+            .prepare(Arc::clone(compiled), "bench", params, set, limits())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         Picker::Wasm(strategy)
     });
+}
+
+/// The default limits. Unoptimised (`cargo test --benches` runs each
+/// bench once to check it works), handing 10 000 backends to a new instance
+/// takes longer than the 10 ms pick deadline, and the host's round robin
+/// would answer instead: there the deadline is a second.
+fn limits() -> PluginLimits {
+    let mut limits = PluginLimits::default();
+    if cfg!(debug_assertions) {
+        limits.pick_deadline = Duration::from_secs(1);
+    }
+    limits
 }
 
 fn picks(c: &mut Criterion) {
