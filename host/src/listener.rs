@@ -11,7 +11,6 @@
 //! GOAWAY), idle and silent connections are closed at once, and open tunnels
 //! (WebSockets) may run until the deadline.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -297,17 +296,15 @@ where
     let client = Arc::new(proxy::Client::new(peer, scheme));
     let io = front::Guard::new(io, Arc::clone(&shared), gateway.client_limits());
     let service = service_fn(move |req| {
-        let gateway = Arc::clone(&gateway);
-        let shared = Arc::clone(&shared);
-        let client = Arc::clone(&client);
         // Boxed per request: hyper keeps a connection's service future in
         // one allocation for the connection's life, so an unboxed (large)
         // future would be memory every idle keep-alive client holds.
-        Box::pin(async move {
-            let in_flight = shared.begin();
-            let resp = proxy::handle(&gateway, &client, &in_flight, req).await;
-            Ok::<_, Infallible>(resp.map(|body| front::Tracked::new(body, in_flight)))
-        })
+        Box::pin(proxy::handle(
+            Arc::clone(&gateway),
+            Arc::clone(&client),
+            shared.begin(),
+            req,
+        ))
     });
     Serving {
         stage: Stage::Opening {

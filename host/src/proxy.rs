@@ -8,6 +8,7 @@
 //! when [`crate::retry`] says it may be. An upgrade request (WebSocket) that
 //! the backend answers with 101 becomes a tunnel ([`crate::tunnel`]).
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,32 +96,62 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     resp
 }
 
-/// Handles one client request that came over `client`'s connection.
+/// Handles one client request that came over `client`'s connection. Its
+/// response keeps it counted in flight on the connection (`conn`) until
+/// hyper has sent it.
+///
+/// The one `async` step of a request; what comes before and after it are
+/// plain functions. An `async fn` keeps its arguments for its whole life,
+/// so every level that passed the request on kept one more copy of it in
+/// the request's future, which is made whole and then copied into its box
+/// for every request.
 pub async fn handle(
-    gateway: &Gateway,
-    client: &Client,
-    conn: &front::Admitted,
+    gateway: Arc<Gateway>,
+    client: Arc<Client>,
+    conn: front::Admitted,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Result<Response<front::Tracked<ProxyBody>>, Infallible> {
     // The front stops following an HTTP/1 connection after a head that asks
     // to switch protocols (as hyper does); unless the switch happens, that
     // connection carries no further request.
     let switching = req.version() == Version::HTTP_11
         && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-    let resp = serve(gateway, client, conn, req).await;
-    if switching && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let resp = match admit(&gateway, &client, &conn, req) {
+        Admission::Answered(resp) => resp,
+        Admission::Forward(mut exchange, parts, body) => {
+            let resp = exchange.run(parts, body).await;
+            exchange.finish(&resp);
+            resp
+        }
+    };
+    let resp = if switching && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         closing(resp)
     } else {
         resp
-    }
+    };
+    Ok(resp.map(|body| front::Tracked::new(body, conn)))
 }
 
-async fn serve(
+/// What [`admit`] made of a request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per request and taken apart at once; a box would be an allocation per request"
+)]
+enum Admission<'c> {
+    /// The proxy answers it itself (refused, no route, ...).
+    Answered(Response<ProxyBody>),
+    /// It goes to a backend of the upstream it was routed to.
+    Forward(Exchange<'c>, Parts, ClientBody),
+}
+
+/// Checks, routes and rewrites a request: everything before the first
+/// try, under one load of the route table.
+fn admit<'c>(
     gateway: &Gateway,
     client: &Client,
-    conn: &front::Admitted,
+    conn: &'c front::Admitted,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Admission<'c> {
     let peer = client.peer;
     let (mut parts, body) = req.into_parts();
     // Everything synchronous happens under one load of the route table.
@@ -146,7 +177,7 @@ async fn serve(
             log.answered(None, refusal.status.as_u16(), 0);
             log.completed();
         }
-        return closing(local_response(refusal.status, refusal.reason));
+        return Admission::Answered(closing(local_response(refusal.status, refusal.reason)));
     }
     if parts.method == Method::CONNECT {
         // A reverse proxy has nothing to tunnel to (and HTTP/2's extended
@@ -164,7 +195,7 @@ async fn serve(
             header::ALLOW,
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         );
-        return resp;
+        return Admission::Answered(resp);
     }
     // An upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`; the
     // client's connection is taken from hyper if the backend answers 101.
@@ -183,10 +214,10 @@ async fn serve(
                 log.answered(None, 404, 0);
                 log.completed();
             }
-            return local_response(
+            return Admission::Answered(local_response(
                 StatusCode::NOT_FOUND,
                 "no upstream serves this host and path",
-            );
+            ));
         };
         let client_ip = forwarded::client_ip(peer.ip(), &parts.headers, &table.trusted_proxies);
         if let Some(log) = &mut log {
@@ -238,7 +269,7 @@ async fn serve(
 
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody::new(body, Arc::clone(&client_failed));
-    let mut exchange = Exchange {
+    let exchange = Exchange {
         front: conn,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -253,17 +284,7 @@ async fn serve(
         log,
         upgrade,
     };
-    let resp = exchange.run(parts, body).await;
-    if resp.body().is_local() {
-        exchange.upstream.local_responses.record(resp.status());
-    }
-    // Not handed to a backend's response: the proxy answered, or a kept
-    // `retry-on-status` answer is passed on.
-    if let Some(mut log) = exchange.log.take() {
-        log.answered(None, resp.status().as_u16(), exchange.retries());
-        log.completed();
-    }
-    resp
+    Admission::Forward(exchange, parts, body)
 }
 
 /// One client request on its way through an upstream: its tries, and what
@@ -339,6 +360,21 @@ impl Failure {
 }
 
 impl Exchange<'_> {
+    /// What is left once `resp` goes to the client: a local answer is
+    /// counted, and the access log line written unless a backend's response
+    /// writes it when it ends.
+    fn finish(&mut self, resp: &Response<ProxyBody>) {
+        if resp.body().is_local() {
+            self.upstream.local_responses.record(resp.status());
+        }
+        // Not handed to a backend's response: the proxy answered, or a kept
+        // `retry-on-status` answer is passed on.
+        if let Some(mut log) = self.log.take() {
+            log.answered(None, resp.status().as_u16(), self.retries());
+            log.completed();
+        }
+    }
+
     async fn run(&mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
         let upstream = Arc::clone(&self.upstream);
         let policy = &upstream.config.retry;
