@@ -24,6 +24,7 @@
 //! full.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -147,6 +148,9 @@ enum Then {
     Hold,
     Fail(io::ErrorKind),
 }
+
+/// Largest first read of a connection (hyper's first read is as large).
+const FIRST_READ: usize = 8 * 1024;
 
 /// The protocol a client connection speaks, as its first bytes tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,9 +367,10 @@ impl<I: AsyncRead + Unpin> Guard<I> {
         if self.framer.is_undecided() && self.queued.is_empty() && self.then == Then::Read {
             // The framer decides on the first bytes (a partial preface is
             // held back until it is complete or broken), so one read that
-            // returns anything decides.
-            let mut first = [0u8; 64];
-            let mut buf = ReadBuf::new(&mut first);
+            // returns anything decides. As large as hyper's first read, so
+            // that a head arriving at once is read from the socket at once.
+            let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut buf = ReadBuf::uninit(&mut first);
             ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
             let read = buf.filled();
             if !read.is_empty() {
@@ -543,6 +548,45 @@ mod tests {
         (guard, protocol)
     }
 
+    /// A stream that counts the reads that returned bytes.
+    struct Counted {
+        inner: DuplexStream,
+        reads: Arc<AtomicU32>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            polled
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
     /// What one read of an 8 KiB buffer (hyper's first) gets.
     async fn first_read(guard: &mut Guard<DuplexStream>) -> Vec<u8> {
         let mut buf = vec![0; 8192];
@@ -560,12 +604,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_longer_than_the_first_look_is_not_cut() {
-        let head = format!("GET /{} HTTP/1.1\r\nHost: example\r\n\r\n", "x".repeat(300));
+    async fn a_head_sent_at_once_is_read_from_the_socket_once() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: example\r\nCookie: {}\r\n\r\n",
+            "c".repeat(3000)
+        );
+        let head: &'static [u8] = head.into_bytes().leak();
+        let (server, mut client) = duplex(1 << 16);
+        client.write_all(head).await.expect("write");
+        let reads = Arc::new(AtomicU32::new(0));
+        let counted = Counted {
+            inner: server,
+            reads: Arc::clone(&reads),
+        };
+        let mut guard = Guard::new(counted, Arc::default(), ClientLimits::default());
+        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
+            .await
+            .expect("protocol");
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            1,
+            "socket reads for the first head"
+        );
+        let mut buf = vec![0; 8192];
+        let n = guard.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], head);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_the_first_read_is_not_cut() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: example\r\nCookie: {}\r\n\r\n",
+            "c".repeat(20_000)
+        );
         let head: &'static [u8] = head.into_bytes().leak();
         let (mut guard, protocol) = opened_with(&[head]).await;
         assert_eq!(protocol, Protocol::Http1);
-        assert_eq!(first_read(&mut guard).await, head);
+        let mut got = Vec::new();
+        while got.len() < head.len() {
+            let more = first_read(&mut guard).await;
+            assert!(!more.is_empty(), "ended after {} bytes", got.len());
+            got.extend(more);
+        }
+        assert_eq!(got, head);
     }
 
     #[tokio::test]
