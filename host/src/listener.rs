@@ -308,8 +308,7 @@ where
     });
     Serving {
         stage: Stage::Opening {
-            io: Some(io),
-            service: Some(service),
+            start: Some((io, service)),
         },
         drain,
         draining: false,
@@ -328,8 +327,8 @@ pin_project! {
         S: HttpService<Incoming>,
     {
         Opening {
-            io: Option<front::Guard<I>>,
-            service: Option<S>,
+            // Taken when the server for the protocol starts.
+            start: Option<(front::Guard<I>, S)>,
         },
         Http1 {
             #[pin]
@@ -386,15 +385,15 @@ where
         }
         let ended = loop {
             match this.stage.as_mut().project() {
-                StageProj::Opening { io, service } => {
-                    let Some(guard) = io.as_mut() else {
+                StageProj::Opening { start } => {
+                    let Some((guard, _)) = start.as_mut() else {
                         return Poll::Ready(());
                     };
                     let protocol = match ready!(guard.poll_protocol(cx)) {
                         Ok(protocol) => protocol,
                         Err(e) => return ended_with(this.peer, &e),
                     };
-                    let (Some(io), Some(service)) = (io.take(), service.take()) else {
+                    let Some((io, service)) = start.take() else {
                         return Poll::Ready(());
                     };
                     let io = TokioIo::new(io);

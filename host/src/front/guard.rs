@@ -542,10 +542,24 @@ mod tests {
             // Keep the stream open: an end of stream is a case of its own.
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
-            .await
-            .expect("protocol");
+        let protocol = protocol_of(&mut guard).await;
         (guard, protocol)
+    }
+
+    /// What `guard`'s first bytes say.
+    async fn protocol_of<I: AsyncRead + Unpin>(guard: &mut Guard<I>) -> Protocol {
+        poll_fn(|cx| guard.poll_protocol(cx))
+            .await
+            .expect("protocol")
+    }
+
+    /// A request head of a little more than `cookie` bytes.
+    fn long_head(cookie: usize) -> &'static [u8] {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: example\r\nCookie: {}\r\n\r\n",
+            "c".repeat(cookie)
+        );
+        head.into_bytes().leak()
     }
 
     /// A stream that counts the reads that returned bytes.
@@ -588,7 +602,7 @@ mod tests {
     }
 
     /// What one read of an 8 KiB buffer (hyper's first) gets.
-    async fn first_read(guard: &mut Guard<DuplexStream>) -> Vec<u8> {
+    async fn first_read<I: AsyncRead + Unpin>(guard: &mut Guard<I>) -> Vec<u8> {
         let mut buf = vec![0; 8192];
         let n = guard.read(&mut buf).await.expect("read");
         buf.truncate(n);
@@ -605,11 +619,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_sent_at_once_is_read_from_the_socket_once() {
-        let head = format!(
-            "GET / HTTP/1.1\r\nHost: example\r\nCookie: {}\r\n\r\n",
-            "c".repeat(3000)
-        );
-        let head: &'static [u8] = head.into_bytes().leak();
+        let head = long_head(3000);
         let (server, mut client) = duplex(1 << 16);
         client.write_all(head).await.expect("write");
         let reads = Arc::new(AtomicU32::new(0));
@@ -618,28 +628,19 @@ mod tests {
             reads: Arc::clone(&reads),
         };
         let mut guard = Guard::new(counted, Arc::default(), ClientLimits::default());
-        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
-            .await
-            .expect("protocol");
-        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(protocol_of(&mut guard).await, Protocol::Http1);
         assert_eq!(
             reads.load(Ordering::Relaxed),
             1,
             "socket reads for the first head"
         );
-        let mut buf = vec![0; 8192];
-        let n = guard.read(&mut buf).await.expect("read");
-        assert_eq!(&buf[..n], head);
+        assert_eq!(first_read(&mut guard).await, head);
         drop(client);
     }
 
     #[tokio::test]
     async fn a_head_longer_than_the_first_read_is_not_cut() {
-        let head = format!(
-            "GET / HTTP/1.1\r\nHost: example\r\nCookie: {}\r\n\r\n",
-            "c".repeat(20_000)
-        );
-        let head: &'static [u8] = head.into_bytes().leak();
+        let head = long_head(20_000);
         let (mut guard, protocol) = opened_with(&[head]).await;
         assert_eq!(protocol, Protocol::Http1);
         let mut got = Vec::new();
@@ -669,10 +670,7 @@ mod tests {
         let (server, client) = duplex(64);
         drop(client);
         let mut guard = Guard::new(server, Arc::default(), ClientLimits::default());
-        let protocol = poll_fn(|cx| guard.poll_protocol(cx))
-            .await
-            .expect("protocol");
-        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(protocol_of(&mut guard).await, Protocol::Http1);
         assert!(first_read(&mut guard).await.is_empty());
     }
 }
