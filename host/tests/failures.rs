@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The product's 10 ms pick deadline (not the fixture's generous one):
+/// these tests are about what happens when a pick fails or runs too long.
 async fn proxy_with_test_strategy(params: &str) -> Served {
     serve_with(3, &[("test-strategy", TEST_STRATEGY)], |be| {
-        upstream("test-strategy", be, &format!("params = {params}"))
+        format!(
+            "plugin-limits.pick-deadline = \"10ms\"\n{}",
+            upstream("test-strategy", be, &format!("params = {params}"))
+        )
     })
     .await
 }

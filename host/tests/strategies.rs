@@ -205,8 +205,12 @@ async fn p2c_skips_a_dead_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_ewma_moves_traffic_away_from_a_slow_backend() {
+    // The slow backend is far slower than anything a loaded test machine
+    // adds to a fast backend's answer: a peak EWMA takes a fast backend's
+    // worst sample at once, so a 50 ms gap was closed by one scheduling
+    // stall in CI (the fast backend then lost to the slow one for a while).
     let fast = backends(2).await;
-    let slow = slow_backend(3, Duration::from_millis(50)).await;
+    let slow = slow_backend(3, Duration::from_millis(500)).await;
     let fx = Fixture::new(&[("peak-ewma", PEAK_EWMA)]);
     let servers = format!(
         "[\"{}\", \"{}\", \"{}\"]",
@@ -216,23 +220,11 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_backend() {
     let proxy = fx.start().await;
 
     // Round robin would send 50 of 150 to the slow backend. Peak EWMA tries
-    // it while it is unmeasured, then its 50 ms costs more than a fast
+    // it while it is unmeasured, then its 500 ms costs more than a fast
     // backend with dozens of requests queued. Each fast one wins at least
     // when drawn with the slow one (a third of the pairs, ~50).
     let replies = sequential(&client(), proxy.addr(), 150, &[]).await;
     let counts = tally(&replies);
-    eprintln!("peak-ewma, backend 3 answers in 50 ms: {counts:?}");
-    let slow_share = counts.get(&3).copied().unwrap_or(0);
-    assert!(
-        slow_share <= 8,
-        "the slow backend got {slow_share} of 150: {counts:?}"
-    );
-    for fast in [1, 2] {
-        assert!(
-            counts.get(&fast).copied().unwrap_or(0) >= 25,
-            "fast backend {fast} underused: {counts:?}"
-        );
-    }
 
     // The host's estimate, as the plugin read it through `latency`.
     let table = proxy.gateway().routes();
@@ -242,12 +234,27 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_backend() {
         .iter()
         .map(|b| b.latency.peak_ewma_ns())
         .collect();
-    eprintln!("peak-ewma estimates (ns): {latency:?}");
-    if slow_share > 0 {
-        assert!(latency[2] >= 45_000_000, "slow estimate: {latency:?}");
-    }
+    eprintln!("peak-ewma, backend 3 answers in 500 ms: {counts:?}, estimates (ns) {latency:?}");
+    let slow_share = counts.get(&3).copied().unwrap_or(0);
     assert!(
-        latency[0] > 0 && latency[0] < 45_000_000 && latency[1] < 45_000_000,
+        slow_share <= 8,
+        "the slow backend got {slow_share} of 150: {counts:?}, estimates (ns) {latency:?}"
+    );
+    for fast in [1, 2] {
+        assert!(
+            counts.get(&fast).copied().unwrap_or(0) >= 25,
+            "fast backend {fast} underused: {counts:?}"
+        );
+    }
+    if slow_share > 0 {
+        // 500 ms, decayed for the few seconds since its last answer.
+        assert!(latency[2] >= 250_000_000, "slow estimate: {latency:?}");
+    }
+    // Both fast ones answered, so both are measured. Their values are not
+    // checked: one scheduling stall on a loaded machine sets a peak EWMA for
+    // seconds (tens of ms, 285 ms seen with four test binaries on 2 cores).
+    assert!(
+        latency[0] > 0 && latency[1] > 0,
         "fast estimates: {latency:?}"
     );
 }

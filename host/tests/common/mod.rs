@@ -85,10 +85,16 @@ impl Fixture {
     }
 
     /// Writes the config file; `body` is everything after `listen`,
-    /// `admin` (both on free ports) and `plugins`.
+    /// `admin` (both on free ports), `plugins` and, unless `body` sets
+    /// `plugin-limits` itself, [`TEST_PICK_DEADLINE`].
     pub fn write_config(&self, body: &str) {
+        let deadline = if body.contains("plugin-limits") {
+            ""
+        } else {
+            TEST_PICK_DEADLINE
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = {:?}\n{body}",
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = {:?}\n{deadline}{body}",
             self.plugins().display().to_string()
         );
         std::fs::write(self.config_path(), text).expect("write config");
@@ -111,6 +117,14 @@ impl Fixture {
         .expect("proxy starts")
     }
 }
+
+/// The pick deadline of the proxies tests start from a [`Fixture`], unless
+/// the config sets its own. With the 10 ms default, a worker descheduled
+/// mid-pick on a busy 2-core CI machine (tens of test threads, plugin
+/// compiles) misses the deadline and the host's round robin answers: that
+/// moves a hashed client or breaks an exact order, and says nothing about
+/// the plugin under test. Tests of the deadline set theirs (`failures.rs`).
+pub const TEST_PICK_DEADLINE: &str = "plugin-limits.pick-deadline = \"1s\"\n";
 
 /// The config of one upstream `app` with the given strategy and servers.
 pub fn upstream(strategy: &str, backends: &[DemoBackend], extra: &str) -> String {
