@@ -25,6 +25,7 @@ use crate::router::RouteTable;
 use crate::tls::{Tls, TlsError};
 use crate::tunnel::Tunnels;
 use crate::upstream::{BackendSet, Upstream};
+use crate::workers::Connections;
 
 /// Shared state of one proxy.
 pub struct Gateway {
@@ -38,6 +39,8 @@ pub struct Gateway {
     tls: Option<Arc<Tls>>,
     /// Upgraded connections open now.
     tunnels: Arc<Tunnels>,
+    /// Client connections open on each worker.
+    connections: Arc<Connections>,
 }
 
 /// Reloads kept for the admin API.
@@ -139,6 +142,8 @@ impl Gateway {
         let runtime = Runtime::new().map_err(|e| BuildError::Runtime(format!("{e:#}")))?;
         let mut compiled = HashMap::new();
         let table = build_table(&runtime, &config, &mut compiled, None)?;
+        // Fixed at start, like the worker threads.
+        let workers = config.workers;
         Ok(Arc::new(Self {
             runtime,
             routes: ArcSwap::from_pointee(table),
@@ -148,6 +153,7 @@ impl Gateway {
             started: SystemTime::now(),
             tls,
             tunnels: Arc::default(),
+            connections: Arc::new(Connections::new(workers)),
         }))
     }
 
@@ -159,6 +165,11 @@ impl Gateway {
     /// Upgraded connections (WebSockets) open now.
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         &self.tunnels
+    }
+
+    /// Client connections open on each worker ([`crate::workers`]).
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// When the proxy started.

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
@@ -63,8 +63,10 @@ impl Server {
 
 /// Serves `listener` (and `secure`, when TLS is on) on the config's number
 /// of worker threads ([`crate::workers`]) until [`Server::shutdown`]. Each
-/// worker accepts from the same sockets: whichever is free takes the next
-/// connection, and serves it to the end on its own thread.
+/// worker accepts from the same sockets, and serves a connection it accepts
+/// to the end on its own thread, unless it already serves clearly more than
+/// another worker: then it passes the connection on
+/// ([`workers::Connections`]).
 pub fn start(
     listener: TcpListener,
     secure: Option<TlsListener>,
@@ -77,28 +79,46 @@ pub fn start(
     let config = gateway.config();
     // `client.max-connections` counts over all workers.
     let slots = Arc::new(Semaphore::new(config.client.max_connections));
+    // Each worker's inbox of connections passed on to it. Unbounded, but
+    // never longer than `max-connections`: each holds a slot.
+    let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..config.workers)
+        .map(|_| mpsc::unbounded_channel::<Handoff>())
+        .unzip();
+    let inboxes: Arc<[Inbox]> = inboxes.into();
     let mut sockets = Vec::with_capacity(config.workers);
-    for _ in 0..config.workers {
+    for receiver in receivers {
         let secure = match &secure {
             Some((l, tls)) => Some((l.try_clone()?, Arc::clone(tls))),
             None => None,
         };
-        sockets.push(std::sync::Mutex::new(Some((plain.try_clone()?, secure))));
+        sockets.push(std::sync::Mutex::new(Some((
+            plain.try_clone()?,
+            secure,
+            receiver,
+        ))));
     }
     drop((plain, secure));
     let (stop, stopped) = watch::channel(false);
     let workers = workers::spawn(config.workers, move |index| {
         let taken = sockets[index].lock().ok().and_then(|mut s| s.take());
-        let gateway = Arc::clone(&gateway);
-        let slots = Arc::clone(&slots);
+        let accepting = Accepting {
+            index,
+            gateway: Arc::clone(&gateway),
+            slots: Arc::clone(&slots),
+            inboxes: Arc::clone(&inboxes),
+        };
         let mut stopped = stopped.clone();
         async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|&stop| stop).await;
             };
-            match taken.map(|(plain, secure)| registered(plain, secure)) {
-                Some(Ok((plain, secure))) => worker(plain, secure, gateway, slots, shutdown).await,
-                Some(Err(e)) => tracing::error!("worker {index} cannot serve the listener: {e}"),
+            match taken.map(|(plain, secure, inbox)| (registered(plain, secure), inbox)) {
+                Some((Ok((plain, secure)), inbox)) => {
+                    accepting.run(plain, secure, inbox, shutdown).await;
+                }
+                Some((Err(e), _)) => {
+                    tracing::error!("worker {index} cannot serve the listener: {e}");
+                }
                 None => tracing::error!("worker {index} has no listener"),
             }
         }
@@ -123,64 +143,204 @@ fn registered(
     Ok((plain, secure))
 }
 
-/// One worker's accept loop: serves `listener` (and `secure`) until
-/// `shutdown` completes, then drains its connections.
-async fn worker(
-    listener: TcpListener,
-    secure: Option<TlsListener>,
+/// A connection one worker accepted for another to serve (its TLS
+/// handshake, if any, not started).
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    scheme: Scheme,
+    held: Held,
+}
+
+type Inbox = mpsc::UnboundedSender<Handoff>;
+
+/// What a client connection holds until it ends: its `max-connections`
+/// slot and its place in its worker's count.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    seat: workers::Seat,
+}
+
+/// What one worker's accept loop needs.
+struct Accepting {
+    index: usize,
     gateway: Arc<Gateway>,
     slots: Arc<Semaphore>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let http = Arc::new(Http::new());
-    // Connections in progress, and the signal that tells them to finish.
-    let connections = TaskTracker::new();
-    let draining = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        // A connection takes a slot before it is accepted, so beyond the
-        // cap clients wait in the listen backlog.
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
+    /// Every worker's inbox, by worker index.
+    inboxes: Arc<[Inbox]>,
+}
+
+/// This worker's connections in progress, and the signal that tells them to
+/// finish.
+struct Served {
+    http: Arc<Http>,
+    tracker: TaskTracker,
+    draining: CancellationToken,
+}
+
+impl Accepting {
+    /// Serves `listener` (and `secure`) and the connections other workers
+    /// pass on, until `shutdown` completes; then drains its connections.
+    async fn run(
+        self,
+        listener: TcpListener,
+        secure: Option<TlsListener>,
+        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let served = Served {
+            http: Arc::new(Http::new()),
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer, scheme, held) = tokio::select! {
+                () = &mut shutdown => break,
+                Some(handed) = inbox.recv() => match TcpStream::from_std(handed.stream) {
+                    Ok(stream) => (stream, handed.peer, handed.scheme, handed.held),
+                    Err(e) => {
+                        tracing::warn!(peer = %handed.peer, "cannot take over a connection from another worker: {e}");
+                        continue;
+                    }
+                },
+                accepted = self.accept(&listener, secure.as_ref()) => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let (stream, held) = if held.seat.worker() == self.index {
+                (stream, held)
+            } else {
+                match self.pass_on(stream, peer, scheme, held) {
+                    // Passed on (or lost, and logged).
+                    None => continue,
+                    // Its worker is gone (shutting down): served here.
+                    Some((stream, held)) => {
+                        let Held { _slot, seat } = held;
+                        drop(seat);
+                        let seat = self.gateway.connections().seat(self.index);
+                        (stream, Held { _slot, seat })
+                    }
+                }
+            };
+            self.serve(&served, secure.as_ref(), stream, peer, scheme, held);
+        }
+        drop(listener);
+        drop(secure);
+        drop(inbox);
+        let deadline = self.gateway.config().drain_timeout;
+        let tunnels = Arc::clone(self.gateway.tunnels());
+        served.draining.cancel();
+        served.tracker.close();
+        let drained = async {
+            served.tracker.wait().await;
+            if tunnels.count() > 0 {
+                tracing::info!(
+                    "waiting for {} open tunnel(s) (WebSockets) to close",
+                    tunnels.count()
+                );
+            }
+            tunnels.all_closed().await;
+        };
+        tokio::select! {
+            () = drained => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(deadline) => tracing::warn!("drain-timeout ({deadline:?}) passed; closing remaining connections"),
+        }
+    }
+
+    /// The next connection on either socket, with its slot and the worker
+    /// that is to serve it. A connection takes a slot before it is
+    /// accepted, so beyond the cap clients wait in the listen backlog.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        secure: Option<&TlsListener>,
+    ) -> std::io::Result<(TcpStream, SocketAddr, Scheme, Held)> {
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 tracing::warn!(
                     "client.max-connections ({}) reached; new connections wait until one closes",
-                    gateway.config().client.max_connections
+                    self.gateway.config().client.max_connections
                 );
-                tokio::select! {
-                    slot = Arc::clone(&slots).acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
+                match Arc::clone(&self.slots).acquire_owned().await {
+                    Ok(slot) => slot,
+                    // Closed: never, the semaphore is not closed.
+                    Err(_) => return std::future::pending().await,
                 }
             }
         };
-        let (accepted, scheme) = tokio::select! {
-            accepted = listener.accept() => (accepted, Scheme::Http),
-            accepted = accept(secure.as_ref().map(|s| &s.listener)) => (accepted, Scheme::Https),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
+        let ((stream, peer), scheme) = tokio::select! {
+            accepted = listener.accept() => (accepted?, Scheme::Http),
+            accepted = accept(secure.map(|s| &s.listener)) => (accepted?, Scheme::Https),
         };
         // Best effort; a failure only costs latency.
         let _ = stream.set_nodelay(true);
-        let drain = draining.clone().cancelled_owned();
-        let gateway = Arc::clone(&gateway);
-        let http = Arc::clone(&http);
-        match (scheme, &secure) {
+        let held = Held {
+            _slot: slot,
+            seat: self.gateway.connections().assign(self.index),
+        };
+        Ok((stream, peer, scheme, held))
+    }
+
+    /// Hands a connection to the worker its seat is on; gives it back if
+    /// that worker no longer takes connections.
+    fn pass_on(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        scheme: Scheme,
+        held: Held,
+    ) -> Option<(TcpStream, Held)> {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot pass a connection to another worker: {e}");
+                return None;
+            }
+        };
+        let to = held.seat.worker();
+        let handed = Handoff {
+            stream,
+            peer,
+            scheme,
+            held,
+        };
+        let Some(inbox) = self.inboxes.get(to) else {
+            return back(handed);
+        };
+        match inbox.send(handed) {
+            Ok(()) => None,
+            Err(mpsc::error::SendError(handed)) => back(handed),
+        }
+    }
+
+    /// Serves one connection on this worker: the TLS handshake first for
+    /// HTTPS, then HTTP.
+    fn serve(
+        &self,
+        served: &Served,
+        secure: Option<&TlsListener>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        scheme: Scheme,
+        held: Held,
+    ) {
+        let drain = served.draining.clone().cancelled_owned();
+        let gateway = Arc::clone(&self.gateway);
+        let http = Arc::clone(&served.http);
+        match (scheme, secure) {
             (Scheme::Https, Some(secure)) => {
                 // The handshake runs in the connection's task, never in the
                 // accept loop; the drain waits for it too.
                 let acceptor = secure.tls.acceptor();
-                connections.spawn(async move {
+                served.tracker.spawn(async move {
                     let stream = match tokio::time::timeout(
                         tls::HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
@@ -197,53 +357,35 @@ async fn worker(
                             return;
                         }
                     };
-                    connection(
-                        http,
-                        drain,
-                        stream,
-                        gateway,
-                        peer,
-                        Scheme::Https,
-                        slot,
-                    )
-                    .await;
+                    connection(http, drain, stream, gateway, peer, Scheme::Https, held).await;
                 });
             }
             _ => {
                 // Spawned as is, not inside an `async` block that awaits it:
                 // that would keep two copies of the connection's state
                 // (4 KiB instead of 2 per idle client).
-                connections.spawn(connection(
+                served.tracker.spawn(connection(
                     http,
                     drain,
                     stream,
                     gateway,
                     peer,
                     Scheme::Http,
-                    slot,
+                    held,
                 ));
             }
         }
     }
-    drop(listener);
-    drop(secure);
-    let deadline = gateway.config().drain_timeout;
-    let tunnels = Arc::clone(gateway.tunnels());
-    draining.cancel();
-    connections.close();
-    let drained = async {
-        connections.wait().await;
-        if tunnels.count() > 0 {
-            tracing::info!(
-                "waiting for {} open tunnel(s) (WebSockets) to close",
-                tunnels.count()
-            );
+}
+
+/// A connection that could not be passed on, back in this worker's hands.
+fn back(handed: Handoff) -> Option<(TcpStream, Held)> {
+    match TcpStream::from_std(handed.stream) {
+        Ok(stream) => Some((stream, handed.held)),
+        Err(e) => {
+            tracing::warn!(peer = %handed.peer, "cannot take a connection back: {e}");
+            None
         }
-        tunnels.all_closed().await;
-    };
-    tokio::select! {
-        () = drained => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(deadline) => tracing::warn!("drain-timeout ({deadline:?}) passed; closing remaining connections"),
     }
 }
 
@@ -278,7 +420,7 @@ impl Http {
 }
 
 /// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection,
-/// holding its `max-connections` slot until it ends; `drain` completes when
+/// holding its `max-connections` slot and its worker's count until it ends; `drain` completes when
 /// the worker shuts down.
 fn connection<I>(
     http: Arc<Http>,
@@ -287,7 +429,7 @@ fn connection<I>(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
     scheme: Scheme,
-    slot: OwnedSemaphorePermit,
+    held: Held,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -314,7 +456,7 @@ where
         draining: false,
         http,
         peer,
-        _slot: slot,
+        _held: held,
     }
 }
 
@@ -355,7 +497,7 @@ pin_project! {
         draining: bool,
         http: Arc<Http>,
         peer: SocketAddr,
-        _slot: OwnedSemaphorePermit,
+        _held: Held,
     }
 }
 

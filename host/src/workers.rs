@@ -17,6 +17,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -84,6 +85,88 @@ where
         workers.push(Worker(finished));
     }
     Ok(workers)
+}
+
+/// Client connections open on each worker: what the accept loops balance
+/// on ([`Connections::assign`]) and what `/metrics` shows.
+///
+/// Every worker waits on the same listening sockets, the kernel wakes them
+/// all for a new connection, and the first one awake accepts every
+/// connection queued by then. A burst of clients (a load generator, the
+/// connection pool of a proxy in front) could all land on one thread and
+/// leave the other cores idle. So a worker that already serves clearly more
+/// than the least busy one passes a new connection on to it, as HAProxy's
+/// multi-queue accept does; with even counts nothing is passed, and a
+/// connection's requests then stay on one thread as before.
+#[derive(Debug)]
+pub struct Connections {
+    open: Box<[AtomicUsize]>,
+}
+
+impl Connections {
+    /// Counts for `workers` workers (at least one).
+    pub fn new(workers: usize) -> Self {
+        Self {
+            open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Open client connections per worker now.
+    pub fn open(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The worker that serves a connection worker `me` just accepted,
+    /// counted there until the returned [`Seat`] drops: `me`, or the least
+    /// busy worker when [`should_pass`] says so.
+    pub fn assign(self: &Arc<Self>, me: usize) -> Seat {
+        let open = self.open();
+        let me = me.min(open.len() - 1);
+        let worker = should_pass(&open, me).unwrap_or(me);
+        self.seat(worker)
+    }
+
+    /// Counts one more connection on `worker`, until the seat drops.
+    pub fn seat(self: &Arc<Self>, worker: usize) -> Seat {
+        let worker = worker.min(self.open.len() - 1);
+        self.open[worker].fetch_add(1, Ordering::Relaxed);
+        Seat {
+            connections: Arc::clone(self),
+            worker,
+        }
+    }
+}
+
+/// The least busy worker, when worker `me` serves at least 2 more
+/// connections than it (and 1/16 more, so that with many connections open
+/// small differences are not worth a hand-over); the first such worker on
+/// a tie. `open` holds every worker's count, `me < open.len()`.
+pub fn should_pass(open: &[usize], me: usize) -> Option<usize> {
+    let (least, &fewest) = open.iter().enumerate().min_by_key(|&(_, n)| n)?;
+    (open[me] >= fewest + 2 + fewest / 16).then_some(least)
+}
+
+/// A client connection's place in its worker's count.
+#[derive(Debug)]
+pub struct Seat {
+    connections: Arc<Connections>,
+    worker: usize,
+}
+
+impl Seat {
+    /// The worker that serves the connection.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.connections.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A timer for one request that fires `after` from now (or in 30 years,
@@ -179,6 +262,45 @@ mod tests {
         }
         assert_ne!(seen[0].3, seen[1].3);
         assert_ne!(seen[1].3, seen[2].3);
+    }
+
+    #[test]
+    fn a_connection_is_passed_on_only_from_a_clearly_busier_worker() {
+        // Even, or one apart: kept (a hand-over costs a cross-thread wake).
+        assert_eq!(should_pass(&[0, 0], 0), None);
+        assert_eq!(should_pass(&[5, 4], 0), None);
+        assert_eq!(should_pass(&[4, 5], 0), None);
+        // Two apart: to the least busy; the first of equals on a tie.
+        assert_eq!(should_pass(&[6, 4], 0), Some(1));
+        assert_eq!(should_pass(&[3, 1, 1, 2], 0), Some(1));
+        assert_eq!(should_pass(&[3, 1, 1, 2], 3), None);
+        // With many open, 1/16 more is tolerated.
+        assert_eq!(should_pass(&[170, 160], 0), None);
+        assert_eq!(should_pass(&[172, 160], 0), Some(1));
+        // One worker: nothing to pass to.
+        assert_eq!(should_pass(&[9], 0), None);
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_worker_ends_up_spread_evenly() {
+        let connections = Arc::new(Connections::new(3));
+        // Worker 0 is the one awake and accepts all 60.
+        let seats: Vec<Seat> = (0..60).map(|_| connections.assign(0)).collect();
+        let open = connections.open();
+        assert_eq!(open.iter().sum::<usize>(), 60);
+        // Worker 0 keeps a connection until it has 2 (and 1/16) more than
+        // the least busy: with 19 there, it may hold 22.
+        assert_eq!(
+            open.iter().max().zip(open.iter().min()),
+            Some((&22, &19)),
+            "{open:?}"
+        );
+        assert!(open[1..].iter().all(|&n| n >= 19), "{open:?}");
+        // Seats count until dropped.
+        let on_two = seats.iter().filter(|s| s.worker() == 2).count();
+        assert_eq!(on_two, open[2]);
+        drop(seats);
+        assert_eq!(connections.open(), vec![0, 0, 0]);
     }
 
     #[tokio::test]

@@ -81,6 +81,11 @@ async fn proto_backend(n: usize) -> SocketAddr {
 }
 
 async fn tls_proxy(cert: &Cert) -> (Fixture, switchyard::Proxy) {
+    tls_proxy_with(cert, "").await
+}
+
+/// [`tls_proxy`] with top-level settings `top` added.
+async fn tls_proxy_with(cert: &Cert, top: &str) -> (Fixture, switchyard::Proxy) {
     let mut servers = Vec::new();
     for n in 1..=3 {
         servers.push(format!("\"{}\"", proto_backend(n).await));
@@ -88,7 +93,7 @@ async fn tls_proxy(cert: &Cert) -> (Fixture, switchyard::Proxy) {
     let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
     write_cert(fx.dir.path(), cert);
     fx.write_config(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [{}]\n\n[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        "{top}[[upstream]]\nname = \"app\"\nservers = [{}]\n\n[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
         servers.join(", "),
         path_str(&fx.dir.path().join("cert.pem")),
         path_str(&fx.dir.path().join("key.pem")),
@@ -124,6 +129,20 @@ async fn https_get(
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        https_get_on(connector, tcp, path).await
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+}
+
+/// [`https_get`] on a connection already open.
+async fn https_get_on(
+    connector: &TlsConnector,
+    tcp: tokio::net::TcpStream,
+    path: &str,
+) -> Result<(Reply, CertificateDer<'static>, String), String> {
+    let fut = async {
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
         let tls = connector
             .connect(name, tcp)
@@ -349,4 +368,45 @@ async fn check_and_start_refuse_a_key_that_does_not_match() {
     let (ok, text) = check(&fx);
     assert!(!ok, "{text}");
     assert!(text.contains("`tls.cert`"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connections_passed_to_another_worker_are_handshaken_and_served() {
+    let cert = self_signed("switchyard test burst");
+    let (_fx, proxy) = tls_proxy_with(&cert, "workers = 2\n").await;
+    let https = proxy.tls_addr().expect("tls listener");
+    // 20 connections at once, no byte sent yet: one worker accepts most
+    // and passes half on before any handshake starts.
+    let conns: Vec<_> =
+        futures_util::future::join_all((0..20).map(|_| tokio::net::TcpStream::connect(https)))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("connect");
+    let spread = eventually(Duration::from_secs(5), || async {
+        let open = proxy.gateway().connections().open();
+        open.iter().sum::<usize>() == 20 && open.iter().all(|&n| n >= 6)
+    })
+    .await;
+    assert!(
+        spread.is_some(),
+        "{:?}",
+        proxy.gateway().connections().open()
+    );
+    let h1 = connector(&[&cert], &[b"http/1.1"]);
+    let replies = futures_util::future::join_all(conns.into_iter().map(|tcp| {
+        let h1 = h1.clone();
+        async move { https_get_on(&h1, tcp, "/").await }
+    }))
+    .await;
+    for r in replies {
+        let (reply, presented, _) = r.expect("https on a passed connection");
+        assert_eq!(reply.status, 200);
+        assert_eq!(presented, cert.der);
+        assert!(
+            reply.body.contains("x-forwarded-proto: https"),
+            "{}",
+            reply.body
+        );
+    }
 }

@@ -330,6 +330,17 @@ impl Collector for Metrics {
         }
 
         let mut m = enc.encode_descriptor(
+            "client_connections",
+            "Client connections open now, by the worker thread serving them.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (worker, n) in gateway.connections().open().into_iter().enumerate() {
+            let labels: Labels<'_> = vec![("worker", Cow::Owned(worker.to_string()))];
+            gauge(&mut m, &labels, i64::try_from(n).unwrap_or(i64::MAX))?;
+        }
+
+        let mut m = enc.encode_descriptor(
             "start_time",
             "When the proxy started, in seconds since the Unix epoch.",
             Some(&Unit::Seconds),
