@@ -152,6 +152,21 @@ struct Handoff {
     held: Held,
 }
 
+impl Handoff {
+    /// The connection, registered with the runtime of the worker this runs
+    /// on (the one it was passed to, or the one that accepted it when the
+    /// other no longer takes connections); None, logged, when that fails.
+    fn registered(self) -> Option<(TcpStream, SocketAddr, Scheme, Held)> {
+        match TcpStream::from_std(self.stream) {
+            Ok(stream) => Some((stream, self.peer, self.scheme, self.held)),
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, "cannot take a connection into this worker: {e}");
+                None
+            }
+        }
+    }
+}
+
 type Inbox = mpsc::UnboundedSender<Handoff>;
 
 /// What a client connection holds until it ends: its `max-connections`
@@ -197,12 +212,9 @@ impl Accepting {
         loop {
             let (stream, peer, scheme, held) = tokio::select! {
                 () = &mut shutdown => break,
-                Some(handed) = inbox.recv() => match TcpStream::from_std(handed.stream) {
-                    Ok(stream) => (stream, handed.peer, handed.scheme, handed.held),
-                    Err(e) => {
-                        tracing::warn!(peer = %handed.peer, "cannot take over a connection from another worker: {e}");
-                        continue;
-                    }
+                Some(handed) = inbox.recv() => match handed.registered() {
+                    Some(connection) => connection,
+                    None => continue,
                 },
                 accepted = self.accept(&listener, secure.as_ref()) => match accepted {
                     Ok(accepted) => accepted,
@@ -312,13 +324,17 @@ impl Accepting {
             scheme,
             held,
         };
-        let Some(inbox) = self.inboxes.get(to) else {
-            return back(handed);
+        let handed = match self.inboxes.get(to) {
+            Some(inbox) => match inbox.send(handed) {
+                Ok(()) => return None,
+                Err(mpsc::error::SendError(handed)) => handed,
+            },
+            None => handed,
         };
-        match inbox.send(handed) {
-            Ok(()) => None,
-            Err(mpsc::error::SendError(handed)) => back(handed),
-        }
+        // Not taken: served here after all.
+        handed
+            .registered()
+            .map(|(stream, _, _, held)| (stream, held))
     }
 
     /// Serves one connection on this worker: the TLS handshake first for
@@ -374,17 +390,6 @@ impl Accepting {
                     held,
                 ));
             }
-        }
-    }
-}
-
-/// A connection that could not be passed on, back in this worker's hands.
-fn back(handed: Handoff) -> Option<(TcpStream, Held)> {
-    match TcpStream::from_std(handed.stream) {
-        Ok(stream) => Some((stream, handed.held)),
-        Err(e) => {
-            tracing::warn!(peer = %handed.peer, "cannot take a connection back: {e}");
-            None
         }
     }
 }

@@ -123,9 +123,8 @@ impl Connections {
     /// counted there until the returned [`Seat`] drops: `me`, or the least
     /// busy worker when [`should_pass`] says so.
     pub fn assign(self: &Arc<Self>, me: usize) -> Seat {
-        let open = self.open();
-        let me = me.min(open.len() - 1);
-        let worker = should_pass(&open, me).unwrap_or(me);
+        let open = self.open.iter().map(|n| n.load(Ordering::Relaxed));
+        let worker = should_pass(open, me).unwrap_or(me);
         self.seat(worker)
     }
 
@@ -143,10 +142,21 @@ impl Connections {
 /// The least busy worker, when worker `me` serves at least 2 more
 /// connections than it (and 1/16 more, so that with many connections open
 /// small differences are not worth a hand-over); the first such worker on
-/// a tie. `open` holds every worker's count, `me < open.len()`.
-pub fn should_pass(open: &[usize], me: usize) -> Option<usize> {
-    let (least, &fewest) = open.iter().enumerate().min_by_key(|&(_, n)| n)?;
-    (open[me] >= fewest + 2 + fewest / 16).then_some(least)
+/// a tie. `open` holds every worker's count, by worker index; None when
+/// `me` is not among them.
+pub fn should_pass(open: impl IntoIterator<Item = usize>, me: usize) -> Option<usize> {
+    let mut mine = None;
+    let mut least: Option<(usize, usize)> = None;
+    for (worker, n) in open.into_iter().enumerate() {
+        if worker == me {
+            mine = Some(n);
+        }
+        if least.is_none_or(|(_, fewest)| n < fewest) {
+            least = Some((worker, n));
+        }
+    }
+    let (least, fewest) = least?;
+    (mine? >= fewest + 2 + fewest / 16).then_some(least)
 }
 
 /// A client connection's place in its worker's count.
@@ -267,18 +277,20 @@ mod tests {
     #[test]
     fn a_connection_is_passed_on_only_from_a_clearly_busier_worker() {
         // Even, or one apart: kept (a hand-over costs a cross-thread wake).
-        assert_eq!(should_pass(&[0, 0], 0), None);
-        assert_eq!(should_pass(&[5, 4], 0), None);
-        assert_eq!(should_pass(&[4, 5], 0), None);
+        assert_eq!(should_pass([0, 0], 0), None);
+        assert_eq!(should_pass([5, 4], 0), None);
+        assert_eq!(should_pass([4, 5], 0), None);
         // Two apart: to the least busy; the first of equals on a tie.
-        assert_eq!(should_pass(&[6, 4], 0), Some(1));
-        assert_eq!(should_pass(&[3, 1, 1, 2], 0), Some(1));
-        assert_eq!(should_pass(&[3, 1, 1, 2], 3), None);
+        assert_eq!(should_pass([6, 4], 0), Some(1));
+        assert_eq!(should_pass([3, 1, 1, 2], 0), Some(1));
+        assert_eq!(should_pass([3, 1, 1, 2], 3), None);
         // With many open, 1/16 more is tolerated.
-        assert_eq!(should_pass(&[170, 160], 0), None);
-        assert_eq!(should_pass(&[172, 160], 0), Some(1));
+        assert_eq!(should_pass([170, 160], 0), None);
+        assert_eq!(should_pass([172, 160], 0), Some(1));
         // One worker: nothing to pass to.
-        assert_eq!(should_pass(&[9], 0), None);
+        assert_eq!(should_pass([9], 0), None);
+        // A worker that is not counted passes nothing.
+        assert_eq!(should_pass([1, 5], 7), None);
     }
 
     #[test]

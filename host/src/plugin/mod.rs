@@ -510,14 +510,21 @@ impl StrategyStats {
     }
 
     /// Whether the strategy is paused after repeated failures.
+    /// Reads the clock only while a pause is set: a strategy that answers
+    /// costs one relaxed load here.
     fn paused(&self) -> bool {
-        crate::health::now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+        match self.open_until_ms.load(Ordering::Relaxed) {
+            0 => false,
+            until => crate::health::now_ms() < until,
+        }
     }
 
-    /// A pick the plugin answered: failures are no longer consecutive.
+    /// A pick the plugin answered: failures are no longer consecutive, and
+    /// a pause that had ended is cleared.
     fn succeeded(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.open_until_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -705,4 +712,29 @@ fn wit_backends(set: &BackendSet) -> Vec<WitBackend> {
 /// Where a plugin for `stem` lives in `dir`.
 pub fn plugin_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!("{stem}.wasm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_pauses_after_failures_in_a_row_and_an_answer_clears_it() {
+        let stats = StrategyStats::default();
+        assert!(!stats.paused());
+        for _ in 1..BREAKER_AFTER {
+            assert_eq!(stats.failed_in_a_row(), None);
+            assert!(!stats.paused());
+        }
+        assert_eq!(stats.failed_in_a_row(), Some(BREAKER_MIN));
+        assert!(stats.paused());
+        // Each further failure doubles the pause.
+        assert_eq!(stats.failed_in_a_row(), Some(BREAKER_MIN * 2));
+        // A later answer (the pause ran out and the plugin was tried again)
+        // ends it at once.
+        stats.succeeded();
+        assert!(!stats.paused());
+        assert_eq!(stats.open_until_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.failed_in_a_row(), None);
+    }
 }
