@@ -174,12 +174,20 @@ async fn the_shadow_plugin_hot_reloads_and_can_be_configured_away() {
     })
     .await;
     assert!(swapped.is_some(), "the shadow's new build is loaded");
-    let r = proxy.gateway().reload_history();
-    assert!(
-        r.iter()
-            .any(|r| r.upstreams.iter().any(|u| u == "app (shadow)")),
-        "{r:?}"
-    );
+    // The reloader records a swap just after it (CI once read the history
+    // in between and found it empty).
+    let shadow_reload = || {
+        proxy
+            .gateway()
+            .reload_history()
+            .iter()
+            .any(|r| r.upstreams.iter().any(|u| u == "app (shadow)"))
+    };
+    let recorded = eventually(std::time::Duration::from_secs(5), || async {
+        shadow_reload()
+    })
+    .await;
+    assert!(recorded.is_some(), "{:?}", proxy.gateway().reload_history());
 
     // Without `shadow` in the config, there is none.
     fx.write_config(&upstream("round-robin", &be, ""));
