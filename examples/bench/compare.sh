@@ -28,6 +28,11 @@
 #   machine was. Everything (wrk, both proxies, the backends) shares the same
 #   cores, so this measures the whole loop on one box, not a proxy in
 #   isolation; on a small or busy machine treat the numbers as indicative.
+#   Also per concurrency: each proxy's own CPU time per request (user +
+#   system µs, medians over the rounds; from /proc, nginx's workers
+#   included). It moves far less than rps from round to round, and shows
+#   whether a difference is in user space (the proxy's code) or in the
+#   kernel. The CSV has it per round.
 #   Non-2xx responses or socket errors reported by wrk are flagged with `!`
 #   and listed after the table; the proxies' logs are scanned for errors too.
 #
@@ -490,7 +495,23 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=()
+declare -A RPS=() P50=() P99=() NON2XX=() SOCKERR=() USER_US=() SYS_US=()
+
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# usage: cpu_ticks PID -> "USER SYSTEM": clock ticks used so far by PID and
+# its children (nginx's workers), from /proc/PID/stat (fields 14 and 15;
+# the name in parentheses is cut first, it may hold spaces).
+cpu_ticks() {
+    local pid=$1 p u=0 s=0 pu ps
+    for p in "$pid" $(pgrep -P "$pid" 2>/dev/null); do
+        read -r pu ps < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || continue
+        [[ $pu =~ ^[0-9]+$ && $ps =~ ^[0-9]+$ ]] || continue
+        u=$((u + pu))
+        s=$((s + ps))
+    done
+    echo "$u $s"
+}
 
 # usage: run_wrk TARGET CONNS SECONDS OUTFILE
 run_wrk() {
@@ -499,6 +520,17 @@ run_wrk() {
     "$WRK" -t"$threads" -c"$c" -d"${secs}s" --latency \
         "http://127.0.0.1:${TARGET_PORT[$target]}/" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk against $target failed"; }
+}
+
+# usage: cpu_per_request KEY OUTFILE "U0 S0" "U1 S1" (fills USER_US/SYS_US[KEY]):
+# the proxy's CPU time over the run divided by the requests wrk completed.
+cpu_per_request() {
+    local key=$1 out=$2 requests u0 s0 u1 s1
+    read -r u0 s0 <<<"$3"
+    read -r u1 s1 <<<"$4"
+    requests=$(awk '/requests in/ {print $1}' "$out")
+    USER_US[$key]=$(awk -v t=$((u1 - u0)) -v n="${requests:-0}" -v us="$TICK_US" 'BEGIN {printf "%.2f", (n > 0 ? t * us / n : 0)}')
+    SYS_US[$key]=$(awk -v t=$((s1 - s0)) -v n="${requests:-0}" -v us="$TICK_US" 'BEGIN {printf "%.2f", (n > 0 ? t * us / n : 0)}')
 }
 
 # usage: parse_wrk KEY OUTFILE  (fills RPS/P50/P99/NON2XX/SOCKERR[KEY])
@@ -543,8 +575,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
             run=$((run + 1))
             log "[$run/$nruns] round $r, -c$c, $t"
             out="$LOGS_OUT/$t-c$c-r$r.txt"
+            cpu0=$(cpu_ticks "${TARGET_PID[$t]}")
             run_wrk "$t" "$c" "$DURATION" "$out"
+            cpu1=$(cpu_ticks "${TARGET_PID[$t]}")
             parse_wrk "$t,$c,$r" "$out"
+            cpu_per_request "$t,$c,$r" "$out" "$cpu0" "$cpu1"
         done
     done
 done
@@ -561,6 +596,11 @@ LOGDIR="$OUT_DIR/compare-$STAMP.logs"
 cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 [[ -n $cpu_model ]] || cpu_model=$(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}' || true)
 BASE=${TARGETS[0]}
+
+# usage: median V... -> the median of the numbers given.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
 
 report() {
     local c r t key ratio flag line sep issues=()
@@ -612,7 +652,7 @@ report() {
         for t in "${TARGETS[@]:1}"; do
             # shellcheck disable=SC2086  # word splitting intended
             printf '%12s   median rps ratio %s/%s at -c%s: %s\n' "" "$t" "$BASE" "$c" \
-                "$(printf '%s\n' ${ratios[$t]} | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}')"
+                "$(median ${ratios[$t]})"
         done
         if [[ -n ${TARGET_PORT[switchyard-native]:-} ]]; then
             local wasm=""
@@ -621,8 +661,21 @@ report() {
             done
             # shellcheck disable=SC2086  # word splitting intended
             printf '%12s   median rps ratio switchyard/switchyard-native (Wasm overhead) at -c%s: %s\n' "" "$c" \
-                "$(printf '%s\n' $wasm | sort -g | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}')"
+                "$(median $wasm)"
         fi
+        # The proxies' own CPU time per request (user + system, µs): far
+        # steadier than rps on a shared machine, and it shows where the
+        # difference is.
+        line=""
+        for t in "${TARGETS[@]}"; do
+            local users=() systems=()
+            for ((r = 1; r <= ROUNDS; r++)); do
+                users+=("${USER_US[$t,$c,$r]}")
+                systems+=("${SYS_US[$t,$c,$r]}")
+            done
+            line+=$(printf ' %s %.1f + %.1f,' "$t" "$(median "${users[@]}")" "$(median "${systems[@]}")")
+        done
+        printf '%12s   median CPU per request at -c%s, user + system µs:%s\n' "" "$c" "${line%,}"
         echo "$sep"
     done
     echo
@@ -656,6 +709,9 @@ report | tee "$TXT"
     for t in "${TARGETS[@]:1}"; do
         printf ',ratio_%s_%s' "$t" "$BASE"
     done
+    for t in "${TARGETS[@]}"; do
+        printf ',%s_user_us,%s_sys_us' "$t" "$t"
+    done
     printf '\n'
     for c in "${CONN_LIST[@]}"; do
         for ((r = 1; r <= ROUNDS; r++)); do
@@ -668,6 +724,9 @@ report | tee "$TXT"
             for t in "${TARGETS[@]:1}"; do
                 awk -v a="${RPS[$t,$c,$r]}" -v b="${RPS[$BASE,$c,$r]}" \
                     'BEGIN {printf ",%.4f", (b > 0 ? a / b : 0)}'
+            done
+            for t in "${TARGETS[@]}"; do
+                printf ',%s,%s' "${USER_US[$t,$c,$r]}" "${SYS_US[$t,$c,$r]}"
             done
             printf '\n'
         done
