@@ -529,8 +529,13 @@ cpu_per_request() {
     read -r u0 s0 <<<"$3"
     read -r u1 s1 <<<"$4"
     requests=$(awk '/requests in/ {print $1}' "$out")
-    USER_US[$key]=$(awk -v t=$((u1 - u0)) -v n="${requests:-0}" -v us="$TICK_US" 'BEGIN {printf "%.2f", (n > 0 ? t * us / n : 0)}')
-    SYS_US[$key]=$(awk -v t=$((s1 - s0)) -v n="${requests:-0}" -v us="$TICK_US" 'BEGIN {printf "%.2f", (n > 0 ? t * us / n : 0)}')
+    USER_US[$key]=$(us_per_request $((u1 - u0)) "${requests:-0}")
+    SYS_US[$key]=$(us_per_request $((s1 - s0)) "${requests:-0}")
+}
+
+# usage: us_per_request TICKS REQUESTS -> µs per request (0 without requests)
+us_per_request() {
+    awk -v t="$1" -v n="$2" -v us="$TICK_US" 'BEGIN {printf "%.2f", (n > 0 ? t * us / n : 0)}'
 }
 
 # usage: parse_wrk KEY OUTFILE  (fills RPS/P50/P99/NON2XX/SOCKERR[KEY])

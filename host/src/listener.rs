@@ -226,22 +226,15 @@ impl Accepting {
                     }
                 },
             };
-            let (stream, held) = if held.seat.worker() == self.index {
-                (stream, held)
+            let here = if held.seat.worker() == self.index {
+                Some((stream, held))
             } else {
-                match self.pass_on(stream, peer, scheme, held) {
-                    // Passed on (or lost, and logged).
-                    None => continue,
-                    // Its worker is gone (shutting down): served here.
-                    Some((stream, held)) => {
-                        let Held { _slot, seat } = held;
-                        drop(seat);
-                        let seat = self.gateway.connections().seat(self.index);
-                        (stream, Held { _slot, seat })
-                    }
-                }
+                self.pass_on(stream, peer, scheme, held)
             };
-            self.serve(&served, secure.as_ref(), stream, peer, scheme, held);
+            // None: passed on (or lost, and logged).
+            if let Some((stream, held)) = here {
+                self.serve(&served, secure.as_ref(), stream, peer, scheme, held);
+            }
         }
         drop(listener);
         drop(secure);
@@ -301,8 +294,9 @@ impl Accepting {
         Ok((stream, peer, scheme, held))
     }
 
-    /// Hands a connection to the worker its seat is on; gives it back if
-    /// that worker no longer takes connections.
+    /// Hands a connection to the worker its seat is on. If that worker no
+    /// longer takes connections (it is shutting down), gives it back,
+    /// counted on this worker instead.
     fn pass_on(
         &self,
         stream: TcpStream,
@@ -332,9 +326,10 @@ impl Accepting {
             None => handed,
         };
         // Not taken: served here after all.
-        handed
-            .registered()
-            .map(|(stream, _, _, held)| (stream, held))
+        let (stream, _, _, Held { _slot, seat }) = handed.registered()?;
+        drop(seat);
+        let seat = self.gateway.connections().seat(self.index);
+        Some((stream, Held { _slot, seat }))
     }
 
     /// Serves one connection on this worker: the TLS handshake first for
@@ -425,8 +420,8 @@ impl Http {
 }
 
 /// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection,
-/// holding its `max-connections` slot and its worker's count until it ends; `drain` completes when
-/// the worker shuts down.
+/// holding its `max-connections` slot and its worker's count until it
+/// ends; `drain` completes when the worker shuts down.
 fn connection<I>(
     http: Arc<Http>,
     drain: WaitForCancellationFutureOwned,

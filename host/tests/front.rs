@@ -657,13 +657,7 @@ async fn shutdown_closes_idle_and_silent_connections_and_lets_streams_in_flight_
 /// Opens `n` connections to `addr` at once, as a load generator does, and
 /// waits until the proxy has taken all of them.
 async fn burst(proxy: &switchyard::Proxy, n: usize) -> Vec<tokio::net::TcpStream> {
-    let addr = proxy.addr();
-    let conns =
-        futures_util::future::join_all((0..n).map(|_| tokio::net::TcpStream::connect(addr)))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .expect("connect");
+    let conns = connect_all(proxy.addr(), n).await;
     let taken = eventually(Duration::from_secs(5), || async {
         proxy.gateway().connections().open().iter().sum::<usize>() == n
     })

@@ -377,12 +377,7 @@ async fn https_connections_passed_to_another_worker_are_handshaken_and_served() 
     let https = proxy.tls_addr().expect("tls listener");
     // 20 connections at once, no byte sent yet: one worker accepts most
     // and passes half on before any handshake starts.
-    let conns: Vec<_> =
-        futures_util::future::join_all((0..20).map(|_| tokio::net::TcpStream::connect(https)))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .expect("connect");
+    let conns = connect_all(https, 20).await;
     let spread = eventually(Duration::from_secs(5), || async {
         let open = proxy.gateway().connections().open();
         open.iter().sum::<usize>() == 20 && open.iter().all(|&n| n >= 6)

@@ -126,6 +126,15 @@ impl Fixture {
 /// the plugin under test. Tests of the deadline set theirs (`failures.rs`).
 pub const TEST_PICK_DEADLINE: &str = "plugin-limits.pick-deadline = \"1s\"\n";
 
+/// Opens `n` connections to `addr` at once, as a load generator does.
+pub async fn connect_all(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    futures_util::future::join_all((0..n).map(|_| tokio::net::TcpStream::connect(addr)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("connect")
+}
+
 /// The config of one upstream `app` with the given strategy and servers.
 pub fn upstream(strategy: &str, backends: &[DemoBackend], extra: &str) -> String {
     format!(
