@@ -17,18 +17,26 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::upstream::Lease;
+use crate::upstream_h1::H1Body;
+
+/// A response body's error, whichever client read it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// A proxied or locally generated response body.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// Streamed from a backend.
+        /// Streamed from a backend by hyper's client.
         Upstream {
             #[pin]
             inner: Incoming,
             // Released when the body ends (connection reused), fails or is
             // dropped (connection closed).
             lease: Option<Lease>,
+        },
+        /// Streamed from a backend by the own client; holds its lease.
+        H1 {
+            inner: H1Body,
         },
         /// Made by the proxy (errors, demo backends).
         Full {
@@ -72,12 +80,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProj::Upstream { mut inner, lease } => {
                 let polled = inner.as_mut().poll_frame(cx);
@@ -96,8 +104,9 @@ impl Body for ProxyBody {
                 if ended && let Some(lease) = lease.take() {
                     lease.release(true);
                 }
-                polled
+                polled.map_err(Into::into)
             }
+            ProxyBodyProj::H1 { inner } => inner.poll_frame(cx).map_err(Into::into),
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -105,6 +114,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::H1 { inner } => inner.is_end_stream(),
             ProxyBody::Full { data } => data.is_none(),
         }
     }
@@ -112,6 +122,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::H1 { inner } => inner.size_hint(),
             ProxyBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -151,6 +162,12 @@ impl ClientBody {
     /// the request twice).
     pub fn is_empty(&self) -> bool {
         self.is_end_stream()
+    }
+}
+
+impl From<H1Body> for ProxyBody {
+    fn from(inner: H1Body) -> Self {
+        ProxyBody::H1 { inner }
     }
 }
 

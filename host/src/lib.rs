@@ -9,6 +9,7 @@
 //! - [`router`]: host and path-prefix routing to upstreams;
 //! - [`upstream`]: backends, their live figures, what a request holds;
 //! - [`pool`]: keep-alive connections to each backend;
+//! - [`upstream_h1`]: the own HTTP/1.1 client for bodiless requests;
 //! - [`retry`]: which failed tries are tried again, and the retry budget;
 //! - [`health`]: passive and active backend health;
 //! - [`discovery`]: servers given as host names, resolved again and again;
@@ -49,6 +50,7 @@ pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod workers;
 
 use std::net::SocketAddr;

@@ -1,5 +1,9 @@
-//! Keep-alive connections to one backend: HTTP/1.1 client connections
-//! (hyper's `client::conn`, one task each) kept idle between requests.
+//! Keep-alive connections to one backend, kept idle between requests:
+//! connections of Switchyard's own HTTP/1.1 client ([`crate::upstream_h1`],
+//! for requests without a body) and hyper's `client::conn` connections
+//! (one task each; requests with a body, upgrades). A new connection starts
+//! as the former; one that a request with a body checks out is handed to
+//! hyper, and stays with hyper.
 //!
 //! Idle connections are kept per worker thread ([`crate::workers`]), like
 //! nginx's `keepalive` per worker process: a connection's task runs on the
@@ -12,11 +16,13 @@
 //! [`crate::body::ProxyBody`]). A response abandoned half-way closes its
 //! connection; nothing is reused in an unknown state.
 //!
-//! Sending goes through `try_send_request`, so a request that never left
-//! (the pooled connection was already closing) comes back intact and can go
-//! elsewhere, whatever its method and body. Idle connections the backend
-//! closed are noticed by hyper at once and skipped; ones idle longer than
-//! `idle-timeout` are dropped at checkout and by [`ConnPool::sweep`].
+//! A request that never left (the pooled connection was already closing)
+//! comes back intact and can go elsewhere, whatever its method and body
+//! (hyper's `try_send_request`, or a write that failed at its first byte).
+//! Idle connections the backend closed are skipped at checkout (hyper's
+//! task notices the close; for the own client, the event loop's readiness
+//! says so without a system call); ones idle longer than `idle-timeout`
+//! are dropped at checkout and by [`ConnPool::sweep`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,9 +34,50 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::ClientBody;
+use crate::upstream_h1::H1Conn;
 
-/// The sending half of one backend connection.
-pub type Sender = http1::SendRequest<ClientBody>;
+/// One backend connection, as a request uses it.
+#[derive(Debug)]
+pub enum Sender {
+    /// Driven by Switchyard's own client, by the request's task.
+    H1(H1Conn),
+    /// The sending half of a hyper client connection.
+    Hyper(http1::SendRequest<ClientBody>),
+}
+
+/// What an idle connection can do for a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Take a request.
+    Ready,
+    /// Nothing now (a response just ended, or the connection belongs to
+    /// another worker's event loop); may later.
+    Busy,
+    /// Nothing ever: the backend closed it.
+    Closed,
+}
+
+impl Sender {
+    fn state(&self) -> State {
+        match self {
+            Sender::H1(conn) if !conn.usable_here() => State::Busy,
+            Sender::H1(conn) if conn.is_closed() => State::Closed,
+            Sender::H1(_) => State::Ready,
+            Sender::Hyper(sender) if sender.is_closed() => State::Closed,
+            Sender::Hyper(sender) if sender.is_ready() => State::Ready,
+            Sender::Hyper(_) => State::Busy,
+        }
+    }
+
+    /// Whether the backend closed it, as far as can be told from any
+    /// thread (the own client's connections are checked at checkout).
+    fn closed_anywhere(&self) -> bool {
+        match self {
+            Sender::H1(conn) => conn.usable_here() && conn.is_closed(),
+            Sender::Hyper(sender) => sender.is_closed(),
+        }
+    }
+}
 
 /// How an upstream keeps its backend connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,13 +157,17 @@ impl ConnPool {
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].sender.is_closed() {
-                idle.remove(i);
-            } else if idle[i].sender.is_ready() {
-                return idle.remove(i).map(|c| Conn {
-                    sender: c.sender,
-                    reused: true,
-                });
+            match idle[i].sender.state() {
+                State::Closed => {
+                    idle.remove(i);
+                }
+                State::Ready => {
+                    return idle.remove(i).map(|c| Conn {
+                        sender: c.sender,
+                        reused: true,
+                    });
+                }
+                State::Busy => {}
             }
         }
         None
@@ -124,7 +175,7 @@ impl ConnPool {
 
     /// Returns a connection whose exchange ended cleanly.
     pub fn checkin(&self, sender: Sender, settings: &PoolSettings) {
-        if settings.max_idle == 0 || sender.is_closed() {
+        if settings.max_idle == 0 || sender.closed_anywhere() {
             return;
         }
         let Ok(mut idle) = self.local().lock() else {
@@ -146,7 +197,7 @@ impl ConnPool {
         for list in &self.idle {
             if let Ok(mut idle) = list.lock() {
                 idle.retain(|c| {
-                    now.duration_since(c.since) < idle_timeout && !c.sender.is_closed()
+                    now.duration_since(c.since) < idle_timeout && !c.sender.closed_anywhere()
                 });
             }
         }
@@ -167,12 +218,21 @@ impl ConnPool {
     }
 }
 
-/// Opens a new connection to `addr`.
+/// Opens a new connection to `addr`, for the own client.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::TimedOut(timeout))??;
     stream.set_nodelay(true)?;
+    Ok(Conn {
+        sender: Sender::H1(H1Conn::new(stream)),
+        reused: false,
+    })
+}
+
+/// Hands `stream` (a new or idle connection) to hyper's client.
+pub async fn handshake(stream: TcpStream) -> Result<http1::SendRequest<ClientBody>, ConnectError> {
+    let addr = stream.peer_addr().ok();
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
@@ -180,11 +240,8 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Connec
         // Ends when the connection closes; errors reach the request that
         // was on it, so there is nothing more to say here.
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, "backend connection ended: {e}");
+            tracing::debug!(?addr, "backend connection ended: {e}");
         }
     });
-    Ok(Conn {
-        sender,
-        reused: false,
-    })
+    Ok(sender)
 }

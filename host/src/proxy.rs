@@ -29,6 +29,7 @@ use crate::retry::{Replay, RetryToken};
 use crate::router::host_of;
 use crate::tunnel::{Tunnel, Tunnels};
 use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
+use crate::upstream_h1::{self, H1Body};
 use crate::{access, forwarded, front, tunnel, workers};
 
 /// How the client reached the proxy: what `X-Forwarded-Proto` says.
@@ -314,18 +315,44 @@ struct Exchange<'c> {
 /// The end of one try.
 enum Tried {
     /// A response head arrived.
-    Response(Response<Incoming>, Sender, InFlight),
+    Response(Response<Answer>, InFlight),
     /// Nothing reached the backend; the request is intact.
     NotSent(Request<ClientBody>, Failure),
     /// The request was (at least partly) sent, then the exchange failed.
     Sent(Failure),
 }
 
+/// A backend's response body, with what the client that read its head
+/// needs to finish the exchange.
+enum Answer {
+    /// hyper's client: its connection goes back to the pool when the body
+    /// has been read.
+    Hyper(Incoming, Sender),
+    /// The own client: the body holds its connection.
+    H1(H1Body),
+}
+
 /// How a try failed, for the status, the log and passive health.
 enum Failure {
     Connect(ConnectError),
-    Broken { error: hyper::Error, reused: bool },
+    Broken { error: Broken, reused: bool },
     Timeout(Duration),
+}
+
+/// A connection that failed during an exchange, by client.
+enum Broken {
+    Hyper(hyper::Error),
+    H1(upstream_h1::Error),
+}
+
+impl Broken {
+    /// Whether the connection closed before any of a response came.
+    fn before_response(&self) -> bool {
+        match self {
+            Broken::Hyper(e) => e.is_incomplete_message(),
+            Broken::H1(e) => e.no_response(),
+        }
+    }
 }
 
 impl Failure {
@@ -347,13 +374,20 @@ impl Failure {
     /// connection that closed with no response at all is most likely the
     /// backend closing an idle connection as the request went out.
     fn blames_backend(&self) -> bool {
-        !matches!(self, Failure::Broken { error, reused: true } if error.is_incomplete_message())
+        !matches!(self, Failure::Broken { error, reused: true } if error.before_response())
     }
 
     fn detail(&self) -> String {
         match self {
             Failure::Connect(e) => e.to_string(),
-            Failure::Broken { error, .. } => error_chain(error),
+            Failure::Broken {
+                error: Broken::Hyper(e),
+                ..
+            } => error_chain(e),
+            Failure::Broken {
+                error: Broken::H1(e),
+                ..
+            } => error_chain(e),
             Failure::Timeout(t) => format!("no response head within {t:?}"),
         }
     }
@@ -401,15 +435,15 @@ impl Exchange<'_> {
             };
 
             let (failure, sent) = match self.try_backend(&backend, request).await {
-                Tried::Response(resp, sender, in_flight) => {
+                Tried::Response(resp, in_flight) => {
                     if !(more && replay.is_some() && policy.retries_status(resp.status())) {
-                        return self.respond(resp, sender, in_flight, &backend);
+                        return self.respond(resp, in_flight, &backend);
                     }
                     backend_failed(&self.upstream, &backend);
                     let status = resp.status();
                     // Kept (not logged) in case a retry answers instead.
                     let log = self.log.take();
-                    let resp = self.respond(resp, sender, in_flight, &backend);
+                    let resp = self.respond(resp, in_flight, &backend);
                     self.log = log;
                     self.tried.push(index);
                     match (replay, self.budget(true)) {
@@ -525,12 +559,15 @@ impl Exchange<'_> {
         }
     }
 
-    /// Sends `request` to `backend` on a pooled or new connection.
+    /// Sends `request` to `backend` on a pooled or new connection: a
+    /// bodiless request that is not an upgrade through the own client
+    /// ([`upstream_h1`]), any other through hyper's.
     async fn try_backend(&self, backend: &Arc<Backend>, mut request: Request<ClientBody>) -> Tried {
         let in_flight = backend.start_request();
         let started = Instant::now();
         let settings = &self.upstream.pool;
         let timeout = self.upstream.config.response_timeout;
+        let own = upstream_h1::handles(&request, self.upgrade.is_some());
         // A pooled connection that turns out to be closing hands the request
         // back unsent; after a few of those, a new connection.
         let mut stale = 0;
@@ -540,7 +577,7 @@ impl Exchange<'_> {
             } else {
                 None
             };
-            let Conn { mut sender, reused } = match pooled {
+            let Conn { sender, reused } = match pooled {
                 Some(conn) => conn,
                 None => match pool::connect(backend.addr, settings.connect_timeout).await {
                     Ok(conn) => conn,
@@ -550,67 +587,115 @@ impl Exchange<'_> {
             // The worker's reused timer: a new one per request costs a wake-up
             // of the event loop (see `workers::timer`).
             let deadline = workers::timer(timeout);
-            let answer = tokio::select! {
-                biased;
-                answer = sender.try_send_request(request) => Ok(answer),
-                () = deadline => Err(()),
-            };
-            match answer {
-                Ok(Ok(resp)) => {
-                    let now = Instant::now();
-                    let us = u64::try_from(now.saturating_duration_since(started).as_micros())
-                        .unwrap_or(u64::MAX);
-                    backend.latency.record(us, now);
-                    backend.responses.record(resp.status());
-                    return Tried::Response(resp, sender, in_flight);
-                }
-                Ok(Err(mut e)) => {
-                    let unsent = e.take_message();
-                    let failure = Failure::Broken {
-                        error: e.into_error(),
-                        reused,
+            let resp = match sender {
+                Sender::H1(conn) if own => {
+                    let answer = tokio::select! {
+                        biased;
+                        answer = upstream_h1::send(conn, &request) => answer,
+                        () = deadline => return Tried::Sent(Failure::Timeout(timeout)),
                     };
-                    match unsent {
-                        Some(unsent) if reused => {
-                            request = unsent;
+                    match answer {
+                        Ok(resp) => resp.map(Answer::H1),
+                        // Nothing reached the backend: on a reused
+                        // connection, most likely closing as it was picked.
+                        Err(upstream_h1::Error::Unsent(_)) if reused => {
                             stale += 1;
+                            continue;
                         }
-                        Some(unsent) => return Tried::NotSent(unsent, failure),
-                        None => return Tried::Sent(failure),
+                        Err(e @ upstream_h1::Error::Unsent(_)) => {
+                            let error = Broken::H1(e);
+                            return Tried::NotSent(request, Failure::Broken { error, reused });
+                        }
+                        Err(e) => {
+                            let error = Broken::H1(e);
+                            return Tried::Sent(Failure::Broken { error, reused });
+                        }
                     }
                 }
-                Err(_) => return Tried::Sent(Failure::Timeout(timeout)),
-            }
+                sender => {
+                    let mut sender = match sender {
+                        Sender::Hyper(sender) => sender,
+                        Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
+                            Ok(sender) => sender,
+                            Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
+                        },
+                    };
+                    let answer = tokio::select! {
+                        biased;
+                        answer = sender.try_send_request(request) => answer,
+                        () = deadline => return Tried::Sent(Failure::Timeout(timeout)),
+                    };
+                    match answer {
+                        Ok(resp) => resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender))),
+                        Err(mut e) => {
+                            let unsent = e.take_message();
+                            let error = Broken::Hyper(e.into_error());
+                            match unsent {
+                                Some(unsent) if reused => {
+                                    request = unsent;
+                                    stale += 1;
+                                    continue;
+                                }
+                                Some(unsent) => {
+                                    return Tried::NotSent(
+                                        unsent,
+                                        Failure::Broken { error, reused },
+                                    );
+                                }
+                                None => return Tried::Sent(Failure::Broken { error, reused }),
+                            }
+                        }
+                    }
+                }
+            };
+            let now = Instant::now();
+            let us = u64::try_from(now.saturating_duration_since(started).as_micros())
+                .unwrap_or(u64::MAX);
+            backend.latency.record(us, now);
+            backend.responses.record(resp.status());
+            return Tried::Response(resp, in_flight);
         }
     }
 
     /// The backend's response on its way to the client.
     fn respond(
         &mut self,
-        mut resp: Response<Incoming>,
-        sender: Sender,
+        resp: Response<Answer>,
         in_flight: InFlight,
         backend: &Backend,
     ) -> Response<ProxyBody> {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // An upgraded connection is no longer HTTP: never pooled.
-            drop(sender);
-            return self.switch(resp, in_flight, backend);
+        let (mut parts, answer) = resp.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // An upgraded connection is no longer HTTP: never pooled. The
+            // own client only takes requests that are not upgrades.
+            return match answer {
+                Answer::Hyper(body, _) => {
+                    self.switch(Response::from_parts(parts, body), in_flight, backend)
+                }
+                Answer::H1(_) => self.switched_unasked(backend),
+            };
         }
-        forwarded::strip_hop_by_hop(resp.headers_mut());
+        forwarded::strip_hop_by_hop(&mut parts.headers);
         if let Some(name) = &self.upstream.config.backend_header {
-            resp.headers_mut()
+            parts
+                .headers
                 .insert(name.clone(), backend.id_header.clone());
         }
         // The retry (if any) is over: its place in the budget is free.
         self.retry = None;
         let retries = self.retries();
         let log = self.log.take().map(|mut log| {
-            log.answered(Some(&backend.address), resp.status().as_u16(), retries);
+            log.answered(Some(&backend.address), parts.status.as_u16(), retries);
             log
         });
-        let lease = Lease::new(in_flight, Some(sender), self.upstream.pool, log);
-        resp.map(|b| ProxyBody::upstream(b, lease))
+        let pool = self.upstream.pool;
+        let body = match answer {
+            Answer::Hyper(body, sender) => {
+                ProxyBody::upstream(body, Lease::new(in_flight, Some(sender), pool, log))
+            }
+            Answer::H1(body) => body.hold(Lease::new(in_flight, None, pool, log)).into(),
+        };
+        Response::from_parts(parts, body)
     }
 
     /// The backend answered 101: passes it on and starts the tunnel, which
@@ -624,16 +709,7 @@ impl Exchange<'_> {
     ) -> Response<ProxyBody> {
         let protocol = resp.headers().get(header::UPGRADE).cloned();
         let (Some(upgrade), Some(protocol)) = (self.upgrade.take(), protocol) else {
-            backend_failed(&self.upstream, backend);
-            tracing::warn!(
-                upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
-                method = %self.method, path = self.uri.path(),
-                "backend answered 101 Switching Protocols to a request that did not ask to upgrade, or without Upgrade: 502"
-            );
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                "backend switched protocols unasked",
-            );
+            return self.switched_unasked(backend);
         };
         let backend_io = hyper::upgrade::on(&mut resp);
         forwarded::strip_hop_by_hop(resp.headers_mut());
@@ -661,6 +737,21 @@ impl Exchange<'_> {
         };
         tokio::spawn(tunnel.run());
         resp.map(ProxyBody::switched)
+    }
+
+    /// A 101 to a request that did not ask to upgrade, or without
+    /// `Upgrade`: the backend's fault.
+    fn switched_unasked(&self, backend: &Backend) -> Response<ProxyBody> {
+        backend_failed(&self.upstream, backend);
+        tracing::warn!(
+            upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+            method = %self.method, path = self.uri.path(),
+            "backend answered 101 Switching Protocols to a request that did not ask to upgrade, or without Upgrade: 502"
+        );
+        local_response(
+            StatusCode::BAD_GATEWAY,
+            "backend switched protocols unasked",
+        )
     }
 
     /// Retries so far: one per failed try.

@@ -282,6 +282,13 @@ impl Lease {
         }
     }
 
+    /// Ends the exchange cleanly and returns `conn` (which the response
+    /// body held) to the pool.
+    pub fn give_back(mut self, conn: Sender) {
+        self.conn = Some(conn);
+        self.release(true);
+    }
+
     /// Ends the exchange; a `clean` one returns its connection to the pool.
     /// Dropping a lease is an unclean end: the connection is closed.
     pub fn release(mut self, clean: bool) {

@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod process;
+pub mod raw;
 pub mod scripted;
 
 use std::collections::BTreeMap;

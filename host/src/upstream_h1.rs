@@ -1,0 +1,694 @@
+//! Switchyard's own HTTP/1.1 client for the common exchange: a request with
+//! no body and no upgrade, sent on a kept-alive backend connection, its
+//! response streamed back from the connection's read buffer.
+//!
+//! hyper's client runs each connection as a task of its own, fed through a
+//! channel, and turns the response head into a `HeaderMap` and back; under
+//! load that was about a third of the proxy's instructions per request
+//! (callgrind, session 9). This client does what nginx's upstream module
+//! does: the request's task writes the head in one `write`, reads the
+//! response into the connection's buffer and parses it once (`httparse`);
+//! header values and body bytes are slices of that buffer, not copies.
+//! Requests with a body, and upgrades (WebSocket), still go through hyper's
+//! client (see [`crate::proxy`]): the body may have to be streamed while
+//! the response arrives, and an upgraded connection is handed to a tunnel.
+//!
+//! The response's framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204
+//! and 304; `Transfer-Encoding` ending in `chunked` is decoded (trailers
+//! included); otherwise `Content-Length` (several must agree); otherwise
+//! the body runs until the backend closes. Interim responses (100, 103) are
+//! skipped. A connection goes back to the pool only after a response read
+//! to its exact end, on HTTP/1.1 without `Connection: close`, with no stray
+//! byte after it.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::Sender;
+use crate::upstream::Lease;
+use crate::workers;
+
+/// Most fields in a response head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head, and largest trailer section.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line (extensions included).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// One backend connection driven by this client.
+#[derive(Debug)]
+pub struct H1Conn {
+    stream: TcpStream,
+    /// Bytes read and not used yet.
+    buf: BytesMut,
+    /// The request head being written (kept for its allocation).
+    head: Vec<u8>,
+    /// The worker whose event loop the socket is registered with; the
+    /// connection is only used there.
+    owner: Option<usize>,
+}
+
+impl H1Conn {
+    /// A connection over `stream`, opened on this thread.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            owner: workers::current(),
+        }
+    }
+
+    /// Whether this thread may use the connection (its socket belongs to
+    /// this thread's event loop).
+    pub fn usable_here(&self) -> bool {
+        self.owner == workers::current()
+    }
+
+    /// Whether the backend closed the idle connection (or sent something
+    /// unasked, which makes it unusable too). No system call unless the
+    /// event loop saw the socket become readable.
+    pub fn is_closed(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The socket, for hyper's client (a request this client does not
+    /// take). Only an idle connection, with nothing buffered, is handed
+    /// over.
+    pub fn into_stream(self) -> TcpStream {
+        debug_assert!(
+            self.buf.is_empty(),
+            "an idle connection has nothing buffered"
+        );
+        self.stream
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+}
+
+/// Whether this client takes a request: no body and not an upgrade.
+pub fn handles<B: http_body::Body>(request: &Request<B>, upgrade: bool) -> bool {
+    !upgrade && request.body().is_end_stream()
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the request failed before its first byte left: the request
+    /// did not reach the backend.
+    #[error("the connection failed before the request was written: {0}")]
+    Unsent(io::Error),
+    /// Writing the request failed part way.
+    #[error("writing the request failed: {0}")]
+    Write(io::Error),
+    /// The connection ended (closed or reset) before any byte of a
+    /// response.
+    #[error("the backend closed the connection before responding: {0}")]
+    NoResponse(io::Error),
+    /// The connection failed in the middle of the response head.
+    #[error("the connection failed in the response head: {0}")]
+    Head(io::Error),
+    /// The response head is not HTTP/1.x.
+    #[error("invalid response head: {0}")]
+    Invalid(&'static str),
+    /// The response head is larger than [`MAX_HEAD`] or has more than 100
+    /// fields.
+    #[error("response head too large (more than {MAX_HEAD} bytes or 100 fields)")]
+    TooLarge,
+    /// The connection failed or closed before the body's end.
+    #[error("the backend connection failed in the response body: {0}")]
+    Body(io::Error),
+    /// The chunked body is not valid.
+    #[error("invalid chunked response body: {0}")]
+    Chunked(&'static str),
+}
+
+impl Error {
+    /// Whether nothing at all came back: on a reused connection, most
+    /// likely the backend closing it as the request went out.
+    pub fn no_response(&self) -> bool {
+        matches!(self, Error::NoResponse(_))
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
+}
+
+/// Sends `request` (its head only: it has no body) on `conn` and reads the
+/// response head. The body streams from the returned response; it takes
+/// the connection back to the pool when it ends (see [`H1Body::hold`]).
+pub async fn send<B>(mut conn: H1Conn, request: &Request<B>) -> Result<Response<H1Body>, Error> {
+    write_head(&mut conn.head, request);
+    let mut written = 0;
+    while written < conn.head.len() {
+        match conn.stream.write(&conn.head[written..]).await {
+            Ok(0) => return Err(Error::Write(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if written == 0 => return Err(Error::Unsent(e)),
+            Err(e) => return Err(Error::Write(e)),
+        }
+    }
+    let head_only = request.method() == http::Method::HEAD;
+    let mut answered = false;
+    loop {
+        if !conn.buf.is_empty() {
+            answered = true;
+            match take_head(&mut conn.buf, head_only)? {
+                Some(Head::Interim) => continue,
+                Some(Head::Final(parts, framing, keep_alive)) => {
+                    let body = H1Body {
+                        conn: Some(conn),
+                        framing,
+                        keep_alive,
+                        lease: None,
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                None if conn.buf.len() >= MAX_HEAD => return Err(Error::TooLarge),
+                None => {}
+            }
+        }
+        match poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) if answered => return Err(Error::Head(closed())),
+            Ok(0) => return Err(Error::NoResponse(closed())),
+            Ok(_) => {}
+            Err(e) if answered => return Err(Error::Head(e)),
+            Err(e) => return Err(Error::NoResponse(e)),
+        }
+    }
+}
+
+/// The request line and fields, as HTTP/1.1.
+fn write_head<B>(head: &mut Vec<u8>, request: &Request<B>) {
+    head.clear();
+    head.extend_from_slice(request.method().as_str().as_bytes());
+    head.push(b' ');
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+}
+
+/// A response head taken from the buffer.
+enum Head {
+    /// A 1xx other than 101, skipped.
+    Interim,
+    /// The response: its parts, how its body is framed, and whether the
+    /// connection may carry another request after it.
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// Where a field's name and value are in the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses a complete head at the front of `buf` and takes it off; None if
+/// the head is not complete yet.
+fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::TooLarge),
+            Err(_) => return Err(Error::Invalid("not an HTTP/1 response")),
+        };
+        if len > MAX_HEAD {
+            return Err(Error::TooLarge);
+        }
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            // Within the head, which is at most MAX_HEAD bytes long.
+            let start = u32::try_from(s.as_ptr() as usize - base).unwrap_or(0);
+            (start, u32::try_from(s.len()).unwrap_or(0))
+        };
+        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *span = Span {
+                name: at(field.name.as_bytes()),
+                value: at(field.value),
+            };
+        }
+        let code = parsed.code.unwrap_or(0);
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        (len, code, version, parsed.headers.len())
+    };
+    if (100..200).contains(&code) && code != 101 {
+        buf.advance(len);
+        return Ok(Some(Head::Interim));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code"))?;
+    let head = buf.split_to(len).freeze();
+    let slice = |(start, len): (u32, u32)| {
+        let start = start as usize;
+        start..start + len as usize
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[slice(span.name)])
+            .map_err(|_| Error::Invalid("field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
+            .map_err(|_| Error::Invalid("field value"))?;
+        headers.append(name, value);
+    }
+    let (framing, reusable) = framing(status, head_only, &headers)?;
+    let keep_alive = reusable && version == Version::HTTP_11 && !asks_to_close(&headers);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(Head::Final(resp.into_parts().0, framing, keep_alive)))
+}
+
+/// How the body of a response with `status` and `headers` is delimited,
+/// and whether that leaves the connection usable after it.
+fn framing(
+    status: StatusCode,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), Error> {
+    if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // A 101's connection is never reused (it switched protocols).
+        return Ok((
+            Framing::Length(0),
+            status != StatusCode::SWITCHING_PROTOCOLS,
+        ));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        // With a Content-Length too, the message may be a smuggling
+        // attempt: read it as chunked, but never reuse the connection
+        // (RFC 9112 §6.3, item 3).
+        let alone = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), alone)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| Error::Invalid("content-length"))?;
+        for part in text.split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| Error::Invalid("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Invalid("content-length values differ"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// Chunked transfer coding, in this state.
+    Chunked(Chunk),
+    /// When the backend closes the connection.
+    Close,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// In a chunk's data, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+}
+
+/// A backend's response body, read from its connection's buffer. Holds the
+/// backend's [`Lease`] once the proxy gives it one: a body read to its end
+/// gives the connection back (when it can carry another request) and ends
+/// the lease cleanly; one dropped before its end closes the connection.
+#[derive(Debug)]
+pub struct H1Body {
+    /// None once the body has ended.
+    conn: Option<H1Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    lease: Option<Lease>,
+}
+
+impl H1Body {
+    /// Takes `lease`, ending it at once if there is no body.
+    pub fn hold(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        if self.framing == Framing::Length(0) {
+            self.finish();
+        }
+        self
+    }
+
+    /// The body has been read to its end.
+    fn finish(&mut self) {
+        let conn = self.conn.take();
+        if let Some(lease) = self.lease.take() {
+            match conn {
+                Some(conn) if self.keep_alive && conn.buf.is_empty() => {
+                    lease.give_back(Sender::H1(conn));
+                }
+                _ => lease.release(true),
+            }
+        }
+    }
+
+    /// The body failed: the connection is closed and the lease ends
+    /// uncleanly.
+    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.lease = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// The next frame (see [`http_body::Body::poll_frame`]).
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Some(conn) = &mut self.conn else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            match &mut self.framing {
+                Framing::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        // hyper stops polling a body of known length as
+                        // soon as it has all of it.
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                }
+                Framing::Chunked(state) if !buf.is_empty() => match decode(state, buf) {
+                    Ok(Decoded::Again) => continue,
+                    Ok(Decoded::More) => {}
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End(trailers)) => {
+                        self.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Err(e) => return self.fail(e),
+                },
+                _ => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    // The end; the connection is done too.
+                    self.keep_alive = false;
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return self.fail(Error::Body(closed())),
+                Ok(_) => {}
+                Err(e) => return self.fail(Error::Body(e)),
+            }
+        }
+    }
+
+    /// Whether the body has ended.
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.framing == Framing::Length(0)
+    }
+
+    /// What is known of its length.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            _ if self.conn.is_none() => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// One step of the chunked decoder.
+enum Decoded {
+    /// A state change; decode again.
+    Again,
+    /// The buffer holds too little; read more.
+    More,
+    /// Some of a chunk's data.
+    Data(Bytes),
+    /// The body's end, with its trailers if it had any.
+    End(Option<HeaderMap>),
+}
+
+/// Decodes from the front of `buf` (not empty).
+fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error> {
+    match *state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+                Ok(Decoded::Again)
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Ok(Decoded::More),
+            _ => Err(Error::Chunked("bad chunk-size line")),
+        },
+        Chunk::Data(left) => {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let data = buf.split_to(n).freeze();
+            *state = match left - n as u64 {
+                0 => Chunk::DataEnd,
+                left => Chunk::Data(left),
+            };
+            Ok(Decoded::Data(data))
+        }
+        Chunk::DataEnd => match buf.get(..2) {
+            Some(b"\r\n") => {
+                buf.advance(2);
+                *state = Chunk::Size;
+                Ok(Decoded::Again)
+            }
+            None if buf[0] == b'\r' => Ok(Decoded::More),
+            _ => Err(Error::Chunked("chunk data not followed by CRLF")),
+        },
+        Chunk::Trailers => {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((used, fields))) => {
+                    let trailers = (!fields.is_empty())
+                        .then(|| {
+                            let mut map = HeaderMap::with_capacity(fields.len());
+                            for field in fields {
+                                let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+                                let value = HeaderValue::from_bytes(field.value).ok()?;
+                                map.append(name, value);
+                            }
+                            Some(map)
+                        })
+                        .flatten();
+                    buf.advance(used);
+                    Ok(Decoded::End(trailers))
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Ok(Decoded::More),
+                _ => Err(Error::Chunked("bad trailer section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, head_only: bool) -> Result<Option<Head>, Error> {
+        take_head(&mut BytesMut::from(text), head_only)
+    }
+
+    fn final_head(text: &str) -> (http::response::Parts, Framing, bool) {
+        match head(text, false) {
+            Ok(Some(Head::Final(parts, framing, keep_alive))) => (parts, framing, keep_alive),
+            other => panic!("not a final head: {:?}", other.map(|h| h.is_some())),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (parts, framing, keep_alive) =
+            final_head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n");
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.headers["x-a"], "b");
+        assert_eq!((framing, keep_alive), (Framing::Length(5), true));
+
+        let (_, framing, keep_alive) =
+            final_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!((framing, keep_alive), (Framing::Chunked(Chunk::Size), true));
+        // Both: chunked, and the connection is not reused.
+        let (_, framing, keep_alive) = final_head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(
+            (framing, keep_alive),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        let (_, framing, keep_alive) =
+            final_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!((framing, keep_alive), (Framing::Close, false));
+        let (_, framing, keep_alive) = final_head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((framing, keep_alive), (Framing::Close, false));
+        let (_, framing, keep_alive) = final_head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((framing, keep_alive), (Framing::Length(0), true));
+        let (_, framing, _) = final_head("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n");
+        assert_eq!(framing, Framing::Length(0));
+        let (_, framing, keep_alive) =
+            final_head("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nConnection: close\r\n\r\n");
+        assert_eq!((framing, keep_alive), (Framing::Length(4), false));
+        let (_, _, keep_alive) = final_head("HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n");
+        assert!(!keep_alive);
+        match head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true) {
+            Ok(Some(Head::Final(_, framing, true))) => assert_eq!(framing, Framing::Length(0)),
+            _ => panic!("a HEAD response has no body"),
+        }
+    }
+
+    #[test]
+    fn interim_partial_and_bad_heads() {
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n");
+        assert!(matches!(
+            take_head(&mut buf, false),
+            Ok(Some(Head::Interim))
+        ));
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
+        assert!(matches!(take_head(&mut buf, false), Ok(None)));
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+        ] {
+            assert!(head(bad, false).is_err(), "{bad:?} is refused");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(matches!(
+            head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false),
+            Err(Error::TooLarge)
+        ));
+    }
+
+    fn decode_all(wire: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut rest = wire;
+        loop {
+            let step = if buf.is_empty() {
+                Decoded::More
+            } else {
+                decode(&mut state, &mut buf)?
+            };
+            match step {
+                Decoded::More => {
+                    let (now, later) = rest.split_at(split.min(rest.len()));
+                    assert!(!now.is_empty(), "the decoder wants more than the body");
+                    buf.extend_from_slice(now);
+                    rest = later;
+                }
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::End(trailers) => {
+                    assert!(buf.is_empty() && rest.is_empty());
+                    return Ok((data, trailers));
+                }
+                Decoded::Again => {}
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_reads() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Sum: 16\r\n\r\n";
+        for split in [1, 2, 3, 7, wire.len()] {
+            let (data, trailers) = decode_all(wire, split).expect("valid");
+            assert_eq!(data, b"hello 0123456789");
+            assert_eq!(trailers.expect("trailers")["x-sum"], "16");
+        }
+        let (data, trailers) = decode_all(b"0\r\n\r\n", 1).expect("empty");
+        assert!(data.is_empty() && trailers.is_none());
+        assert!(decode_all(b"zz\r\n", 4).is_err());
+        assert!(decode_all(b"2\r\nabXY", 8).is_err());
+    }
+}
