@@ -25,7 +25,7 @@ use crate::config::FailurePolicy;
 use crate::gateway::Gateway;
 use crate::plugin::{Choice, PickInput, fallback};
 use crate::pool::{self, Conn, ConnectError, Sender};
-use crate::retry::{Replay, RetryToken};
+use crate::retry::{self, Replay, RetryToken};
 use crate::router::host_of;
 use crate::tunnel::{Tunnel, Tunnels};
 use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
@@ -312,14 +312,21 @@ struct Exchange<'c> {
     upgrade: Option<ClientUpgrade>,
 }
 
-/// The end of one try.
+/// The end of one try. A request that may be sent again (see
+/// [`retry::resendable`]) comes back with a response or a failure after it
+/// was sent: the own client only lent it; what hyper's client took is
+/// rebuilt from a copy.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per try and taken apart at once; a box would be an allocation per request"
+)]
 enum Tried {
     /// A response head arrived.
-    Response(Response<Answer>, InFlight),
+    Response(Response<Answer>, InFlight, Option<Request<ClientBody>>),
     /// Nothing reached the backend; the request is intact.
     NotSent(Request<ClientBody>, Failure),
     /// The request was (at least partly) sent, then the exchange failed.
-    Sent(Failure),
+    Sent(Failure, Option<Request<ClientBody>>),
 }
 
 /// A backend's response body, with what the client that read its head
@@ -427,18 +434,15 @@ impl Exchange<'_> {
             }
             let request = Request::from_parts(parts, body);
             let more = attempt < policy.retries;
-            let replay = if more {
-                // A forwarded request keeps `Upgrade` only when it is one.
-                Replay::of(&request, self.upgrade.is_some())
-            } else {
-                None
-            };
+            // A forwarded request keeps `Upgrade` only when it is one.
+            let resendable = more && retry::resendable(&request, self.upgrade.is_some());
 
-            let (failure, sent) = match self.try_backend(&backend, request).await {
-                Tried::Response(resp, in_flight) => {
-                    if !(more && replay.is_some() && policy.retries_status(resp.status())) {
-                        return self.respond(resp, in_flight, &backend);
-                    }
+            let (failure, sent) = match self.try_backend(&backend, request, resendable).await {
+                Tried::Response(resp, in_flight, again) => {
+                    let again = match again {
+                        Some(again) if policy.retries_status(resp.status()) => again,
+                        _ => return self.respond(resp, in_flight, &backend),
+                    };
                     backend_failed(&self.upstream, &backend);
                     let status = resp.status();
                     // Kept (not logged) in case a retry answers instead.
@@ -446,25 +450,23 @@ impl Exchange<'_> {
                     let resp = self.respond(resp, in_flight, &backend);
                     self.log = log;
                     self.tried.push(index);
-                    match (replay, self.budget(true)) {
-                        (Some(replay), true) => {
-                            tracing::info!(
-                                upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
-                                method = %self.method, path = self.uri.path(), status = status.as_u16(),
-                                "retry-on-status: trying another backend"
-                            );
-                            last = Some(resp);
-                            (parts, body) = replay.request().into_parts();
-                            continue;
-                        }
-                        _ => return resp,
+                    if !self.budget(true) {
+                        return resp;
                     }
+                    tracing::info!(
+                        upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+                        method = %self.method, path = self.uri.path(), status = status.as_u16(),
+                        "retry-on-status: trying another backend"
+                    );
+                    last = Some(resp);
+                    (parts, body) = again.into_parts();
+                    continue;
                 }
                 Tried::NotSent(request, failure) => {
                     (parts, body) = request.into_parts();
                     (failure, false)
                 }
-                Tried::Sent(_) if self.client_failed.load(Ordering::Relaxed) => {
+                Tried::Sent(..) if self.client_failed.load(Ordering::Relaxed) => {
                     // The client's body broke (bad chunk, too large, stalled,
                     // reset): not the backend's fault, and nothing to retry.
                     let refusal = self.front.refusal().unwrap_or(front::refuse(
@@ -474,9 +476,9 @@ impl Exchange<'_> {
                     tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), status = refusal.status.as_u16(), "request body refused: {}", refusal.reason);
                     return closing(local_response(refusal.status, refusal.reason));
                 }
-                Tried::Sent(failure) => match replay {
-                    Some(replay) => {
-                        (parts, body) = replay.request().into_parts();
+                Tried::Sent(failure, again) => match again {
+                    Some(again) => {
+                        (parts, body) = again.into_parts();
                         (failure, true)
                     }
                     None => {
@@ -562,7 +564,12 @@ impl Exchange<'_> {
     /// Sends `request` to `backend` on a pooled or new connection: a
     /// bodiless request that is not an upgrade through the own client
     /// ([`upstream_h1`]), any other through hyper's.
-    async fn try_backend(&self, backend: &Arc<Backend>, mut request: Request<ClientBody>) -> Tried {
+    async fn try_backend(
+        &self,
+        backend: &Arc<Backend>,
+        mut request: Request<ClientBody>,
+        resendable: bool,
+    ) -> Tried {
         let in_flight = backend.start_request();
         let started = Instant::now();
         let settings = &self.upstream.pool;
@@ -587,15 +594,26 @@ impl Exchange<'_> {
             // The worker's reused timer: a new one per request costs a wake-up
             // of the event loop (see `workers::timer`).
             let deadline = workers::timer(timeout);
-            let resp = match sender {
+            match sender {
                 Sender::H1(conn) if own => {
                     let answer = tokio::select! {
                         biased;
                         answer = upstream_h1::send(conn, &request) => answer,
-                        () = deadline => return Tried::Sent(Failure::Timeout(timeout)),
+                        () = deadline => {
+                            return Tried::Sent(Failure::Timeout(timeout), resendable.then_some(request));
+                        }
                     };
                     match answer {
-                        Ok(resp) => resp.map(Answer::H1),
+                        Ok(resp) => {
+                            let resp = resp.map(Answer::H1);
+                            return self.answered(
+                                backend,
+                                started,
+                                resp,
+                                in_flight,
+                                resendable.then_some(request),
+                            );
+                        }
                         // Nothing reached the backend: on a reused
                         // connection, most likely closing as it was picked.
                         Err(upstream_h1::Error::Unsent(_)) if reused => {
@@ -608,7 +626,8 @@ impl Exchange<'_> {
                         }
                         Err(e) => {
                             let error = Broken::H1(e);
-                            return Tried::Sent(Failure::Broken { error, reused });
+                            let again = resendable.then_some(request);
+                            return Tried::Sent(Failure::Broken { error, reused }, again);
                         }
                     }
                 }
@@ -620,13 +639,22 @@ impl Exchange<'_> {
                             Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                         },
                     };
+                    // hyper's client takes the request: a copy, if it may
+                    // have to be sent again.
+                    let replay = resendable.then(|| Replay::of(&request));
                     let answer = tokio::select! {
                         biased;
                         answer = sender.try_send_request(request) => answer,
-                        () = deadline => return Tried::Sent(Failure::Timeout(timeout)),
+                        () = deadline => {
+                            return Tried::Sent(Failure::Timeout(timeout), replay.map(Replay::request));
+                        }
                     };
                     match answer {
-                        Ok(resp) => resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender))),
+                        Ok(resp) => {
+                            let resp = resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender)));
+                            let again = replay.map(Replay::request);
+                            return self.answered(backend, started, resp, in_flight, again);
+                        }
                         Err(mut e) => {
                             let unsent = e.take_message();
                             let error = Broken::Hyper(e.into_error());
@@ -642,19 +670,33 @@ impl Exchange<'_> {
                                         Failure::Broken { error, reused },
                                     );
                                 }
-                                None => return Tried::Sent(Failure::Broken { error, reused }),
+                                None => {
+                                    let again = replay.map(Replay::request);
+                                    return Tried::Sent(Failure::Broken { error, reused }, again);
+                                }
                             }
                         }
                     }
                 }
-            };
-            let now = Instant::now();
-            let us = u64::try_from(now.saturating_duration_since(started).as_micros())
-                .unwrap_or(u64::MAX);
-            backend.latency.record(us, now);
-            backend.responses.record(resp.status());
-            return Tried::Response(resp, in_flight);
+            }
         }
+    }
+
+    /// A response head came from `backend`, `started` after the try began.
+    fn answered(
+        &self,
+        backend: &Backend,
+        started: Instant,
+        resp: Response<Answer>,
+        in_flight: InFlight,
+        again: Option<Request<ClientBody>>,
+    ) -> Tried {
+        let now = Instant::now();
+        let us =
+            u64::try_from(now.saturating_duration_since(started).as_micros()).unwrap_or(u64::MAX);
+        backend.latency.record(us, now);
+        backend.responses.record(resp.status());
+        Tried::Response(resp, in_flight, again)
     }
 
     /// The backend's response on its way to the client.

@@ -107,8 +107,15 @@ impl Drop for RetryToken {
     }
 }
 
+/// Whether `req` may be sent again after it reached a backend:
+/// idempotent, bodiless and not an `upgrade` (a WebSocket handshake).
+pub fn resendable(req: &Request<ClientBody>, upgrade: bool) -> bool {
+    idempotent(req.method()) && req.body().is_empty() && !upgrade
+}
+
 /// A copy of a bodiless request's head, kept so that the request can be
-/// sent again after it was sent once.
+/// sent again after hyper's client took it (the own client only borrows
+/// it, see [`crate::upstream_h1`]).
 #[derive(Debug)]
 pub struct Replay {
     method: Method,
@@ -120,10 +127,9 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// A copy of `req`, if it may be sent twice: idempotent, bodiless and
-    /// not an `upgrade` (a WebSocket handshake).
-    pub fn of(req: &Request<ClientBody>, upgrade: bool) -> Option<Replay> {
-        (idempotent(req.method()) && req.body().is_empty() && !upgrade).then(|| Replay {
+    /// A copy of `req`.
+    pub fn of(req: &Request<ClientBody>) -> Replay {
+        Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -132,7 +138,7 @@ impl Replay {
                 .iter()
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect(),
-        })
+        }
     }
 
     /// The request again.
@@ -174,10 +180,12 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_requests_never_replay() {
-        let req = Request::new(ClientBody::empty());
-        assert!(Replay::of(&req, false).is_some());
-        assert!(Replay::of(&req, true).is_none());
+    fn upgrade_requests_are_never_sent_again() {
+        let mut req = Request::new(ClientBody::empty());
+        assert!(resendable(&req, false));
+        assert!(!resendable(&req, true));
+        *req.method_mut() = Method::POST;
+        assert!(!resendable(&req, false));
     }
 
     #[test]
@@ -190,7 +198,7 @@ mod tests {
         headers.append("x-many", HeaderValue::from_static("1"));
         headers.append("x-many", HeaderValue::from_static("2"));
         headers.insert("x-other", HeaderValue::from_static("3"));
-        let again = Replay::of(&req, false).expect("replayable").request();
+        let again = Replay::of(&req).request();
         assert_eq!(again.method(), Method::PUT);
         assert_eq!(again.uri(), "/a?b=c");
         assert_eq!(again.version(), req.version());

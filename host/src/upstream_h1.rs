@@ -23,11 +23,12 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -239,10 +240,15 @@ struct Span {
 /// the head is not complete yet.
 fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
     let mut spans = [Span::default(); MAX_HEADERS];
+    let mut said = Said::default();
     let (len, code, version, count) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(buf) {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Error::TooLarge),
@@ -258,6 +264,7 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
             (start, u32::try_from(s.len()).unwrap_or(0))
         };
         for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+            said.field(field.name, field.value);
             *span = Span {
                 name: at(field.name.as_bytes()),
                 value: at(field.value),
@@ -275,6 +282,8 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
         return Ok(Some(Head::Interim));
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code"))?;
+    let (framing, reusable) = framing(status, head_only, &said)?;
+    let keep_alive = reusable && version == Version::HTTP_11 && !said.close;
     let head = buf.split_to(len).freeze();
     let slice = |(start, len): (u32, u32)| {
         let start = start as usize;
@@ -288,8 +297,6 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
             .map_err(|_| Error::Invalid("field value"))?;
         headers.append(name, value);
     }
-    let (framing, reusable) = framing(status, head_only, &headers)?;
-    let keep_alive = reusable && version == Version::HTTP_11 && !asks_to_close(&headers);
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
@@ -297,13 +304,57 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
     Ok(Some(Head::Final(resp.into_parts().0, framing, keep_alive)))
 }
 
-/// How the body of a response with `status` and `headers` is delimited,
-/// and whether that leaves the connection usable after it.
-fn framing(
-    status: StatusCode,
-    head_only: bool,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), Error> {
+/// What a head's fields say about its body and its connection, gathered
+/// as they are parsed (no lookups in the `HeaderMap` afterwards).
+#[derive(Debug, Default)]
+struct Said {
+    /// The `Content-Length`, when every value agrees.
+    length: Option<u64>,
+    /// A `Content-Length` that is not a number, or values that differ.
+    bad_length: bool,
+    /// Whether there is a `Transfer-Encoding`.
+    encoded: bool,
+    /// Whether the last transfer coding is `chunked`.
+    chunked: bool,
+    /// Whether `Connection` says `close`.
+    close: bool,
+}
+
+impl Said {
+    fn field(&mut self, name: &str, value: &[u8]) {
+        let tokens = || {
+            std::str::from_utf8(value)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+        };
+        match name.len() {
+            14 if name.eq_ignore_ascii_case("content-length") => {
+                // `5, 5` is one length (RFC 9110 §8.6).
+                for token in tokens() {
+                    match token.parse::<u64>() {
+                        Ok(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.bad_length = true,
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                self.encoded = true;
+                self.chunked = tokens()
+                    .next_back()
+                    .is_some_and(|last| last.eq_ignore_ascii_case("chunked"));
+            }
+            10 if name.eq_ignore_ascii_case("connection") => {
+                self.close |= tokens().any(|t| t.eq_ignore_ascii_case("close"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How the body of a response with `status` is delimited, given what its
+/// fields `said`, and whether that leaves the connection usable after it.
+fn framing(status: StatusCode, head_only: bool, said: &Said) -> Result<(Framing, bool), Error> {
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -315,50 +366,23 @@ fn framing(
             status != StatusCode::SWITCHING_PROTOCOLS,
         ));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    if said.encoded {
         // With a Content-Length too, the message may be a smuggling
         // attempt: read it as chunked, but never reuse the connection
         // (RFC 9112 §6.3, item 3).
-        let alone = !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked {
+        let alone = said.length.is_none() && !said.bad_length;
+        return Ok(if said.chunked {
             (Framing::Chunked(Chunk::Size), alone)
         } else {
             (Framing::Close, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| Error::Invalid("content-length"))?;
-        for part in text.split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| Error::Invalid("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("content-length values differ"));
-            }
-            length = Some(n);
-        }
+    if said.bad_length {
+        return Err(Error::Invalid("content-length"));
     }
-    Ok(match length {
+    Ok(match said.length {
         Some(n) => (Framing::Length(n), true),
         None => (Framing::Close, false),
-    })
-}
-
-fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     })
 }
 
