@@ -32,6 +32,10 @@ use crate::upstream::{Backend, BackendSet, InFlight, Lease, Upstream};
 use crate::upstream_h1::{self, H1Body};
 use crate::{access, forwarded, front, tunnel, workers};
 
+/// Pooled connections found closing that one try takes before it opens a
+/// new connection.
+const MAX_STALE: u32 = 3;
+
 /// How the client reached the proxy: what `X-Forwarded-Proto` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -575,11 +579,12 @@ impl Exchange<'_> {
         let settings = &self.upstream.pool;
         let timeout = self.upstream.config.response_timeout;
         let own = upstream_h1::handles(&request, self.upgrade.is_some());
+        let idempotent = retry::idempotent(request.method());
         // A pooled connection that turns out to be closing hands the request
         // back unsent; after a few of those, a new connection.
         let mut stale = 0;
         loop {
-            let pooled = if stale < 3 {
+            let pooled = if stale < MAX_STALE {
                 backend.pool.checkout(settings, started)
             } else {
                 None
@@ -618,6 +623,17 @@ impl Exchange<'_> {
                         // connection, most likely closing as it was picked.
                         Err(upstream_h1::Error::Unsent(_)) if reused => {
                             stale += 1;
+                            continue;
+                        }
+                        // The backend closed a kept connection with no
+                        // answer, most likely as the request went out: an
+                        // idempotent request is sent again, once, on a new
+                        // connection (RFC 9110 §9.2.2; nginx does the same
+                        // for a cached connection). Once: a request that
+                        // makes the backend crash reaches it at most twice.
+                        Err(e) if reused && e.no_response() && idempotent => {
+                            tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
+                            stale = MAX_STALE;
                             continue;
                         }
                         Err(e @ upstream_h1::Error::Unsent(_)) => {

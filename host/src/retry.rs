@@ -3,6 +3,11 @@
 //! - Nothing reached the backend (connect refused or timed out, or a pooled
 //!   connection closed before the request was written): any request is
 //!   retried, body included, since the body was never read.
+//! - A kept connection the backend closed with no answer at all, as an
+//!   idempotent request without a body went out (the backend's idle timeout
+//!   racing the request): not a failed try; the request is sent once more on
+//!   a new connection to the same backend (`proxy`, as nginx does for its
+//!   cached connections).
 //! - The request was sent and then the connection failed or the response
 //!   head did not arrive within `response-timeout`: only idempotent methods
 //!   (GET, HEAD, OPTIONS, PUT, DELETE) without a request body are retried;

@@ -335,3 +335,39 @@ async fn requests_with_and_without_bodies_share_the_backend_connections() {
         "{opened} connections for 4 requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_backend_drops_on_a_kept_connection_is_sent_again_only_if_idempotent() {
+    // The backend closes a kept connection when the first GET /drop and
+    // the first POST /drop-post arrive (as a server closing an idle
+    // connection just as the request goes out), and answers otherwise.
+    let dropped = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&dropped);
+    let raw = Raw::start(move |asked| {
+        let mut seen = seen.lock().expect("lock");
+        let key = format!("{} {}", asked.method, asked.target);
+        if asked.target.starts_with("/drop") && !seen.contains(&key) {
+            seen.push(key);
+            return vec![Step::Close];
+        }
+        vec![write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]
+    })
+    .await;
+    // One backend and no retries: what happens is the connection's doing.
+    let (_fx, proxy) = proxy_over(&raw, "max-fails = 0\nretries = 0").await;
+    let addr = proxy.addr();
+    let client = client();
+
+    assert_eq!(get(&client, addr, "/first").await.body, "ok");
+    let get_dropped = get(&client, addr, "/drop").await;
+    assert_eq!((get_dropped.status, get_dropped.body.as_str()), (200, "ok"));
+    // /first, /drop dropped, /drop again on a new connection.
+    assert_eq!(raw.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
+
+    // A POST may have had its effect: not sent twice.
+    assert_eq!(send(addr, "POST", "/ready", "").await.body, "ok");
+    let post_dropped = send(addr, "POST", "/drop-post", "").await;
+    assert_eq!(post_dropped.status, 502, "{}", post_dropped.body);
+    assert_eq!(raw.requests.load(Ordering::SeqCst), 5);
+}
