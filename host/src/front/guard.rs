@@ -336,7 +336,15 @@ impl Timer {
                 // Goes off at or before `deadline`, and wakes this task.
                 return Poll::Pending;
             }
-            match t.sleep.as_mut().poll(cx) {
+            // Outside tokio's task budget: a `Sleep` polled by a task that has
+            // used its budget (a body read in a loop) answers Pending without
+            // registering, and the check above would then trust a timer that
+            // never goes off.
+            // Outside tokio's task budget: a `Sleep` polled by a task that has
+            // used its budget (a body read in a loop) answers Pending without
+            // registering, and the check above would then trust a timer that
+            // never goes off.
+            match Pin::new(&mut tokio::task::coop::unconstrained(t.sleep.as_mut())).poll(cx) {
                 Poll::Pending => {
                     t.armed_for = Some(cx.waker().clone());
                     return Poll::Pending;
@@ -607,6 +615,28 @@ mod tests {
         let n = guard.read(&mut buf).await.expect("read");
         buf.truncate(n);
         buf
+    }
+
+    #[tokio::test]
+    async fn a_timer_armed_by_a_task_out_of_budget_still_goes_off() {
+        // The task spends its budget on every poll, as a response body read
+        // from a socket in a loop does, before it arms the timer.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1_000 {
+            tx.send(i).expect("send");
+        }
+        let mut timer = None;
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let fired = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| {
+                while let Poll::Ready(Some(_)) = rx.poll_recv(cx) {}
+                Timer::poll_until(&mut timer, deadline, cx)
+            }),
+        )
+        .await;
+        assert!(fired.is_ok(), "the timer never woke the task");
+        assert!(Instant::now() >= deadline);
     }
 
     #[tokio::test]
