@@ -357,6 +357,13 @@ enum Broken {
 }
 
 impl Broken {
+    fn error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            Broken::Hyper(e) => e,
+            Broken::H1(e) => e,
+        }
+    }
+
     /// Whether the connection closed before any of a response came.
     fn before_response(&self) -> bool {
         match self {
@@ -391,14 +398,7 @@ impl Failure {
     fn detail(&self) -> String {
         match self {
             Failure::Connect(e) => e.to_string(),
-            Failure::Broken {
-                error: Broken::Hyper(e),
-                ..
-            } => error_chain(e),
-            Failure::Broken {
-                error: Broken::H1(e),
-                ..
-            } => error_chain(e),
+            Failure::Broken { error, .. } => error_chain(error.error()),
             Failure::Timeout(t) => format!("no response head within {t:?}"),
         }
     }

@@ -470,9 +470,8 @@ impl H1Body {
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) if !buf.is_empty() => {
-                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                    let data = buf.split_to(n).freeze();
-                    *left -= n as u64;
+                    let data = take_at_most(buf, *left);
+                    *left -= data.len() as u64;
                     if *left == 0 {
                         // hyper stops polling a body of known length as
                         // soon as it has all of it.
@@ -524,6 +523,14 @@ impl H1Body {
     }
 }
 
+/// The first `at_most` bytes of `buf` (all of it if shorter), taken off.
+fn take_at_most(buf: &mut BytesMut, at_most: u64) -> Bytes {
+    let n = usize::try_from(at_most)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    buf.split_to(n).freeze()
+}
+
 /// One step of the chunked decoder.
 enum Decoded {
     /// A state change; decode again.
@@ -553,9 +560,8 @@ fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error> {
             _ => Err(Error::Chunked("bad chunk-size line")),
         },
         Chunk::Data(left) => {
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            let data = buf.split_to(n).freeze();
-            *state = match left - n as u64 {
+            let data = take_at_most(buf, left);
+            *state = match left - data.len() as u64 {
                 0 => Chunk::DataEnd,
                 left => Chunk::Data(left),
             };

@@ -340,10 +340,6 @@ impl Timer {
             // used its budget (a body read in a loop) answers Pending without
             // registering, and the check above would then trust a timer that
             // never goes off.
-            // Outside tokio's task budget: a `Sleep` polled by a task that has
-            // used its budget (a body read in a loop) answers Pending without
-            // registering, and the check above would then trust a timer that
-            // never goes off.
             match Pin::new(&mut tokio::task::coop::unconstrained(t.sleep.as_mut())).poll(cx) {
                 Poll::Pending => {
                     t.armed_for = Some(cx.waker().clone());
