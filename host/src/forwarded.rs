@@ -84,6 +84,17 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     }
 }
 
+/// Whether `name` is a hop-by-hop field whatever `Connection` says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name.as_str()).is_some()
+}
+
+/// Whether a `Connection` value is one of the two options that name no
+/// other field (`keep-alive`, `close`), as nearly every message sends it.
+pub fn names_no_field(connection: &[u8]) -> bool {
+    connection.eq_ignore_ascii_case(b"keep-alive") || connection.eq_ignore_ascii_case(b"close")
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Which of them are present, in one pass over the names: most messages
@@ -96,10 +107,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     let only_options = || {
-        headers.get_all(header::CONNECTION).iter().all(|v| {
-            let v = v.as_bytes();
-            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
-        })
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(|v| names_no_field(v.as_bytes()))
     };
     if present[0] && !only_options() {
         // Other names `Connection` lists (`close` is an option, not a name).

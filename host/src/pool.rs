@@ -39,8 +39,10 @@ use crate::upstream_h1::H1Conn;
 /// One backend connection, as a request uses it.
 #[derive(Debug)]
 pub enum Sender {
-    /// Driven by Switchyard's own client, by the request's task.
-    H1(H1Conn),
+    /// Driven by Switchyard's own client, by the request's task. Boxed:
+    /// a connection moves with each request through the response and its
+    /// body, and a pointer is cheaper to move than the socket and buffers.
+    H1(Box<H1Conn>),
     /// The sending half of a hyper client connection.
     Hyper(http1::SendRequest<ClientBody>),
 }
@@ -225,7 +227,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Connec
         .map_err(|_| ConnectError::TimedOut(timeout))??;
     stream.set_nodelay(true)?;
     Ok(Conn {
-        sender: Sender::H1(H1Conn::new(stream)),
+        sender: Sender::H1(Box::new(H1Conn::new(stream))),
         reused: false,
     })
 }

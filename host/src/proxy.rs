@@ -121,20 +121,32 @@ pub async fn handle(
     // connection carries no further request.
     let switching = req.version() == Version::HTTP_11
         && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-    let resp = match admit(&gateway, &client, &conn, req) {
-        Admission::Answered(resp) => resp,
-        Admission::Forward(mut exchange, parts, body) => {
-            let resp = exchange.run(parts, body).await;
-            exchange.finish(&resp);
-            resp
-        }
+    // Taken apart in a statement of its own: a `match` on the admission
+    // around the await would keep all of it in the request's future.
+    let (mut exchange, parts, body) = match admit(&gateway, &client, &conn, req) {
+        Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
+        Admission::Forward(exchange, parts, body) => (exchange, parts, body),
     };
+    let resp = exchange.run(parts, body).await;
+    exchange.finish(&resp);
+    drop(exchange);
+    Ok(answer(resp, switching, conn))
+}
+
+/// The response as the client gets it: a switch of protocols that did not
+/// happen closes the connection, and the response is counted in flight on
+/// it until sent.
+fn answer(
+    resp: Response<ProxyBody>,
+    switching: bool,
+    conn: front::Admitted,
+) -> Response<front::Tracked<ProxyBody>> {
     let resp = if switching && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         closing(resp)
     } else {
         resp
     };
-    Ok(resp.map(|body| front::Tracked::new(body, conn)))
+    resp.map(|body| front::Tracked::new(body, conn))
 }
 
 /// What [`admit`] made of a request.
@@ -436,12 +448,16 @@ impl Exchange<'_> {
             if attempt > 0 {
                 self.upstream.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let request = Request::from_parts(parts, body);
             let more = attempt < policy.retries;
-            // A forwarded request keeps `Upgrade` only when it is one.
-            let resendable = more && retry::resendable(&request, self.upgrade.is_some());
-
-            let (failure, sent) = match self.try_backend(&backend, request, resendable).await {
+            // In a block: the request is in the try's future, and a local
+            // holding it across the await would take its room twice.
+            let tried = {
+                let request = Request::from_parts(parts, body);
+                // A forwarded request keeps `Upgrade` only when it is one.
+                let resendable = more && retry::resendable(&request, self.upgrade.is_some());
+                self.try_backend(&backend, request, resendable)
+            };
+            let (failure, sent) = match tried.await {
                 Tried::Response(resp, in_flight, again) => {
                     let again = match again {
                         Some(again) if policy.retries_status(resp.status()) => again,
@@ -733,7 +749,9 @@ impl Exchange<'_> {
                 Answer::H1(_) => self.switched_unasked(backend),
             };
         }
-        forwarded::strip_hop_by_hop(&mut parts.headers);
+        if !matches!(&answer, Answer::H1(body) if body.hop_by_hop_stripped()) {
+            forwarded::strip_hop_by_hop(&mut parts.headers);
+        }
         if let Some(name) = &self.upstream.config.backend_header {
             parts
                 .headers

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::pool::Sender;
 use crate::upstream::Lease;
-use crate::workers;
+use crate::{forwarded, front, workers};
 
 /// Most fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -162,7 +162,10 @@ fn closed() -> io::Error {
 /// Sends `request` (its head only: it has no body) on `conn` and reads the
 /// response head. The body streams from the returned response; it takes
 /// the connection back to the pool when it ends (see [`H1Body::hold`]).
-pub async fn send<B>(mut conn: H1Conn, request: &Request<B>) -> Result<Response<H1Body>, Error> {
+pub async fn send<B>(
+    mut conn: Box<H1Conn>,
+    request: &Request<B>,
+) -> Result<Response<H1Body>, Error> {
     write_head(&mut conn.head, request);
     let mut written = 0;
     while written < conn.head.len() {
@@ -180,14 +183,15 @@ pub async fn send<B>(mut conn: H1Conn, request: &Request<B>) -> Result<Response<
             answered = true;
             match take_head(&mut conn.buf, head_only)? {
                 Some(Head::Interim) => continue,
-                Some(Head::Final(parts, framing, keep_alive)) => {
+                Some(Head::Final(head)) => {
                     let body = H1Body {
                         conn: Some(conn),
-                        framing,
-                        keep_alive,
+                        framing: head.framing,
+                        keep_alive: head.keep_alive,
+                        stripped: head.stripped,
                         lease: None,
                     };
-                    return Ok(Response::from_parts(parts, body));
+                    return Ok(Response::from_parts(head.parts, body));
                 }
                 None if conn.buf.len() >= MAX_HEAD => return Err(Error::TooLarge),
                 None => {}
@@ -224,9 +228,19 @@ fn write_head<B>(head: &mut Vec<u8>, request: &Request<B>) {
 enum Head {
     /// A 1xx other than 101, skipped.
     Interim,
-    /// The response: its parts, how its body is framed, and whether the
-    /// connection may carry another request after it.
-    Final(http::response::Parts, Framing, bool),
+    /// The response.
+    Final(Final),
+}
+
+/// A final response head.
+struct Final {
+    parts: http::response::Parts,
+    /// How its body is framed.
+    framing: Framing,
+    /// Whether the connection may carry another request after it.
+    keep_alive: bool,
+    /// Whether its hop-by-hop fields were left out.
+    stripped: bool,
 }
 
 /// Where a field's name and value are in the head.
@@ -289,10 +303,16 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
         let start = start as usize;
         start..start + len as usize
     };
+    // The hop-by-hop fields are left out here, as they are met, unless
+    // `Connection` names others: then the proxy strips them all later.
+    let stripped = !said.names_fields;
     let mut headers = HeaderMap::with_capacity(count);
     for span in &spans[..count] {
         let name = HeaderName::from_bytes(&head[slice(span.name)])
             .map_err(|_| Error::Invalid("field name"))?;
+        if stripped && forwarded::is_hop_by_hop(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
             .map_err(|_| Error::Invalid("field value"))?;
         headers.append(name, value);
@@ -301,7 +321,12 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    Ok(Some(Head::Final(resp.into_parts().0, framing, keep_alive)))
+    Ok(Some(Head::Final(Final {
+        parts: resp.into_parts().0,
+        framing,
+        keep_alive,
+        stripped,
+    })))
 }
 
 /// What a head's fields say about its body and its connection, gathered
@@ -318,22 +343,19 @@ struct Said {
     chunked: bool,
     /// Whether `Connection` says `close`.
     close: bool,
+    /// Whether `Connection` names other fields (hop-by-hop too).
+    names_fields: bool,
 }
 
 impl Said {
     fn field(&mut self, name: &str, value: &[u8]) {
-        let tokens = || {
-            std::str::from_utf8(value)
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-        };
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         match name.len() {
             14 if name.eq_ignore_ascii_case("content-length") => {
                 // `5, 5` is one length (RFC 9110 §8.6).
                 for token in tokens() {
-                    match token.parse::<u64>() {
-                        Ok(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    match front::parse_length(token) {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
                         _ => self.bad_length = true,
                     }
                 }
@@ -342,10 +364,11 @@ impl Said {
                 self.encoded = true;
                 self.chunked = tokens()
                     .next_back()
-                    .is_some_and(|last| last.eq_ignore_ascii_case("chunked"));
+                    .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
             }
             10 if name.eq_ignore_ascii_case("connection") => {
-                self.close |= tokens().any(|t| t.eq_ignore_ascii_case("close"));
+                self.close |= tokens().any(|t| t.eq_ignore_ascii_case(b"close"));
+                self.names_fields |= !forwarded::names_no_field(value);
             }
             _ => {}
         }
@@ -417,13 +440,22 @@ enum Chunk {
 #[derive(Debug)]
 pub struct H1Body {
     /// None once the body has ended.
-    conn: Option<H1Conn>,
+    conn: Option<Box<H1Conn>>,
     framing: Framing,
     keep_alive: bool,
+    /// Whether the head's hop-by-hop fields were left out.
+    stripped: bool,
     lease: Option<Lease>,
 }
 
 impl H1Body {
+    /// Whether the response head came without its hop-by-hop fields
+    /// (unless `Connection` named other fields, they are left out as the
+    /// head is parsed).
+    pub fn hop_by_hop_stripped(&self) -> bool {
+        self.stripped
+    }
+
     /// Takes `lease`, ending it at once if there is no body.
     pub fn hold(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);
@@ -611,7 +643,7 @@ mod tests {
 
     fn final_head(text: &str) -> (http::response::Parts, Framing, bool) {
         match head(text, false) {
-            Ok(Some(Head::Final(parts, framing, keep_alive))) => (parts, framing, keep_alive),
+            Ok(Some(Head::Final(h))) => (h.parts, h.framing, h.keep_alive),
             other => panic!("not a final head: {:?}", other.map(|h| h.is_some())),
         }
     }
@@ -650,9 +682,37 @@ mod tests {
         let (_, _, keep_alive) = final_head("HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n");
         assert!(!keep_alive);
         match head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true) {
-            Ok(Some(Head::Final(_, framing, true))) => assert_eq!(framing, Framing::Length(0)),
+            Ok(Some(Head::Final(h))) if h.keep_alive => assert_eq!(h.framing, Framing::Length(0)),
             _ => panic!("a HEAD response has no body"),
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_unless_connection_names_others() {
+        let h = match head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\
+             X-Kept: yes\r\n\r\n",
+            false,
+        ) {
+            Ok(Some(Head::Final(h))) => h,
+            _ => panic!("a final head"),
+        };
+        assert!(h.stripped);
+        let names: Vec<_> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        // A field named by `Connection` is only known by then: all of them
+        // are kept for the proxy's strip.
+        let h = match head(
+            "HTTP/1.1 200 OK\r\nX-Private: a\r\nConnection: x-private\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ) {
+            Ok(Some(Head::Final(h))) => h,
+            _ => panic!("a final head"),
+        };
+        assert!(!h.stripped);
+        assert_eq!(h.parts.headers.len(), 3);
     }
 
     #[test]

@@ -78,6 +78,16 @@ fn answers(asked: &Asked) -> Vec<Step> {
             write("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"),
             write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         ],
+        // Hop-by-hop fields, which end at the proxy.
+        "/hop" => vec![write(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\
+             X-Kept: yes\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )],
+        "/hop-named" => vec![write(
+            "HTTP/1.1 200 OK\r\nX-Private: a\r\nConnection: x-private\r\n\
+             Keep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+        )],
         "/large" => {
             let body = large_body();
             let mut steps = vec![write(&format!(
@@ -203,6 +213,32 @@ async fn every_body_framing_reaches_the_client_whole_on_one_kept_connection() {
     let after = get(&client, addr, "/length").await;
     assert_eq!(after.body, "hello");
     assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_of_a_response_end_at_the_proxy() {
+    let raw = Raw::start(answers).await;
+    let (_fx, proxy) = proxy_over(&raw, "").await;
+    let addr = proxy.addr();
+    let client = client();
+    for path in ["/hop", "/hop-named"] {
+        let resp = get(&client, addr, path).await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "ok"), "{path}");
+        assert_eq!(resp.headers["x-kept"], "yes", "{path}");
+        for gone in ["keep-alive", "proxy-connection", "trailer", "x-private"] {
+            assert!(
+                !resp.headers.contains_key(gone),
+                "{path}: {gone} reached the client: {:?}",
+                resp.headers
+            );
+        }
+    }
+    still_served(&client, addr, "/hop-named").await;
+    assert_eq!(
+        raw.connections.load(Ordering::SeqCst),
+        1,
+        "the fields do not change how the connection is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,8 +171,9 @@ pub const fn too_large() -> Refusal {
     )
 }
 
-/// `1*DIGIT`, nothing else (no sign, no list, no spaces).
-fn parse_length(value: &[u8]) -> Option<u64> {
+/// `1*DIGIT`, nothing else (no sign, no list, no spaces): a
+/// `Content-Length` value.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
