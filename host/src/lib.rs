@@ -37,6 +37,7 @@ pub mod discovery;
 pub mod forwarded;
 pub mod front;
 pub mod gateway;
+pub mod head;
 pub mod health;
 pub mod listener;
 pub mod plugin;

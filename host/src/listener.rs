@@ -11,6 +11,7 @@
 //! GOAWAY), idle and silent connections are closed at once, and open tunnels
 //! (WebSockets) may run until the deadline.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{HttpService, service_fn};
@@ -29,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+use crate::body::ProxyBody;
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
 use crate::tls::{self, Tls};
@@ -343,7 +346,7 @@ impl Accepting {
         scheme: Scheme,
         held: Held,
     ) {
-        let drain = served.draining.clone().cancelled_owned();
+        let drain = served.draining.clone();
         let gateway = Arc::clone(&self.gateway);
         let http = Arc::clone(&served.http);
         match (scheme, secure) {
@@ -421,10 +424,10 @@ impl Http {
 
 /// Serves HTTP on one accepted (and, for HTTPS, handshaken) connection,
 /// holding its `max-connections` slot and its worker's count until it
-/// ends; `drain` completes when the worker shuts down.
+/// ends; `drain` is cancelled when the worker shuts down.
 fn connection<I>(
     http: Arc<Http>,
-    drain: WaitForCancellationFutureOwned,
+    drain: CancellationToken,
     io: I,
     gateway: Arc<Gateway>,
     peer: SocketAddr,
@@ -435,24 +438,20 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(front::Conn::default());
-    let client = Arc::new(proxy::Client::new(peer, scheme));
     let io = front::Guard::new(io, Arc::clone(&shared), gateway.client_limits());
-    let service = service_fn(move |req| {
-        // Boxed per request: hyper keeps a connection's service future in
-        // one allocation for the connection's life, so an unboxed (large)
-        // future would be memory every idle keep-alive client holds.
-        Box::pin(proxy::handle(
-            Arc::clone(&gateway),
-            Arc::clone(&client),
-            shared.begin(),
-            req,
-        ))
-    });
+    let requests = Requests {
+        client: Arc::new(proxy::Client::new(peer, scheme)),
+        gateway,
+        shared,
+    };
+    let hyper_requests = requests.clone();
+    let service = service_fn(move |req: Request<Incoming>| hyper_requests.handle(req.map(Some)));
     Serving {
         stage: Stage::Opening {
-            start: Some((io, service)),
+            start: Some((io, service, requests)),
         },
-        drain,
+        drain: drain.clone().cancelled_owned(),
+        token: drain,
         draining: false,
         http,
         peer,
@@ -460,9 +459,46 @@ where
     }
 }
 
+/// What a connection's requests are handed to.
+#[derive(Clone)]
+struct Requests {
+    gateway: Arc<Gateway>,
+    client: Arc<proxy::Client>,
+    shared: Arc<front::Conn>,
+}
+
+impl Requests {
+    /// The proxy's answer to `req`, the connection's next request.
+    ///
+    /// Boxed per request: a connection keeps the future of the request
+    /// being served in one place for its whole life (hyper's server, and
+    /// the own server's state), so an unboxed (large) future would be
+    /// memory every idle keep-alive client holds.
+    fn handle(
+        &self,
+        req: Request<Option<Incoming>>,
+    ) -> Pin<
+        Box<
+            impl Future<Output = Result<Response<front::Tracked<ProxyBody>>, Infallible>> + Send + use<>,
+        >,
+    > {
+        Box::pin(proxy::handle(
+            Arc::clone(&self.gateway),
+            Arc::clone(&self.client),
+            self.shared.begin(),
+            req,
+        ))
+    }
+}
+
+/// The own HTTP/1.1 server's loop on a connection, boxed: its type cannot
+/// be named in [`Stage`].
+type OwnServer<I> = Pin<Box<dyn Future<Output = front::h1::Ended<I>> + Send>>;
+
 pin_project! {
-    /// Where a connection is: its first bytes not read yet, or served by
-    /// hyper's HTTP/1 (with upgrades) or HTTP/2 server.
+    /// Where a connection is: its first bytes not read yet, served by the
+    /// own HTTP/1.1 server, or by hyper's HTTP/1 (with upgrades; from the
+    /// first request the own server hands over) or HTTP/2 server.
     #[project = StageProj]
     enum Stage<I, S>
     where
@@ -470,7 +506,12 @@ pin_project! {
     {
         Opening {
             // Taken when the server for the protocol starts.
-            start: Option<(front::Guard<I>, S)>,
+            start: Option<(front::Guard<I>, S, Requests)>,
+        },
+        Own {
+            served: OwnServer<I>,
+            // For hyper, if the own server hands the connection over.
+            service: Option<S>,
         },
         Http1 {
             #[pin]
@@ -485,15 +526,17 @@ pin_project! {
 
 pin_project! {
     /// A client connection being served. A plain struct, not an `async`
-    /// block: one copy of hyper's connection state per client.
+    /// block: one copy of the connection's state per client.
     struct Serving<I, S>
     where
         S: HttpService<Incoming>,
     {
         #[pin]
         stage: Stage<I, S>,
+        // Watched here for hyper's servers; the own server watches `token`.
         #[pin]
         drain: WaitForCancellationFutureOwned,
+        token: CancellationToken,
         draining: bool,
         http: Arc<Http>,
         peer: SocketAddr,
@@ -514,13 +557,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if !*this.draining && this.drain.as_mut().poll(cx).is_ready() {
+        // The own server is left alone: it sees the drain itself, and
+        // polling the drain's future on every wake-up costs a lock.
+        let own = matches!(this.stage.as_mut().project(), StageProj::Own { .. });
+        if !*this.draining && !own && this.drain.as_mut().poll(cx).is_ready() {
             // Shutting down: hyper answers what is in flight (HTTP/1 with
             // `Connection: close`, HTTP/2 with a GOAWAY) and closes; a
             // connection that has sent nothing yet is closed now.
             *this.draining = true;
             match this.stage.as_mut().project() {
                 StageProj::Opening { .. } => return Poll::Ready(()),
+                StageProj::Own { .. } => {}
                 StageProj::Http1 { conn } => conn.graceful_shutdown(),
                 StageProj::Http2 { conn } => conn.graceful_shutdown(),
             }
@@ -528,26 +575,48 @@ where
         let ended = loop {
             match this.stage.as_mut().project() {
                 StageProj::Opening { start } => {
-                    let Some((guard, _)) = start.as_mut() else {
+                    let Some((guard, _, _)) = start.as_mut() else {
                         return Poll::Ready(());
                     };
                     let protocol = match ready!(guard.poll_protocol(cx)) {
                         Ok(protocol) => protocol,
                         Err(e) => return ended_with(this.peer, &e),
                     };
-                    let Some((io, service)) = start.take() else {
+                    let Some((io, service, requests)) = start.take() else {
                         return Poll::Ready(());
                     };
-                    let io = TokioIo::new(io);
                     this.stage.set(match protocol {
-                        front::Protocol::Http1 => Stage::Http1 {
-                            conn: this.http.h1.serve_connection(io, service).with_upgrades(),
-                        },
+                        front::Protocol::Http1 => {
+                            let handle =
+                                move |req: Request<()>| requests.handle(req.map(|()| None));
+                            Stage::Own {
+                                served: Box::pin(front::h1::serve(io, handle, this.token.clone())),
+                                service: Some(service),
+                            }
+                        }
                         front::Protocol::Http2 => Stage::Http2 {
-                            conn: this.http.h2.serve_connection(io, service),
+                            conn: this.http.h2.serve_connection(TokioIo::new(io), service),
                         },
                     });
                 }
+                StageProj::Own { served, service } => match ready!(served.as_mut().poll(cx)) {
+                    front::h1::Ended::Closed => return Poll::Ready(()),
+                    front::h1::Ended::HandOver(io) => {
+                        let Some(service) = service.take() else {
+                            return Poll::Ready(());
+                        };
+                        let io = TokioIo::new(io);
+                        this.stage.set(Stage::Http1 {
+                            conn: this.http.h1.serve_connection(io, service).with_upgrades(),
+                        });
+                        if this.token.is_cancelled()
+                            && let StageProj::Http1 { conn } = this.stage.as_mut().project()
+                        {
+                            *this.draining = true;
+                            conn.graceful_shutdown();
+                        }
+                    }
+                },
                 StageProj::Http1 { conn } => break ready!(conn.poll(cx)),
                 StageProj::Http2 { conn } => break ready!(conn.poll(cx)),
             }

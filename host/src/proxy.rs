@@ -101,9 +101,11 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     resp
 }
 
-/// Handles one client request that came over `client`'s connection. Its
-/// response keeps it counted in flight on the connection (`conn`) until
-/// hyper has sent it.
+/// Handles one client request that came over `client`'s connection: its
+/// body as hyper's server reads it, or none (the front's own HTTP/1.1
+/// server, [`front::h1`], takes only requests without one). Its response
+/// keeps it counted in flight on the connection (`conn`) until it has been
+/// sent.
 ///
 /// The one `async` step of a request; what comes before and after it are
 /// plain functions. An `async fn` keeps its arguments for its whole life,
@@ -114,7 +116,7 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     client: Arc<Client>,
     conn: front::Admitted,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
 ) -> Result<Response<front::Tracked<ProxyBody>>, Infallible> {
     // The front stops following an HTTP/1 connection after a head that asks
     // to switch protocols (as hyper does); unless the switch happens, that
@@ -167,7 +169,7 @@ fn admit<'c>(
     gateway: &Gateway,
     client: &Client,
     conn: &'c front::Admitted,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
 ) -> Admission<'c> {
     let peer = client.peer;
     let (mut parts, body) = req.into_parts();
@@ -285,7 +287,10 @@ fn admit<'c>(
     }
 
     let client_failed = Arc::new(AtomicBool::new(false));
-    let body = ClientBody::new(body, Arc::clone(&client_failed));
+    let body = match body {
+        Some(body) => ClientBody::new(body, Arc::clone(&client_failed)),
+        None => ClientBody::empty(),
+    };
     let exchange = Exchange {
         front: conn,
         method: parts.method.clone(),

@@ -33,6 +33,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::head::{Field, Place};
 use crate::pool::Sender;
 use crate::upstream::Lease;
 use crate::{forwarded, front, workers};
@@ -243,17 +244,10 @@ struct Final {
     stripped: bool,
 }
 
-/// Where a field's name and value are in the head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
 /// Parses a complete head at the front of `buf` and takes it off; None if
 /// the head is not complete yet.
 fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
-    let mut spans = [Span::default(); MAX_HEADERS];
+    let mut spans = [Field::default(); MAX_HEADERS];
     let mut said = Said::default();
     let (len, code, version, count) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -271,17 +265,11 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
         if len > MAX_HEAD {
             return Err(Error::TooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| {
-            // Within the head, which is at most MAX_HEAD bytes long.
-            let start = u32::try_from(s.as_ptr() as usize - base).unwrap_or(0);
-            (start, u32::try_from(s.len()).unwrap_or(0))
-        };
         for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
             said.field(field.name, field.value);
-            *span = Span {
-                name: at(field.name.as_bytes()),
-                value: at(field.value),
+            *span = Field {
+                name: Place::of(buf, field.name.as_bytes()),
+                value: Place::of(buf, field.value),
             };
         }
         let code = parsed.code.unwrap_or(0);
@@ -299,21 +287,17 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
     let (framing, reusable) = framing(status, head_only, &said)?;
     let keep_alive = reusable && version == Version::HTTP_11 && !said.close;
     let head = buf.split_to(len).freeze();
-    let slice = |(start, len): (u32, u32)| {
-        let start = start as usize;
-        start..start + len as usize
-    };
     // The hop-by-hop fields are left out here, as they are met, unless
     // `Connection` names others: then the proxy strips them all later.
     let stripped = !said.names_fields;
     let mut headers = HeaderMap::with_capacity(count);
     for span in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[slice(span.name)])
+        let name = HeaderName::from_bytes(&head[span.name.range()])
             .map_err(|_| Error::Invalid("field name"))?;
         if stripped && forwarded::is_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
+        let value = HeaderValue::from_maybe_shared(span.value.slice(&head))
             .map_err(|_| Error::Invalid("field value"))?;
         headers.append(name, value);
     }

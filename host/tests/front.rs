@@ -160,6 +160,73 @@ async fn closes_quietly(s: &mut tokio::net::TcpStream, limit: Duration) -> Resul
     }
 }
 
+/// A header field's value in a raw response head (names in any case).
+fn field_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_pipelined_gets_then_a_body_then_a_close() {
+    let (_be, _fx, proxy) = serve_one("", "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    // Three bodiless requests in one write (the own HTTP/1.1 server).
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(first.ends_with("Hello from backend 1\n"), "{first}");
+    assert!(field_of(&first, "date").is_some(), "{first}");
+    assert_eq!(field_of(&first, "connection"), None, "{first}");
+    // HEAD: the length a GET would have, and no body (the next response
+    // follows the head at once).
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        field_of(&head, "content-length"),
+        field_of(&first, "content-length")
+    );
+    let third = read_response(&mut s).await;
+    assert!(third.ends_with("Hello from backend 1\n"), "{third}");
+
+    // A body: hyper's server takes the connection over, from this request.
+    s.write_all(b"POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz")
+        .await
+        .expect("write");
+    let posted = read_response(&mut s).await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    // The client asks to close: it is told so, and the connection ends.
+    s.write_all(b"GET /e HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let last = read_response(&mut s).await;
+    assert!(last.ends_with("Hello from backend 1\n"), "{last}");
+    assert_eq!(field_of(&last, "connection"), Some("close"), "{last}");
+    closes_quietly(&mut s, Duration::from_secs(3))
+        .await
+        .expect("closed after the response");
+    assert_eq!(first_backend(&proxy).requests(), 5);
+
+    // The same close on a connection the own server still serves.
+    let (answer, closed) = exchange_closing(
+        proxy.addr(),
+        "GET /f HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(field_of(&answer, "connection"), Some("close"), "{answer}");
+    assert!(closed, "the connection ends after the response");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_a_smuggling_head_ends_them() {
     let be = backends(2).await;
@@ -497,19 +564,25 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_a_slow_one_is
     let s = get_head(proxy.addr(), "/big").await;
     let mut got = 0u64;
     let mut buf = vec![0u8; 1 << 20];
+    // The pauses as this client had them (ms): a failure shows whether the
+    // client itself was held up longer than it meant to be.
+    let mut gaps = Vec::new();
+    let mut last = std::time::Instant::now();
     for _ in 0..100 {
         if got >= BULK_SIZE {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        gaps.push(last.elapsed().as_millis());
         loop {
             match s.try_read(&mut buf) {
-                Ok(0) => panic!("slow reader cut after {got} bytes"),
+                Ok(0) => panic!("slow reader cut after {got} bytes; gaps {gaps:?}"),
                 Ok(n) => got += n as u64,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("slow reader cut after {got} bytes: {e}"),
+                Err(e) => panic!("slow reader cut after {got} bytes: {e}; gaps {gaps:?}"),
             }
         }
+        last = std::time::Instant::now();
     }
     assert_eq!(got, BULK_SIZE);
 

@@ -358,6 +358,23 @@ impl Timer {
     }
 }
 
+impl<I> Guard<I> {
+    /// Gives `read` back: the next reads return it first (before anything
+    /// given back earlier). For bytes read through this guard (and so
+    /// already checked), when the server that read them hands the
+    /// connection to another.
+    pub fn unread(&mut self, read: Bytes) {
+        if self.queued.is_empty() {
+            self.queued = read;
+        } else if !read.is_empty() {
+            let mut all = BytesMut::with_capacity(read.len() + self.queued.len());
+            all.put_slice(&read);
+            all.put_slice(&self.queued);
+            self.queued = all.freeze();
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> Guard<I> {
     /// Reads until the first bytes tell which protocol the connection
     /// speaks, and keeps them for the server that reads it next.

@@ -28,6 +28,7 @@
 
 mod framer;
 mod guard;
+pub mod h1;
 
 pub use self::framer::{Fed, Framer, RefusedAt};
 pub use self::guard::{Admitted, Conn, Guard, Protocol, Tracked};
