@@ -95,6 +95,14 @@ pub fn names_no_field(connection: &[u8]) -> bool {
     connection.eq_ignore_ascii_case(b"keep-alive") || connection.eq_ignore_ascii_case(b"close")
 }
 
+/// Whether a `Connection` value lists the `close` option (in any case,
+/// among other tokens).
+pub fn says_close(connection: &[u8]) -> bool {
+    connection
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Which of them are present, in one pass over the names: most messages
@@ -215,6 +223,16 @@ mod tests {
             h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).expect("value"));
         }
         h
+    }
+
+    #[test]
+    fn close_is_found_among_the_connection_tokens_and_only_whole() {
+        for yes in ["close", "Close", "keep-alive, CLOSE", " close ,x-a"] {
+            assert!(says_close(yes.as_bytes()), "{yes}");
+        }
+        for no in ["keep-alive", "closed", "x-close", ""] {
+            assert!(!says_close(no.as_bytes()), "{no}");
+        }
     }
 
     #[test]

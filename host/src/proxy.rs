@@ -123,15 +123,19 @@ pub async fn handle(
     // connection carries no further request.
     let switching = req.version() == Version::HTTP_11
         && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-    // Taken apart in a statement of its own: a `match` on the admission
-    // around the await would keep all of it in the request's future.
-    let (mut exchange, parts, body) = match admit(&gateway, &client, &conn, req) {
-        Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
-        Admission::Forward(exchange, parts, body) => (exchange, parts, body),
+    let resp = {
+        // Taken apart in a statement of its own: a `match` on the admission
+        // around the await would keep all of it in the request's future.
+        let (mut exchange, parts, body) = match admit(&gateway, &client, &conn, req) {
+            Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
+            Admission::Forward(exchange, parts, body) => (exchange, parts, body),
+        };
+        let resp = exchange.run(parts, body).await;
+        exchange.finish(&resp);
+        // The exchange (which borrows `conn`) ends with this block, where it
+        // is: `drop(exchange)` would copy it first.
+        resp
     };
-    let resp = exchange.run(parts, body).await;
-    exchange.finish(&resp);
-    drop(exchange);
     Ok(answer(resp, switching, conn))
 }
 

@@ -351,7 +351,7 @@ impl Said {
                     .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
             }
             10 if name.eq_ignore_ascii_case("connection") => {
-                self.close |= tokens().any(|t| t.eq_ignore_ascii_case(b"close"));
+                self.close |= forwarded::says_close(value);
                 self.names_fields |= !forwarded::names_no_field(value);
             }
             _ => {}

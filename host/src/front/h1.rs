@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Guard, MAX_HEAD, MAX_HEADERS};
+use crate::forwarded;
 use crate::head::{Field, Place};
 
 /// Room made in the read buffer at a time (hyper reads as much).
@@ -192,9 +193,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                 7 if name.eq_ignore_ascii_case("upgrade") => return Parsed::NotOurs,
                 6 if name.eq_ignore_ascii_case("expect") => return Parsed::NotOurs,
                 10 if name.eq_ignore_ascii_case("connection") => {
-                    close |= value
-                        .split(|&b| b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    close |= forwarded::says_close(value);
                 }
                 _ => {}
             }
@@ -278,12 +277,7 @@ where
             length = super::parse_length(value.as_bytes());
         } else if name == DATE {
             dated = true;
-        } else if name == CONNECTION
-            && value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name == CONNECTION && forwarded::says_close(value.as_bytes()) {
             close = true;
             said_close = true;
         }
