@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::head::{CarriesFields, RawFields};
 use crate::upstream::Lease;
 use crate::upstream_h1::H1Body;
 
@@ -162,6 +163,15 @@ impl ClientBody {
     /// the request twice).
     pub fn is_empty(&self) -> bool {
         self.is_end_stream()
+    }
+}
+
+impl CarriesFields for ProxyBody {
+    fn take_raw_fields(&mut self) -> Option<RawFields> {
+        match self {
+            ProxyBody::H1 { inner } => inner.take_raw_fields(),
+            ProxyBody::Upstream { .. } | ProxyBody::Full { .. } => None,
+        }
     }
 }
 

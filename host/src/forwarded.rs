@@ -60,7 +60,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 
 /// Hop-by-hop headers that never cross the proxy (RFC 9110 7.6.1, plus the
 /// non-standard `Proxy-Connection` and `Keep-Alive`). `Connection` first.
-static HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -82,11 +82,6 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
         "upgrade" => Some(6),
         _ => None,
     }
-}
-
-/// Whether `name` is a hop-by-hop field whatever `Connection` says.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name.as_str()).is_some()
 }
 
 /// Whether a `Connection` value is one of the two options that name no

@@ -1,11 +1,14 @@
 //! Where the parts of an HTTP/1 head parsed in place lie in their buffer,
 //! so that the head can be taken off the buffer whole and each part
 //! sliced from it without a copy (the request heads the front's own server
-//! reads, the response heads the own upstream client reads).
+//! reads, the response heads the own upstream client reads); and a
+//! backend's response fields passed to the client as they came
+//! ([`RawFields`]).
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 /// A part's place in its head: where it starts, and its length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +52,178 @@ impl Place {
     }
 }
 
+/// Most lines a passed-on head may leave out. A response with more
+/// hop-by-hop fields (never seen in practice: `Connection`, `Keep-Alive`
+/// and `Transfer-Encoding` are the usual ones) is parsed into a
+/// `HeaderMap` instead.
+const MAX_CUTS: usize = 3;
+
+/// The field lines of a backend's response head, passed on to the client
+/// as the backend sent them, minus its hop-by-hop lines: nothing on the
+/// proxy's path reads more of a response than its status and framing, so
+/// the fields are not parsed into a `HeaderMap` only to be written out
+/// again. (That map and its encoding were about a tenth of the proxy's
+/// instructions per request.)
+///
+/// httparse has checked every name and value (the same rules as
+/// `HeaderName` and `HeaderValue`), and [`RawFields::new`] that each line
+/// ends in CRLF. A server that writes a `Response` also writes these lines
+/// ([`RawFields::write`]); one that only knows the `HeaderMap` (hyper's)
+/// gets them there first ([`parsed`]).
+#[derive(Debug)]
+pub struct RawFields {
+    /// The field lines, each with its CRLF (not the status line, nor the
+    /// empty line that ends the head).
+    lines: Bytes,
+    /// The lines left out, in order, as ranges of `lines`.
+    cuts: [Place; MAX_CUTS],
+    cut: u8,
+    /// The body's length, as the lines' `Content-Length` says it.
+    pub length: Option<u64>,
+    /// Whether a `Date` line is among them.
+    pub dated: bool,
+}
+
+impl RawFields {
+    /// The lines of `head` (a whole response head) holding `fields`,
+    /// leaving out field `i` when bit `i` of `left_out` is set; `head` back
+    /// when they cannot be passed on as they are: a line ending in a bare
+    /// LF, or more than [`MAX_CUTS`] lines to leave out.
+    pub fn new(
+        mut head: Bytes,
+        fields: &[Field],
+        left_out: u128,
+        length: Option<u64>,
+        dated: bool,
+    ) -> Result<RawFields, Bytes> {
+        let mut cuts = [Place::default(); MAX_CUTS];
+        let mut cut = 0;
+        let Some(first) = fields.first() else {
+            let lines = Bytes::new();
+            return Ok(RawFields {
+                lines,
+                cuts,
+                cut: 0,
+                length,
+                dated,
+            });
+        };
+        let start = first.name.start;
+        let end = u32::try_from(head.len().saturating_sub(2)).unwrap_or(0);
+        if !head.ends_with(b"\r\n") || end < start {
+            return Err(head);
+        }
+        for (i, field) in fields.iter().enumerate() {
+            let next = fields.get(i + 1).map_or(end, |f| f.name.start);
+            // `next` is past the name: the line has at least a colon.
+            if next < 2 || head[next as usize - 2] != b'\r' {
+                return Err(head);
+            }
+            if left_out & (1 << i) != 0 {
+                if cut == MAX_CUTS {
+                    return Err(head);
+                }
+                let (from, to) = (field.name.start - start, next - start);
+                match cut.checked_sub(1).map(|last| &mut cuts[last]) {
+                    // Next to the previous cut: one cut.
+                    Some(last) if last.start + last.len == from => last.len += to - from,
+                    _ => {
+                        cuts[cut] = Place {
+                            start: from,
+                            len: to - from,
+                        };
+                        cut += 1;
+                    }
+                }
+            }
+        }
+        head.truncate(end as usize);
+        head.advance(start as usize);
+        let cut = cut as u8;
+        Ok(RawFields {
+            lines: head,
+            cuts,
+            cut,
+            length,
+            dated,
+        })
+    }
+
+    /// The runs of lines between the cuts.
+    fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        let cuts = &self.cuts[..usize::from(self.cut)];
+        let starts = std::iter::once(0).chain(cuts.iter().map(|c| c.range().end));
+        let ends = cuts
+            .iter()
+            .map(|c| c.range().start)
+            .chain([self.lines.len()]);
+        starts.zip(ends).map(|(s, e)| &self.lines[s..e])
+    }
+
+    /// Each line passed on, with its CRLF.
+    fn kept(&self) -> impl Iterator<Item = &[u8]> {
+        self.runs()
+            .flat_map(|run| run.split_inclusive(|&b| b == b'\n'))
+    }
+
+    /// Appends the lines passed on to `out`, but those with a name
+    /// `replaced` has (fields the proxy set itself).
+    pub fn write(&self, out: &mut Vec<u8>, replaced: &HeaderMap) {
+        if replaced.is_empty() {
+            for run in self.runs() {
+                out.extend_from_slice(run);
+            }
+            return;
+        }
+        for line in self.kept() {
+            let name = line.split(|&b| b == b':').next().unwrap_or(line);
+            if !replaced
+                .keys()
+                .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+            {
+                out.extend_from_slice(line);
+            }
+        }
+    }
+
+    /// The lines passed on as fields of `map`, before those `map` has,
+    /// which replace lines of their name.
+    pub fn into_map(self, map: &mut HeaderMap) {
+        let replaced = std::mem::take(map);
+        let mut fields = HeaderMap::with_capacity(replaced.len() + self.kept().count());
+        for line in self.kept() {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let name = HeaderName::from_bytes(&line[..colon]);
+            let value = self.lines.slice_ref(line[colon + 1..].trim_ascii());
+            // Checked by httparse already: never skipped in practice.
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_maybe_shared(value)) {
+                fields.append(name, value);
+            }
+        }
+        fields.extend(replaced);
+        *map = fields;
+    }
+}
+
+/// A response body that may carry its head's fields unparsed.
+pub trait CarriesFields {
+    /// The fields passed on as the backend sent them, if the body has
+    /// them; taken once.
+    fn take_raw_fields(&mut self) -> Option<RawFields>;
+}
+
+/// `resp` with its body's raw fields (if any) in its `HeaderMap`, for a
+/// server that writes only the map (hyper's).
+pub fn parsed<B: CarriesFields>(resp: Response<B>) -> Response<B> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(raw) = body.take_raw_fields() {
+        raw.into_map(&mut parts.headers);
+    }
+    Response::from_parts(parts, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +235,88 @@ mod tests {
         assert_eq!(place.slice(&head), "/x");
         assert_eq!(Place::of(&head, b"elsewhere"), Place::default());
         assert_eq!(Place::of(&head[..4], &head[2..8]), Place::default());
+    }
+
+    /// The fields of `head`, found as httparse finds them.
+    fn fields_of(head: &[u8]) -> Vec<Field> {
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut parsed = httparse::Response::new(&mut fields);
+        assert!(parsed.parse(head).expect("a head").is_complete());
+        parsed
+            .headers
+            .iter()
+            .map(|f| Field {
+                name: Place::of(head, f.name.as_bytes()),
+                value: Place::of(head, f.value),
+            })
+            .collect()
+    }
+
+    fn raw(text: &'static str, left_out: u128) -> Result<RawFields, Bytes> {
+        let head = Bytes::from_static(text.as_bytes());
+        let fields = fields_of(&head);
+        RawFields::new(head, &fields, left_out, None, false)
+    }
+
+    fn written(raw: &RawFields, replaced: &HeaderMap) -> String {
+        let mut out = Vec::new();
+        raw.write(&mut out, replaced);
+        String::from_utf8(out).expect("text")
+    }
+
+    #[test]
+    fn raw_fields_pass_on_their_lines_but_the_cut_ones() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\
+                    X-A:  1 \r\nTE: x\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nUpgrade: y\r\n\r\n";
+        // The first two cuts are next to each other: one cut.
+        let fields = raw(text, 0b100_1011).expect("passed on");
+        assert_eq!(fields.cut, 3);
+        let none = HeaderMap::new();
+        assert_eq!(
+            written(&fields, &none),
+            "X-A:  1 \r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        );
+        // The proxy's own fields replace the backend's of their name.
+        let mut mine = HeaderMap::new();
+        mine.insert("x-a", HeaderValue::from_static("mine"));
+        assert_eq!(
+            written(&fields, &mine),
+            "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        );
+        fields.into_map(&mut mine);
+        let cookies: Vec<_> = mine.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(mine.get_all("x-a").iter().collect::<Vec<_>>(), ["mine"]);
+        assert_eq!(mine.len(), 3);
+        // Nothing cut, nothing at all.
+        let all = raw("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n", 0).expect("passed on");
+        assert_eq!(written(&all, &none), "A: 1\r\nB: 2\r\n");
+        let empty = raw("HTTP/1.1 204 No Content\r\n\r\n", 0).expect("passed on");
+        assert_eq!(written(&empty, &none), "");
+        let mut map = HeaderMap::new();
+        empty.into_map(&mut map);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn raw_fields_refuse_bare_line_feeds_and_many_cuts() {
+        for bare in [
+            "HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\n",
+            "HTTP/1.1 200 OK\nA: 1\nB: 2\n\n",
+        ] {
+            assert!(raw(bare, 0).is_err(), "{bare:?}");
+        }
+        let text =
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\n\r\n";
+        assert!(raw(text, 0b101_0101).is_err(), "four cuts");
+        let three = raw(text, 0b001_0101).expect("three cuts");
+        assert_eq!(
+            written(&three, &HeaderMap::new()),
+            "B: 2\r\nD: 4\r\nF: 6\r\nG: 7\r\n"
+        );
+        let merged = raw(text, 0b111_1111).expect("one cut");
+        assert_eq!(written(&merged, &HeaderMap::new()), "");
     }
 }

@@ -35,7 +35,7 @@ use crate::body::ProxyBody;
 use crate::gateway::Gateway;
 use crate::proxy::Scheme;
 use crate::tls::{self, Tls};
-use crate::{front, proxy, workers};
+use crate::{front, head, proxy, workers};
 
 /// The HTTPS listener and the certificate it serves.
 #[derive(Debug)]
@@ -445,7 +445,12 @@ where
         shared,
     };
     let hyper_requests = requests.clone();
-    let service = service_fn(move |req: Request<Incoming>| hyper_requests.handle(req.map(Some)));
+    // hyper writes only a response's `HeaderMap`: the fields a backend's
+    // response passes on unparsed go there first.
+    let service = service_fn(move |req: Request<Incoming>| {
+        let answer = hyper_requests.handle(req.map(Some));
+        async move { answer.await.map(head::parsed) }
+    });
     Serving {
         stage: Stage::Opening {
             start: Some((io, service, requests)),

@@ -8,7 +8,9 @@
 //! (callgrind, session 9). This client does what nginx's upstream module
 //! does: the request's task writes the head in one `write`, reads the
 //! response into the connection's buffer and parses it once (`httparse`);
-//! header values and body bytes are slices of that buffer, not copies.
+//! the head's field lines go on to the client as they came, minus the
+//! hop-by-hop ones ([`RawFields`]), and body bytes are slices of that
+//! buffer, not copies.
 //! Requests with a body, and upgrades (WebSocket), still go through hyper's
 //! client (see [`crate::proxy`]): the body may have to be streamed while
 //! the response arrives, and an upgraded connection is handed to a tunnel.
@@ -33,7 +35,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::head::{Field, Place};
+use crate::head::{CarriesFields, Field, Place, RawFields};
 use crate::pool::Sender;
 use crate::upstream::Lease;
 use crate::{forwarded, front, workers};
@@ -190,6 +192,7 @@ pub async fn send<B>(
                         framing: head.framing,
                         keep_alive: head.keep_alive,
                         stripped: head.stripped,
+                        raw: head.raw,
                         lease: None,
                     };
                     return Ok(Response::from_parts(head.parts, body));
@@ -226,6 +229,10 @@ fn write_head<B>(head: &mut Vec<u8>, request: &Request<B>) {
 }
 
 /// A response head taken from the buffer.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per response and taken apart at once"
+)]
 enum Head {
     /// A 1xx other than 101, skipped.
     Interim,
@@ -242,6 +249,8 @@ struct Final {
     keep_alive: bool,
     /// Whether its hop-by-hop fields were left out.
     stripped: bool,
+    /// Its fields, when they are passed on unparsed (`parts` has none).
+    raw: Option<RawFields>,
 }
 
 /// Parses a complete head at the front of `buf` and takes it off; None if
@@ -249,6 +258,8 @@ struct Final {
 fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
     let mut spans = [Field::default(); MAX_HEADERS];
     let mut said = Said::default();
+    // Bit `i` for field `i` (`MAX_HEADERS` fits).
+    let mut hop_by_hop = 0u128;
     let (len, code, version, count) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -265,8 +276,10 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
         if len > MAX_HEAD {
             return Err(Error::TooLarge);
         }
-        for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-            said.field(field.name, field.value);
+        for (i, (span, field)) in spans.iter_mut().zip(parsed.headers.iter()).enumerate() {
+            if said.field(field.name, field.value) {
+                hop_by_hop |= 1 << i;
+            }
             *span = Field {
                 name: Place::of(buf, field.name.as_bytes()),
                 value: Place::of(buf, field.value),
@@ -287,29 +300,58 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
     let (framing, reusable) = framing(status, head_only, &said)?;
     let keep_alive = reusable && version == Version::HTTP_11 && !said.close;
     let head = buf.split_to(len).freeze();
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    // Nearly always, the fields are passed on unparsed, without their
+    // hop-by-hop lines. Not when `Connection` names further fields (the
+    // proxy strips them all from the map), nor when a `Content-Length`
+    // comes with a `Transfer-Encoding` (it must not reach the client).
+    let passed =
+        !said.names_fields && !(said.encoded && (said.length.is_some() || said.bad_length));
+    let head = if passed {
+        let fields = &spans[..count];
+        match RawFields::new(head, fields, hop_by_hop, said.length, said.dated) {
+            Ok(raw) => {
+                return Ok(Some(Head::Final(Final {
+                    parts: resp.into_parts().0,
+                    framing,
+                    keep_alive,
+                    stripped: true,
+                    raw: Some(raw),
+                })));
+            }
+            Err(head) => head,
+        }
+    } else {
+        head
+    };
     // The hop-by-hop fields are left out here, as they are met, unless
     // `Connection` names others: then the proxy strips them all later.
     let stripped = !said.names_fields;
     let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[span.name.range()])
-            .map_err(|_| Error::Invalid("field name"))?;
-        if stripped && forwarded::is_hop_by_hop(&name) {
+    for (i, span) in spans[..count].iter().enumerate() {
+        if stripped && hop_by_hop & (1 << i) != 0 {
             continue;
         }
+        let name = HeaderName::from_bytes(&head[span.name.range()])
+            .map_err(|_| Error::Invalid("field name"))?;
         let value = HeaderValue::from_maybe_shared(span.value.slice(&head))
             .map_err(|_| Error::Invalid("field value"))?;
         headers.append(name, value);
     }
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = version;
+    if said.encoded {
+        // The body is read as the transfer coding says: a length beside
+        // it is not passed on (RFC 9112 §6.3, item 3).
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     *resp.headers_mut() = headers;
     Ok(Some(Head::Final(Final {
         parts: resp.into_parts().0,
         framing,
         keep_alive,
         stripped,
+        raw: None,
     })))
 }
 
@@ -329,12 +371,22 @@ struct Said {
     close: bool,
     /// Whether `Connection` names other fields (hop-by-hop too).
     names_fields: bool,
+    /// Whether there is a `Date`.
+    dated: bool,
 }
 
 impl Said {
-    fn field(&mut self, name: &str, value: &[u8]) {
+    /// Takes note of a field; whether it is hop-by-hop whatever
+    /// `Connection` says (those of [`forwarded::strip_hop_by_hop`]).
+    fn field(&mut self, name: &str, value: &[u8]) -> bool {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
         match name.len() {
+            2 => return is("te"),
+            4 if is("date") => self.dated = true,
+            7 => return is("trailer") || is("upgrade"),
+            10 if is("keep-alive") => return true,
+            16 => return is("proxy-connection"),
             14 if name.eq_ignore_ascii_case("content-length") => {
                 // `5, 5` is one length (RFC 9110 §8.6).
                 for token in tokens() {
@@ -349,13 +401,16 @@ impl Said {
                 self.chunked = tokens()
                     .next_back()
                     .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
+                return true;
             }
             10 if name.eq_ignore_ascii_case("connection") => {
                 self.close |= forwarded::says_close(value);
                 self.names_fields |= !forwarded::names_no_field(value);
+                return true;
             }
             _ => {}
         }
+        false
     }
 }
 
@@ -429,7 +484,15 @@ pub struct H1Body {
     keep_alive: bool,
     /// Whether the head's hop-by-hop fields were left out.
     stripped: bool,
+    /// The head's fields, when passed on unparsed.
+    raw: Option<RawFields>,
     lease: Option<Lease>,
+}
+
+impl CarriesFields for H1Body {
+    fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
 }
 
 impl H1Body {
@@ -625,9 +688,15 @@ mod tests {
         take_head(&mut BytesMut::from(text), head_only)
     }
 
+    /// The head's parts, its fields in the map whether passed on or not.
     fn final_head(text: &str) -> (http::response::Parts, Framing, bool) {
         match head(text, false) {
-            Ok(Some(Head::Final(h))) => (h.parts, h.framing, h.keep_alive),
+            Ok(Some(Head::Final(mut h))) => {
+                if let Some(raw) = h.raw.take() {
+                    raw.into_map(&mut h.parts.headers);
+                }
+                (h.parts, h.framing, h.keep_alive)
+            }
             other => panic!("not a final head: {:?}", other.map(|h| h.is_some())),
         }
     }
@@ -683,9 +752,39 @@ mod tests {
             _ => panic!("a final head"),
         };
         assert!(h.stripped);
-        let names: Vec<_> = h.parts.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+        let mut written = Vec::new();
+        h.raw
+            .as_ref()
+            .expect("passed on")
+            .write(&mut written, &HeaderMap::new());
+        assert_eq!(written, b"X-Kept: yes\r\n");
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        // Every hop-by-hop name, in any case, and no other.
+        for name in forwarded::HOP_BY_HOP.iter().map(HeaderName::as_str) {
+            assert!(Said::default().field(name, b"x"), "{name}");
+            assert!(
+                Said::default().field(&name.to_ascii_uppercase(), b"x"),
+                "{name}"
+            );
+        }
+        for name in ["date", "content-length", "x-te", "upgrades", "connectio"] {
+            assert!(!Said::default().field(name, b"1"), "{name}");
+        }
+        // Parsed into the map instead: a bare LF, many hop-by-hop lines,
+        // or a `Content-Length` beside a `Transfer-Encoding` (left out).
+        for text in [
+            "HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTE: a\r\nX-A: 1\r\nTrailer: b\r\nX-B: 2\r\nUpgrade: c\r\n\
+             X-C: 3\r\nKeep-Alive: d\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-A: 1\r\n\r\n",
+        ] {
+            let Ok(Some(Head::Final(h))) = head(text, false) else {
+                panic!("a final head: {text:?}");
+            };
+            assert!(h.raw.is_none(), "{text:?}");
+            assert_eq!(h.parts.headers["x-a"], "1");
+            assert!(!h.parts.headers.contains_key("content-length") || !text.contains("chunked"));
+        }
         // A field named by `Connection` is only known by then: all of them
         // are kept for the proxy's strip.
         let h = match head(

@@ -88,6 +88,13 @@ fn answers(asked: &Asked) -> Vec<Step> {
             "HTTP/1.1 200 OK\r\nX-Private: a\r\nConnection: x-private\r\n\
              Keep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
         )],
+        // Fields a client must get as they are: repeated, odd spacing, the
+        // backend's own `Date`; and one the proxy sets itself.
+        "/fields" => vec![write(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=5\r\nX-Served-By: the-backend\r\nSet-Cookie: b=2\r\n\
+             X-Spaced:   v  \r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok",
+        )],
         "/large" => {
             let body = large_body();
             let mut steps = vec![write(&format!(
@@ -239,6 +246,41 @@ async fn hop_by_hop_fields_of_a_response_end_at_the_proxy() {
         1,
         "the fields do not change how the connection is kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_reaches_http1_and_http2_clients_as_the_backend_sent_it() {
+    let raw = Raw::start(answers).await;
+    let (_fx, proxy) = proxy_over(&raw, "backend-header = \"x-served-by\"").await;
+    let addr = proxy.addr();
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/fields").parse().expect("uri");
+    let h2_resp = h2.get(uri).await.expect("h2 request");
+    assert_eq!(h2_resp.version(), http::Version::HTTP_2);
+    let h2_reply = Reply::read(h2_resp).await.expect("h2 body");
+    let h1_reply = get(&client(), addr, "/fields").await;
+    for (version, resp) in [("HTTP/1.1", h1_reply), ("HTTP/2", h2_reply)] {
+        assert_eq!((resp.status, resp.body.as_str()), (200, "ok"), "{version}");
+        let all = |name: &str| -> Vec<&str> {
+            let values = resp.headers.get_all(name).iter();
+            values.map(|v| v.to_str().expect("text")).collect()
+        };
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{version}");
+        assert_eq!(all("x-spaced"), ["v"], "{version}");
+        assert_eq!(all("date"), ["Mon, 01 Jan 2024 00:00:00 GMT"], "{version}");
+        // The proxy's own field replaces the backend's of that name.
+        assert_eq!(all("x-served-by"), [raw.addr.to_string()], "{version}");
+        assert!(
+            all("keep-alive").is_empty(),
+            "{version}: {:?}",
+            resp.headers
+        );
+        if version == "HTTP/1.1" {
+            assert_eq!(all("content-length"), ["2"]);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

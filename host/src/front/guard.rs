@@ -39,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 use super::framer::{Framer, RefusedAt, Waiting};
 use super::{Refusal, refuse};
 use crate::config::ClientLimits;
+use crate::head::{CarriesFields, RawFields};
 
 /// What hyper reads in place of a refused head: a request the service
 /// recognises by [`Admitted::refusal`], never by its content.
@@ -113,6 +114,12 @@ impl<B> Tracked<B> {
     /// `inner`, counted until dropped.
     pub fn new(inner: B, in_flight: Admitted) -> Self {
         Self { inner, in_flight }
+    }
+}
+
+impl<B: CarriesFields> CarriesFields for Tracked<B> {
+    fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.inner.take_raw_fields()
     }
 }
 

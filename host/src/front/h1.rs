@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Guard, MAX_HEAD, MAX_HEADERS};
 use crate::forwarded;
-use crate::head::{Field, Place};
+use crate::head::{CarriesFields, Field, Place};
 
 /// Room made in the read buffer at a time (hyper reads as much).
 const READ_SIZE: usize = 8 * 1024;
@@ -77,7 +77,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Request<()>) -> R,
     R: Future<Output = Result<Response<B>, Infallible>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + CarriesFields,
     B::Error: std::fmt::Display,
 {
     let mut buf = BytesMut::new();
@@ -257,10 +257,10 @@ async fn respond<I, B>(
 ) -> io::Result<Kept>
 where
     I: AsyncWrite + Unpin,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + CarriesFields,
     B::Error: std::fmt::Display,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -269,6 +269,12 @@ where
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut length, mut dated, mut said_close) = (None, false, false);
+    // A backend's fields as it sent them; the map's replace theirs.
+    if let Some(raw) = body.take_raw_fields() {
+        raw.write(out, &parts.headers);
+        length = raw.length;
+        dated = raw.dated;
+    }
     for (name, value) in &parts.headers {
         if name == TRANSFER_ENCODING {
             // The framing is this server's to choose.
