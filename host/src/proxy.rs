@@ -222,16 +222,19 @@ fn admit<'c>(
     }
     // An upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`; the
     // client's connection is taken from hyper if the backend answers 101.
-    let upgrade = tunnel::requested(&parts).and_then(|protocol| {
-        Some(ClientUpgrade {
+    // hyper only offers that for a head with `Upgrade` (the own server
+    // takes none), so the fields are not looked at otherwise.
+    let upgrade = match parts.extensions.remove::<OnUpgrade>() {
+        Some(on) => tunnel::requested(&parts).map(|protocol| ClientUpgrade {
             protocol,
-            on: parts.extensions.remove::<OnUpgrade>()?,
+            on,
             tunnels: Arc::clone(gateway.tunnels()),
-        })
-    });
+        }),
+        None => None,
+    };
 
     let (upstream, set, client_ip) = {
-        let Some(upstream) = table.route(host_of(&parts), parts.uri.path()) else {
+        let Some(upstream) = table.route(&parts) else {
             tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(&parts), "no upstream matches: 404");
             if let Some(log) = &mut log {
                 log.answered(None, 404, 0);

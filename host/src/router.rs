@@ -78,8 +78,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The upstream serving the request with `parts`, by its host and
+    /// path; if any.
+    pub fn route(&self, parts: &Parts) -> Option<&Arc<Upstream>> {
+        // The host is only looked for when some upstream asks for one.
+        let by_host = self.upstreams.iter().any(|u| !u.config.hosts.is_empty());
+        self.route_to(if by_host { host_of(parts) } else { "" }, parts.uri.path())
+    }
+
     /// The upstream serving `host` + `path`, if any.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
+    fn route_to(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
         self.upstreams
             .iter()
             .filter(|u| prefix_matches(&u.config.path_prefix, path))
