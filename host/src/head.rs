@@ -10,6 +10,10 @@ use std::ops::Range;
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
+/// How many field places a parser keeps on the stack; a head with more
+/// spills them to the heap.
+pub const INLINE_FIELDS: usize = 24;
+
 /// A part's place in its head: where it starts, and its length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Place {

@@ -32,10 +32,11 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::head::{CarriesFields, Field, Place, RawFields};
+use crate::head::{CarriesFields, Field, INLINE_FIELDS, Place, RawFields};
 use crate::pool::Sender;
 use crate::upstream::Lease;
 use crate::{forwarded, front, workers};
@@ -256,7 +257,8 @@ struct Final {
 /// Parses a complete head at the front of `buf` and takes it off; None if
 /// the head is not complete yet.
 fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
-    let mut spans = [Field::default(); MAX_HEADERS];
+    // Where each field is (on the stack for a usual head, not zeroed).
+    let mut spans = SmallVec::<[Field; INLINE_FIELDS]>::new();
     let mut said = Said::default();
     // Bit `i` for field `i` (`MAX_HEADERS` fits).
     let mut hop_by_hop = 0u128;
@@ -276,14 +278,14 @@ fn take_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error>
         if len > MAX_HEAD {
             return Err(Error::TooLarge);
         }
-        for (i, (span, field)) in spans.iter_mut().zip(parsed.headers.iter()).enumerate() {
+        for (i, field) in parsed.headers.iter().enumerate() {
             if said.field(field.name, field.value) {
                 hop_by_hop |= 1 << i;
             }
-            *span = Field {
+            spans.push(Field {
                 name: Place::of(buf, field.name.as_bytes()),
                 value: Place::of(buf, field.value),
-            };
+            });
         }
         let code = parsed.code.unwrap_or(0);
         let version = match parsed.version {
@@ -796,6 +798,17 @@ mod tests {
         };
         assert!(!h.stripped);
         assert_eq!(h.parts.headers.len(), 3);
+    }
+
+    #[test]
+    fn a_head_with_many_fields_keeps_them_all() {
+        let many: String = (0..60).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let text =
+            format!("HTTP/1.1 200 OK\r\n{many}Connection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+        let (parts, framing, keep_alive) = final_head(&text);
+        assert_eq!((framing, keep_alive), (Framing::Length(0), true));
+        assert_eq!(parts.headers.len(), 61);
+        assert_eq!(parts.headers["x-59"], "59");
     }
 
     #[test]

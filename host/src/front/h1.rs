@@ -34,12 +34,13 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Guard, MAX_HEAD, MAX_HEADERS};
 use crate::forwarded;
-use crate::head::{CarriesFields, Field, Place};
+use crate::head::{CarriesFields, Field, INLINE_FIELDS, Place};
 
 /// Room made in the read buffer at a time (hyper reads as much).
 const READ_SIZE: usize = 8 * 1024;
@@ -160,7 +161,8 @@ enum Parsed {
 /// Parses a head at the front of `buf`; takes it off if this server takes
 /// the request.
 fn parse(buf: &mut BytesMut) -> Parsed {
-    let mut spans = [Field::default(); MAX_HEADERS];
+    // Where each field is (on the stack for a usual head, not zeroed).
+    let mut spans = SmallVec::<[Field; INLINE_FIELDS]>::new();
     let (len, method, target, count, close) = {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
@@ -183,7 +185,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::NotOurs;
         }
         let mut close = false;
-        for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
+        for field in req.headers.iter() {
             let (name, value) = (field.name, field.value);
             match name.len() {
                 // A body, or a request to switch protocols or to be told
@@ -197,10 +199,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                 }
                 _ => {}
             }
-            *span = Field {
+            spans.push(Field {
                 name: Place::of(buf, name.as_bytes()),
                 value: Place::of(buf, value),
-            };
+            });
         }
         let target = Place::of(buf, req.path.unwrap_or("").as_bytes());
         (len, method, target, req.headers.len(), close)
@@ -522,5 +524,13 @@ mod tests {
         let all: Vec<_> = req.headers().get_all("x-a").iter().collect();
         assert_eq!(all, ["b", "c"]);
         assert_eq!(&buf[..], b"GET /next");
+        // More fields than the parser keeps on the stack: all of them.
+        let many: String = (0..60).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_str());
+        let Parsed::Request(head) = parse(&mut buf) else {
+            panic!("taken");
+        };
+        assert_eq!(head.request.headers().len(), 60);
+        assert_eq!(head.request.headers()["x-59"], "59");
     }
 }
