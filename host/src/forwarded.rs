@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// `X-Forwarded-For`.
@@ -185,19 +185,23 @@ pub fn rewrite_request(
         ip_value(client)
     };
     headers.insert(&X_REAL_IP, real_ip);
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = if previous.is_empty() {
-        Some(peer.value.clone())
-    } else {
-        let peer_text = peer.value.to_str().unwrap_or_default();
-        HeaderValue::from_str(&format!("{}, {peer_text}", previous.join(", "))).ok()
-    };
-    if let Some(v) = joined {
-        headers.insert(&X_FORWARDED_FOR, v);
+    // One lookup for both reading and setting it.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(field) => {
+            field.insert(peer.value.clone());
+        }
+        Entry::Occupied(mut field) => {
+            let previous: Vec<&str> = field.iter().filter_map(|v| v.to_str().ok()).collect();
+            let joined = if previous.is_empty() {
+                Some(peer.value.clone())
+            } else {
+                let peer_text = peer.value.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{}, {peer_text}", previous.join(", "))).ok()
+            };
+            if let Some(v) = joined {
+                field.insert(v);
+            }
+        }
     }
     if !(trusted(peer.ip, proxies) && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));

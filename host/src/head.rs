@@ -117,27 +117,36 @@ impl RawFields {
         if !head.ends_with(b"\r\n") || end < start {
             return Err(head);
         }
-        for (i, field) in fields.iter().enumerate() {
-            let next = fields.get(i + 1).map_or(end, |f| f.name.start);
-            // `next` is past the name: the line has at least a colon.
-            if next < 2 || head[next as usize - 2] != b'\r' {
+        // Where the line after field `i` starts (`end` after the last).
+        let next = |i: usize| fields.get(i + 1).map_or(end, |f| f.name.start);
+        for i in 0..fields.len() {
+            // Past the name: the line has at least a colon.
+            let next = next(i) as usize;
+            if next < 2 || head.get(next - 2) != Some(&b'\r') {
                 return Err(head);
             }
-            if left_out & (1 << i) != 0 {
-                if cut == MAX_CUTS {
-                    return Err(head);
-                }
-                let (from, to) = (field.name.start - start, next - start);
-                match cut.checked_sub(1).map(|last| &mut cuts[last]) {
-                    // Next to the previous cut: one cut.
-                    Some(last) if last.start + last.len == from => last.len += to - from,
-                    _ => {
-                        cuts[cut] = Place {
-                            start: from,
-                            len: to - from,
-                        };
-                        cut += 1;
-                    }
+        }
+        // The fields to leave out, lowest first.
+        let mut bits = left_out;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let Some(field) = fields.get(i) else {
+                break;
+            };
+            if cut == MAX_CUTS {
+                return Err(head);
+            }
+            let (from, to) = (field.name.start - start, next(i) - start);
+            match cut.checked_sub(1).map(|last| &mut cuts[last]) {
+                // Next to the previous cut: one cut.
+                Some(last) if last.start + last.len == from => last.len += to - from,
+                _ => {
+                    cuts[cut] = Place {
+                        start: from,
+                        len: to - from,
+                    };
+                    cut += 1;
                 }
             }
         }
@@ -320,6 +329,8 @@ mod tests {
             written(&three, &HeaderMap::new()),
             "B: 2\r\nD: 4\r\nF: 6\r\nG: 7\r\n"
         );
+        let beyond = raw(text, 1 << 100).expect("no field there");
+        assert_eq!(beyond.cut, 0);
         let merged = raw(text, 0b111_1111).expect("one cut");
         assert_eq!(written(&merged, &HeaderMap::new()), "");
     }

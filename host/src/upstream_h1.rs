@@ -406,8 +406,13 @@ impl Said {
                 return true;
             }
             10 if name.eq_ignore_ascii_case("connection") => {
-                self.close |= forwarded::says_close(value);
-                self.names_fields |= !forwarded::names_no_field(value);
+                // The two values nearly every response sends, first.
+                if value.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !value.eq_ignore_ascii_case(b"keep-alive") {
+                    self.close |= forwarded::says_close(value);
+                    self.names_fields |= !forwarded::names_no_field(value);
+                }
                 return true;
             }
             _ => {}
