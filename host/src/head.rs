@@ -5,14 +5,18 @@
 //! backend's response fields passed to the client as they came
 //! ([`RawFields`]).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use smallvec::SmallVec;
+
+use crate::front::MAX_HEADERS;
 
 /// How many field places a parser keeps on the stack; a head with more
 /// spills them to the heap.
-pub const INLINE_FIELDS: usize = 24;
+pub const INLINE_FIELDS: usize = 16;
 
 /// A part's place in its head: where it starts, and its length.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +47,11 @@ impl Place {
         }
     }
 
+    /// The part itself, in `head` (empty if out of it).
+    pub fn part(self, head: &[u8]) -> &[u8] {
+        head.get(self.range()).unwrap_or_default()
+    }
+
     /// Its byte range in the head.
     pub fn range(self) -> Range<usize> {
         let start = self.start as usize;
@@ -50,9 +59,76 @@ impl Place {
     }
 
     /// The part itself, from the head taken off the buffer it was
-    /// measured in.
+    /// measured in (empty if out of it).
     pub fn slice(self, head: &Bytes) -> Bytes {
-        head.slice(self.range())
+        let range = self.range();
+        if range.end <= head.len() {
+            head.slice(range)
+        } else {
+            Bytes::new()
+        }
+    }
+}
+
+/// Where the parts of a request head lie in the bytes it was parsed from:
+/// the strict front parses each head once, and the own server builds its
+/// request from these places (see [`crate::front::Guard::head_places`]).
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    /// The head's length, its empty last line included.
+    pub len: usize,
+    /// The method, as sent.
+    pub method: Place,
+    /// The request target, as sent.
+    pub target: Place,
+    /// The `x` of HTTP/1.x.
+    pub minor: u8,
+    /// The fields, in order.
+    pub fields: SmallVec<[Field; INLINE_FIELDS]>,
+}
+
+impl RequestHead {
+    /// No head yet.
+    pub const fn new() -> Self {
+        let nowhere = Place { start: 0, len: 0 };
+        RequestHead {
+            len: 0,
+            method: nowhere,
+            target: nowhere,
+            minor: 0,
+            fields: SmallVec::new_const(),
+        }
+    }
+
+    /// Parses the request head at the start of `bytes` into `self`, with
+    /// httparse's default (strict) rules: true once complete, false while
+    /// more bytes are needed. Every place is within `bytes[..self.len]`.
+    pub fn parse(&mut self, bytes: &[u8]) -> Result<bool, httparse::Error> {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(bytes, &mut fields)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(false),
+        };
+        let head = &bytes[..len];
+        self.len = len;
+        self.method = Place::of(head, request.method.unwrap_or("").as_bytes());
+        self.target = Place::of(head, request.path.unwrap_or("").as_bytes());
+        self.minor = request.version.unwrap_or(0);
+        self.fields.clear();
+        self.fields.extend(request.headers.iter().map(|f| Field {
+            name: Place::of(head, f.name.as_bytes()),
+            value: Place::of(head, f.value),
+        }));
+        Ok(true)
+    }
+
+    /// The head's fields, as (name, value), from the bytes it was parsed
+    /// from (a field out of them, never the case, is empty).
+    pub fn pairs<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.fields
+            .iter()
+            .map(|f| (f.name.part(bytes), f.value.part(bytes)))
     }
 }
 

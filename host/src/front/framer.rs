@@ -9,12 +9,13 @@
 //! common path (a read that holds whole heads and body bytes passes as is);
 //! only a head split across reads is buffered, up to [`MAX_HEAD`].
 
-use std::mem::MaybeUninit;
+use std::cell::RefCell;
 use std::ops::Range;
 
 use http::{StatusCode, Version};
 
-use super::{Checked, Framing, MAX_HEAD, MAX_HEADERS, Refusal, check_fields, refuse, too_large};
+use super::{Checked, Framing, MAX_HEAD, Refusal, check_fields, refuse, too_large};
+use crate::head::RequestHead;
 
 /// What HTTP/2 with prior knowledge (and after ALPN `h2`) starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -72,6 +73,18 @@ pub struct Framer {
     fresh: bool,
     /// Heads checked and passed on.
     heads: u64,
+    /// When the last input fed started with a whole head: the number of
+    /// its places in [`FIRST_HEAD`].
+    first: Option<u64>,
+}
+
+thread_local! {
+    /// The places of the whole head the last input fed to a framer on this
+    /// thread started with, and their number. One per thread, not per
+    /// connection (they would be a third of an idle connection's
+    /// memory): a connection's read and the parse of what it read happen
+    /// in one poll of its task, with no other connection's read between.
+    static FIRST_HEAD: RefCell<(u64, RequestHead)> = const { RefCell::new((0, RequestHead::new())) };
 }
 
 #[derive(Debug)]
@@ -100,7 +113,23 @@ impl Framer {
             head: Vec::new(),
             fresh: true,
             heads: 0,
+            first: None,
         }
+    }
+
+    /// Runs `f` with where the parts of the head the last input fed
+    /// started with lie in it, if it started with a whole head (once).
+    pub fn with_first_head<R>(&mut self, mut f: impl FnMut(Option<&RequestHead>) -> R) -> R {
+        if let Some(number) = self.first.take() {
+            let ran = FIRST_HEAD.try_with(|first| match first.try_borrow() {
+                Ok(first) if first.0 == number => Some(f(Some(&first.1))),
+                _ => None,
+            });
+            if let Ok(Some(result)) = ran {
+                return result;
+            }
+        }
+        f(None)
     }
 
     /// What the stream waits for now.
@@ -143,6 +172,7 @@ impl Framer {
 
     /// Follows `input`, the next bytes read from the client.
     pub fn feed(&mut self, input: &[u8]) -> Fed {
+        self.first = None;
         let n = input.len();
         let mut fed = Fed {
             released: None,
@@ -180,7 +210,7 @@ impl Framer {
         if !self.head.is_empty() {
             let old = self.head.len();
             self.head.extend_from_slice(input);
-            match parse_head(&self.head, self.max_body) {
+            match parse_head(&self.head, self.max_body, &mut RequestHead::default()) {
                 Ok(None) => {
                     fed.pass = 0..0;
                     return fed;
@@ -206,23 +236,38 @@ impl Framer {
             match &mut self.state {
                 State::Passthrough | State::Http2 => break,
                 State::Refused => unreachable!("refusals return at once"),
-                State::Idle => match parse_head(&input[i..], self.max_body) {
-                    Ok(Some((len, checked))) => {
-                        i += len;
-                        self.begin(checked);
+                State::Idle => {
+                    // The places of the head the input starts with are
+                    // kept (the own server's request is built from them).
+                    let at_start = i == 0 && fed.released.is_none();
+                    let (parsed, number) = if at_start {
+                        parse_first(&input[i..], self.max_body)
+                    } else {
+                        let parsed =
+                            parse_head(&input[i..], self.max_body, &mut RequestHead::default());
+                        (parsed, None)
+                    };
+                    match parsed {
+                        Ok(Some((len, checked))) => {
+                            if number.is_some() {
+                                self.first = number;
+                            }
+                            i += len;
+                            self.begin(checked);
+                        }
+                        Ok(None) => {
+                            self.head.extend_from_slice(&input[i..]);
+                            fed.pass.end = i;
+                            break;
+                        }
+                        Err(refusal) => {
+                            self.refuse();
+                            fed.pass.end = i;
+                            fed.refused = Some((refusal, RefusedAt::Head));
+                            break;
+                        }
                     }
-                    Ok(None) => {
-                        self.head.extend_from_slice(&input[i..]);
-                        fed.pass.end = i;
-                        break;
-                    }
-                    Err(refusal) => {
-                        self.refuse();
-                        fed.pass.end = i;
-                        fed.refused = Some((refusal, RefusedAt::Head));
-                        break;
-                    }
-                },
+                }
                 State::Length(left) => {
                     let take = (*left).min((n - i) as u64);
                     *left -= take;
@@ -272,32 +317,52 @@ impl Framer {
     }
 }
 
-/// Parses and checks one head at the start of `bytes`: its length and what
-/// it says, `None` while incomplete.
-fn parse_head(bytes: &[u8], max_body: Option<u64>) -> Result<Option<(usize, Checked)>, Refusal> {
+/// [`parse_head`] into the thread's [`FIRST_HEAD`], numbered anew, and
+/// that number (`None` if the record could not be used: the thread is
+/// ending).
+fn parse_first(bytes: &[u8], max_body: Option<u64>) -> (Parsed, Option<u64>) {
+    let recorded = FIRST_HEAD.try_with(|first| {
+        let mut first = first.try_borrow_mut().ok()?;
+        first.0 += 1;
+        let parsed = parse_head(bytes, max_body, &mut first.1);
+        Some((parsed, first.0))
+    });
+    match recorded {
+        Ok(Some((parsed, number))) => (parsed, Some(number)),
+        _ => (
+            parse_head(bytes, max_body, &mut RequestHead::default()),
+            None,
+        ),
+    }
+}
+
+/// A head's length and what it says, `None` while incomplete; or why it
+/// is refused.
+type Parsed = Result<Option<(usize, Checked)>, Refusal>;
+
+/// Parses and checks one head at the start of `bytes` into `head`.
+fn parse_head(bytes: &[u8], max_body: Option<u64>, head: &mut RequestHead) -> Parsed {
     let too_big = refuse(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "request head too large",
     );
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut []);
-    match request.parse_with_uninit_headers(bytes, &mut fields) {
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(too_big),
-        Ok(httparse::Status::Complete(len)) => {
-            let version = match request.version {
-                Some(0) => Version::HTTP_10,
+    match head.parse(bytes) {
+        Ok(true) if head.len > MAX_HEAD => Err(too_big),
+        Ok(true) => {
+            let version = match head.minor {
+                0 => Version::HTTP_10,
                 _ => Version::HTTP_11,
             };
             let checked = check_fields(
                 version,
-                request.path.map_or(0, str::len),
-                request.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+                head.target.range().len(),
+                head.pairs(bytes),
                 max_body,
             )?;
-            Ok(Some((len, checked)))
+            Ok(Some((head.len, checked)))
         }
-        Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD => Err(too_big),
-        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(false) if bytes.len() > MAX_HEAD => Err(too_big),
+        Ok(false) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(refuse(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
@@ -663,7 +728,9 @@ mod tests {
             refused.map(|r| r.0.status),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many: String = (0..=super::super::MAX_HEADERS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
         let (_, refused) = run(
             None,
             format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),

@@ -39,7 +39,7 @@ use tokio::time::{Instant, Sleep};
 use super::framer::{Framer, RefusedAt, Waiting};
 use super::{Refusal, refuse};
 use crate::config::ClientLimits;
-use crate::head::{CarriesFields, RawFields};
+use crate::head::{CarriesFields, RawFields, RequestHead};
 
 /// What hyper reads in place of a refused head: a request the service
 /// recognises by [`Admitted::refusal`], never by its content.
@@ -190,6 +190,9 @@ pub struct Guard<I> {
     /// When writes began to wait for the client to read.
     blocked_since: Option<Instant>,
     send_timer: Option<Timer>,
+    /// Whether the bytes the last read returned start with the framer's
+    /// first head ([`Framer::first_head`]).
+    placed: bool,
 }
 
 impl<I> Guard<I> {
@@ -208,6 +211,19 @@ impl<I> Guard<I> {
             timer: None,
             blocked_since: None,
             send_timer: None,
+            placed: false,
+        }
+    }
+
+    /// Runs `f` with where the parts of the head the last read's bytes
+    /// start with lie in them, as the framer parsed it (checked), if they
+    /// start with a whole head: the own server then builds its request
+    /// without parsing again. Once per read.
+    pub fn with_head_places<R>(&mut self, mut f: impl FnMut(Option<&RequestHead>) -> R) -> R {
+        if std::mem::take(&mut self.placed) {
+            self.framer.with_first_head(f)
+        } else {
+            f(None)
         }
     }
 
@@ -423,6 +439,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.placed = false;
         loop {
             if !this.queued.is_empty() {
                 let n = this.queued.len().min(buf.remaining());
@@ -467,6 +484,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
                 _ => this.head_since = None,
             }
             if fed.is_whole(n) {
+                this.placed = start == 0;
                 return Poll::Ready(Ok(()));
             }
             let pass = start + fed.pass.start..start + fed.pass.end;
@@ -474,6 +492,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guard<I> {
                 // Only a trailing partial head is held back.
                 buf.set_filled(pass.end);
                 if pass.end > start {
+                    this.placed = start == 0;
                     return Poll::Ready(Ok(()));
                 }
                 continue;
@@ -665,6 +684,59 @@ mod tests {
         let (mut guard, protocol) = opened_with(&[&head[..2], &head[2..30], &head[30..]]).await;
         assert_eq!(protocol, Protocol::Http1);
         assert_eq!(first_read(&mut guard).await, head);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_starts_with_a_whole_head_comes_with_its_places() {
+        let pieces: [&'static [u8]; 4] = [
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /2 HTTP/1.1\r\nHost: b\r\nX-Y: z\r\n\r\nGET /3 HTTP/1.1\r\nHost: c\r\n\r\n",
+            b"GET /4 HTTP/1.1\r\nHo",
+            b"st: d\r\n\r\n",
+        ];
+        let (mut guard, _) = opened_with(&pieces).await;
+        let read = async |guard: &mut Guard<DuplexStream>| {
+            let mut buf = BytesMut::new();
+            guard.read_buf(&mut buf).await.expect("read");
+            let places = guard.with_head_places(|h| {
+                h.map(|h| {
+                    let fields: Vec<_> = h
+                        .pairs(&buf)
+                        .map(|(n, v)| {
+                            format!(
+                                "{}={}",
+                                String::from_utf8_lossy(n),
+                                String::from_utf8_lossy(v)
+                            )
+                        })
+                        .collect();
+                    let target = String::from_utf8_lossy(h.target.part(&buf)).into_owned();
+                    (h.len, target, fields)
+                })
+            });
+            (buf, places)
+        };
+        // The first head came with the bytes that told the protocol.
+        let (buf, places) = read(&mut guard).await;
+        assert_eq!(&buf[..], pieces[0]);
+        assert_eq!(places, None);
+        // Two heads: the places of the first.
+        let (buf, places) = read(&mut guard).await;
+        assert_eq!(&buf[..], pieces[1]);
+        let len = pieces[1].len() - "GET /3 HTTP/1.1\r\nHost: c\r\n\r\n".len();
+        assert_eq!(
+            places,
+            Some((
+                len,
+                "/2".to_owned(),
+                vec!["Host=b".to_owned(), "X-Y=z".to_owned()]
+            ))
+        );
+        // A head split across reads is given whole, from the framer's
+        // copy: no places.
+        let (buf, places) = read(&mut guard).await;
+        assert_eq!(&buf[..], b"GET /4 HTTP/1.1\r\nHost: d\r\n\r\n");
+        assert_eq!(places, None);
     }
 
     #[tokio::test]

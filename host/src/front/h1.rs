@@ -23,7 +23,6 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,13 +33,12 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body;
-use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Guard, MAX_HEAD, MAX_HEADERS};
+use super::{Guard, MAX_HEAD};
 use crate::forwarded;
-use crate::head::{CarriesFields, Field, INLINE_FIELDS, Place};
+use crate::head::{CarriesFields, RequestHead};
 
 /// Room made in the read buffer at a time (hyper reads as much).
 const READ_SIZE: usize = 8 * 1024;
@@ -85,10 +83,19 @@ where
     let mut out = Vec::new();
     let cancelled = drain.cancelled();
     let mut cancelled = pin!(cancelled);
+    // Whether `buf` starts with the bytes the guard's last read returned
+    // (then the framer's parse of the head they start with serves).
+    let mut fresh = false;
     loop {
         let head = loop {
             if !buf.is_empty() {
-                match parse(&mut buf) {
+                let parsed = if fresh {
+                    io.with_head_places(|known| parse(&mut buf, known))
+                } else {
+                    parse(&mut buf, None)
+                };
+                fresh = false;
+                match parsed {
                     Parsed::Request(head) => break head,
                     Parsed::Partial if buf.len() < MAX_HEAD => {}
                     Parsed::Partial | Parsed::NotOurs => {
@@ -106,6 +113,7 @@ where
             if buf.capacity() - buf.len() < READ_SIZE / 4 {
                 buf.reserve(READ_SIZE);
             }
+            fresh = buf.is_empty();
             let read = tokio::select! {
                 biased;
                 read = io.read_buf(&mut buf) => read,
@@ -159,64 +167,52 @@ enum Parsed {
 }
 
 /// Parses a head at the front of `buf`; takes it off if this server takes
-/// the request.
-fn parse(buf: &mut BytesMut) -> Parsed {
-    // Where each field is (on the stack for a usual head, not zeroed).
-    let mut spans = SmallVec::<[Field; INLINE_FIELDS]>::new();
-    let (len, method, target, count, close) = {
-        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            buf,
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
+/// the request. `known`: where its parts are, when the guard's framer has
+/// parsed it already (in these bytes).
+fn parse(buf: &mut BytesMut, known: Option<&RequestHead>) -> Parsed {
+    let mut parsed = RequestHead::default();
+    let places = match known {
+        Some(known) if known.len <= buf.len() => known,
+        _ => match parsed.parse(buf) {
+            Ok(true) => &parsed,
+            Ok(false) => return Parsed::Partial,
             Err(_) => return Parsed::NotOurs,
-        };
-        if req.version != Some(1) {
-            return Parsed::NotOurs;
-        }
-        let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else {
-            return Parsed::NotOurs;
-        };
-        if method == Method::CONNECT {
-            return Parsed::NotOurs;
-        }
-        let mut close = false;
-        for field in req.headers.iter() {
-            let (name, value) = (field.name, field.value);
-            match name.len() {
-                // A body, or a request to switch protocols or to be told
-                // to go on: hyper's.
-                14 if name.eq_ignore_ascii_case("content-length") => return Parsed::NotOurs,
-                17 if name.eq_ignore_ascii_case("transfer-encoding") => return Parsed::NotOurs,
-                7 if name.eq_ignore_ascii_case("upgrade") => return Parsed::NotOurs,
-                6 if name.eq_ignore_ascii_case("expect") => return Parsed::NotOurs,
-                10 if name.eq_ignore_ascii_case("connection") => {
-                    close |= forwarded::says_close(value);
-                }
-                _ => {}
-            }
-            spans.push(Field {
-                name: Place::of(buf, name.as_bytes()),
-                value: Place::of(buf, value),
-            });
-        }
-        let target = Place::of(buf, req.path.unwrap_or("").as_bytes());
-        (len, method, target, req.headers.len(), close)
+        },
     };
-    let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(target.slice(&head)) else {
+    if places.minor != 1 {
+        return Parsed::NotOurs;
+    }
+    let Ok(method) = Method::from_bytes(places.method.part(buf)) else {
+        return Parsed::NotOurs;
+    };
+    if method == Method::CONNECT {
+        return Parsed::NotOurs;
+    }
+    let mut close = false;
+    for (name, value) in places.pairs(buf) {
+        match name.len() {
+            // A body, or a request to switch protocols or to be told to go
+            // on: hyper's.
+            14 if name.eq_ignore_ascii_case(b"content-length") => return Parsed::NotOurs,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::NotOurs,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::NotOurs,
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::NotOurs,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                close |= forwarded::says_close(value);
+            }
+            _ => {}
+        }
+    }
+    let head = buf.split_to(places.len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(places.target.slice(&head)) else {
         return Parsed::Unusable(head);
     };
     // Room for the forwarding fields the proxy adds: growing the map
     // rehashes it.
-    let mut headers = HeaderMap::with_capacity(count + FORWARDING_FIELDS);
-    for span in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[span.name.range()]);
-        let value = HeaderValue::from_maybe_shared(span.value.slice(&head));
+    let mut headers = HeaderMap::with_capacity(places.fields.len() + FORWARDING_FIELDS);
+    for field in &places.fields {
+        let name = HeaderName::from_bytes(field.name.part(&head));
+        let value = HeaderValue::from_maybe_shared(field.value.slice(&head));
         match (name, value) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
@@ -483,9 +479,39 @@ mod tests {
         );
     }
 
+    /// What `parse` makes of `text` and leaves of it, as text: parsing
+    /// it itself, or from the places the guard's framer found first
+    /// (the two must agree).
+    fn parsed(text: &str) -> (String, String) {
+        let outcome = |known: Option<&RequestHead>| {
+            let mut buf = BytesMut::from(text);
+            let what = match parse(&mut buf, known) {
+                Parsed::Request(head) => {
+                    let r = head.request;
+                    let fields: Vec<_> = r
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| format!("{n}={v:?}"))
+                        .collect();
+                    format!("{} {} {fields:?} close={}", r.method(), r.uri(), head.close)
+                }
+                Parsed::Partial => "partial".into(),
+                Parsed::NotOurs => "not ours".into(),
+                Parsed::Unusable(head) => format!("unusable {head:?}"),
+            };
+            (what, String::from_utf8_lossy(&buf).into_owned())
+        };
+        let mut framer = RequestHead::default();
+        let alone = outcome(None);
+        if framer.parse(text.as_bytes()) == Ok(true) {
+            assert_eq!(outcome(Some(&framer)), alone, "{text:?}");
+        }
+        alone
+    }
+
     #[test]
     fn only_bodiless_http11_heads_are_taken() {
-        let taken = |text: &str| matches!(parse(&mut BytesMut::from(text)), Parsed::Request(_));
+        let taken = |text: &str| !parsed(text).0.starts_with(['p', 'n', 'u']);
         assert!(taken("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(taken(
             "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
@@ -499,12 +525,33 @@ mod tests {
             "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             "GET / HTTP/1.1\r\nHost x\r\n\r\n",
         ] {
-            let mut buf = BytesMut::from(hyper);
-            assert!(matches!(parse(&mut buf), Parsed::NotOurs), "{hyper}");
-            assert_eq!(&buf[..], hyper.as_bytes(), "nothing taken: {hyper}");
+            let (what, left) = parsed(hyper);
+            assert_eq!(what, "not ours", "{hyper}");
+            assert_eq!(left, hyper, "nothing taken: {hyper}");
         }
-        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nHost: x\r\n");
-        assert!(matches!(parse(&mut buf), Parsed::Partial));
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: x\r\n").0, "partial");
+        assert_eq!(
+            parsed(
+                "GET /p?q HTTP/1.1\r\nHost: x\r\nX-A:  b \r\nConnection: close\r\n\r\nGET /next"
+            ),
+            (
+                r#"GET /p?q ["host=\"x\"", "x-a=\"b\"", "connection=\"close\""] close=true"#
+                    .to_owned(),
+                "GET /next".to_owned()
+            )
+        );
+        // Places that do not fit what was read (never the case) are not
+        // used: the head is parsed again.
+        let mut too_long = RequestHead::default();
+        assert_eq!(
+            too_long.parse(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(true)
+        );
+        let mut buf = BytesMut::from("GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(
+            parse(&mut buf, Some(&too_long)),
+            Parsed::Request(_)
+        ));
     }
 
     #[test]
@@ -512,7 +559,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "GET /p?q=1 HTTP/1.1\r\nHost: x\r\nX-A: b\r\nX-A: c\r\nConnection: Close\r\n\r\nGET /next",
         );
-        let Parsed::Request(head) = parse(&mut buf) else {
+        let Parsed::Request(head) = parse(&mut buf, None) else {
             panic!("taken");
         };
         assert!(head.close);
@@ -527,7 +574,7 @@ mod tests {
         // More fields than the parser keeps on the stack: all of them.
         let many: String = (0..60).map(|i| format!("X-{i}: {i}\r\n")).collect();
         let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_str());
-        let Parsed::Request(head) = parse(&mut buf) else {
+        let Parsed::Request(head) = parse(&mut buf, None) else {
             panic!("taken");
         };
         assert_eq!(head.request.headers().len(), 60);
