@@ -112,31 +112,42 @@ pub fn local_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
 /// so every level that passed the request on kept one more copy of it in
 /// the request's future, which is made whole and then copied into its box
 /// for every request.
-pub async fn handle(
+///
+/// A plain function returning an `async` block, not an `async fn`: an
+/// `async fn` keeps each argument twice in its future (as passed, and as
+/// the binding its body uses), and this future is boxed per request.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub fn handle(
     gateway: Arc<Gateway>,
     client: Arc<Client>,
     conn: front::Admitted,
     req: Request<Option<Incoming>>,
-) -> Result<Response<front::Tracked<ProxyBody>>, Infallible> {
-    // The front stops following an HTTP/1 connection after a head that asks
-    // to switch protocols (as hyper does); unless the switch happens, that
-    // connection carries no further request.
-    let switching = req.version() == Version::HTTP_11
-        && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-    let resp = {
-        // Taken apart in a statement of its own: a `match` on the admission
-        // around the await would keep all of it in the request's future.
-        let (mut exchange, parts, body) = match admit(&gateway, &client, &conn, req) {
-            Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
-            Admission::Forward(exchange, parts, body) => (exchange, parts, body),
+) -> impl Future<Output = Result<Response<front::Tracked<ProxyBody>>, Infallible>> + Send + 'static
+{
+    async move {
+        // The front stops following an HTTP/1 connection after a head that asks
+        // to switch protocols (as hyper does); unless the switch happens, that
+        // connection carries no further request.
+        let switching = req.version() == Version::HTTP_11
+            && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
+        let resp = {
+            // Taken apart in a statement of its own: a `match` on the admission
+            // around the await would keep all of it in the request's future.
+            let (mut exchange, parts, body) = match admit(&gateway, &client, &conn, req) {
+                Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
+                Admission::Forward(exchange, parts, body) => (exchange, parts, body),
+            };
+            let resp = exchange.run(parts, body).await;
+            exchange.finish(&resp);
+            // The exchange (which borrows `conn`) ends with this block, where it
+            // is: `drop(exchange)` would copy it first.
+            resp
         };
-        let resp = exchange.run(parts, body).await;
-        exchange.finish(&resp);
-        // The exchange (which borrows `conn`) ends with this block, where it
-        // is: `drop(exchange)` would copy it first.
-        resp
-    };
-    Ok(answer(resp, switching, conn))
+        Ok(answer(resp, switching, conn))
+    }
 }
 
 /// The response as the client gets it: a switch of protocols that did not
@@ -444,92 +455,103 @@ impl Exchange<'_> {
         }
     }
 
-    async fn run(&mut self, mut parts: Parts, mut body: ClientBody) -> Response<ProxyBody> {
-        let upstream = Arc::clone(&self.upstream);
-        let policy = &upstream.config.retry;
-        // What the client gets if no further try happens.
-        let mut last: Option<Response<ProxyBody>> = None;
-        for attempt in 0..=policy.retries {
-            let index = match self.pick(&mut parts, attempt) {
-                Ok(index) => index,
-                Err(refused) => return last.unwrap_or_else(|| refused.response()),
-            };
-            let Some(backend) = self.set.get(index).cloned() else {
-                return last.unwrap_or_else(no_backend);
-            };
-            if attempt > 0 {
-                self.upstream.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            let more = attempt < policy.retries;
-            // In a block: the request is in the try's future, and a local
-            // holding it across the await would take its room twice.
-            let tried = {
-                let request = Request::from_parts(parts, body);
-                // A forwarded request keeps `Upgrade` only when it is one.
-                let resendable = more && retry::resendable(&request, self.upgrade.is_some());
-                self.try_backend(&backend, request, resendable)
-            };
-            let (failure, sent) = match tried.await {
-                Tried::Response(resp, in_flight, again) => {
-                    let again = match again {
-                        Some(again) if policy.retries_status(resp.status()) => again,
-                        _ => return self.respond(resp, in_flight, &backend),
-                    };
-                    backend_failed(&self.upstream, &backend);
-                    let status = resp.status();
-                    // Kept (not logged) in case a retry answers instead.
-                    let log = self.log.take();
-                    let resp = self.respond(resp, in_flight, &backend);
-                    self.log = log;
-                    self.tried.push(index);
-                    if !self.budget(true) {
-                        return resp;
-                    }
-                    tracing::info!(
-                        upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
-                        method = %self.method, path = self.uri.path(), status = status.as_u16(),
-                        "retry-on-status: trying another backend"
-                    );
-                    last = Some(resp);
-                    (parts, body) = again.into_parts();
-                    continue;
+    /// (Not an `async fn`, for the reason given at [`handle`].)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn run(
+        &mut self,
+        mut parts: Parts,
+        mut body: ClientBody,
+    ) -> impl Future<Output = Response<ProxyBody>> {
+        async move {
+            let upstream = Arc::clone(&self.upstream);
+            let policy = &upstream.config.retry;
+            // What the client gets if no further try happens.
+            let mut last: Option<Response<ProxyBody>> = None;
+            for attempt in 0..=policy.retries {
+                let index = match self.pick(&mut parts, attempt) {
+                    Ok(index) => index,
+                    Err(refused) => return last.unwrap_or_else(|| refused.response()),
+                };
+                let Some(backend) = self.set.get(index).cloned() else {
+                    return last.unwrap_or_else(no_backend);
+                };
+                if attempt > 0 {
+                    self.upstream.retries.fetch_add(1, Ordering::Relaxed);
                 }
-                Tried::NotSent(request, failure) => {
-                    (parts, body) = request.into_parts();
-                    (failure, false)
-                }
-                Tried::Sent(..) if self.client_failed.load(Ordering::Relaxed) => {
-                    // The client's body broke (bad chunk, too large, stalled,
-                    // reset): not the backend's fault, and nothing to retry.
-                    let refusal = self.front.refusal().unwrap_or(front::refuse(
-                        StatusCode::BAD_REQUEST,
-                        "invalid or aborted request body",
-                    ));
-                    tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), status = refusal.status.as_u16(), "request body refused: {}", refusal.reason);
-                    return closing(local_response(refusal.status, refusal.reason));
-                }
-                Tried::Sent(failure, again) => match again {
-                    Some(again) => {
+                let more = attempt < policy.retries;
+                // In a block: the request is in the try's future, and a local
+                // holding it across the await would take its room twice.
+                let tried = {
+                    let request = Request::from_parts(parts, body);
+                    // A forwarded request keeps `Upgrade` only when it is one.
+                    let resendable = more && retry::resendable(&request, self.upgrade.is_some());
+                    self.try_backend(&backend, request, resendable)
+                };
+                let (failure, sent) = match tried.await {
+                    Tried::Response(resp, in_flight, again) => {
+                        let again = match again {
+                            Some(again) if policy.retries_status(resp.status()) => again,
+                            _ => return self.respond(resp, in_flight, &backend),
+                        };
+                        backend_failed(&self.upstream, &backend);
+                        let status = resp.status();
+                        // Kept (not logged) in case a retry answers instead.
+                        let log = self.log.take();
+                        let resp = self.respond(resp, in_flight, &backend);
+                        self.log = log;
+                        self.tried.push(index);
+                        if !self.budget(true) {
+                            return resp;
+                        }
+                        tracing::info!(
+                            upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
+                            method = %self.method, path = self.uri.path(), status = status.as_u16(),
+                            "retry-on-status: trying another backend"
+                        );
+                        last = Some(resp);
                         (parts, body) = again.into_parts();
-                        (failure, true)
+                        continue;
                     }
-                    None => {
-                        self.failed(&backend, &failure, "");
-                        return self.failure_response(&failure);
+                    Tried::NotSent(request, failure) => {
+                        (parts, body) = request.into_parts();
+                        (failure, false)
                     }
-                },
-            };
-            // `parts` and `body` hold the request again.
-            self.tried.push(index);
-            if more && self.budget(sent) {
-                self.failed(&backend, &failure, "; trying another backend");
-                last = Some(self.failure_response(&failure));
-            } else {
-                self.failed(&backend, &failure, "");
-                return self.failure_response(&failure);
+                    Tried::Sent(..) if self.client_failed.load(Ordering::Relaxed) => {
+                        // The client's body broke (bad chunk, too large, stalled,
+                        // reset): not the backend's fault, and nothing to retry.
+                        let refusal = self.front.refusal().unwrap_or(front::refuse(
+                            StatusCode::BAD_REQUEST,
+                            "invalid or aborted request body",
+                        ));
+                        tracing::info!(upstream = self.upstream.name(), peer = %self.peer, method = %self.method, path = self.uri.path(), status = refusal.status.as_u16(), "request body refused: {}", refusal.reason);
+                        return closing(local_response(refusal.status, refusal.reason));
+                    }
+                    Tried::Sent(failure, again) => match again {
+                        Some(again) => {
+                            (parts, body) = again.into_parts();
+                            (failure, true)
+                        }
+                        None => {
+                            self.failed(&backend, &failure, "");
+                            return self.failure_response(&failure);
+                        }
+                    },
+                };
+                // `parts` and `body` hold the request again.
+                self.tried.push(index);
+                if more && self.budget(sent) {
+                    self.failed(&backend, &failure, "; trying another backend");
+                    last = Some(self.failure_response(&failure));
+                } else {
+                    self.failed(&backend, &failure, "");
+                    return self.failure_response(&failure);
+                }
             }
+            last.unwrap_or_else(no_backend)
         }
-        last.unwrap_or_else(no_backend)
     }
 
     /// Picks a backend not tried yet. `parts` is lent to the strategy (it
@@ -596,127 +618,139 @@ impl Exchange<'_> {
     /// Sends `request` to `backend` on a pooled or new connection: a
     /// bodiless request that is not an upgrade through the own client
     /// ([`upstream_h1`]), any other through hyper's.
-    async fn try_backend(
+    ///
+    /// (Not an `async fn`, for the reason given at [`handle`].)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn try_backend(
         &self,
         backend: &Arc<Backend>,
         mut request: Request<ClientBody>,
         resendable: bool,
-    ) -> Tried {
-        let in_flight = backend.start_request();
-        let started = Instant::now();
-        let settings = &self.upstream.pool;
-        let timeout = self.upstream.config.response_timeout;
-        let own = upstream_h1::handles(&request, self.upgrade.is_some());
-        let idempotent = retry::idempotent(request.method());
-        // A pooled connection that turns out to be closing hands the request
-        // back unsent; after a few of those, a new connection.
-        let mut stale = 0;
-        loop {
-            let pooled = if stale < MAX_STALE {
-                backend.pool.checkout(settings, started)
-            } else {
-                None
-            };
-            let Conn { sender, reused } = match pooled {
-                Some(conn) => conn,
-                None => match pool::connect(backend.addr, settings.connect_timeout).await {
-                    Ok(conn) => conn,
-                    Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
-                },
-            };
-            // The worker's reused timer: a new one per request costs a wake-up
-            // of the event loop (see `workers::timer`).
-            let deadline = workers::timer(timeout);
-            match sender {
-                Sender::H1(conn) if own => {
-                    let answer = tokio::select! {
-                        biased;
-                        answer = upstream_h1::send(conn, &request) => answer,
-                        () = deadline => {
-                            return Tried::Sent(Failure::Timeout(timeout), resendable.then_some(request));
-                        }
-                    };
-                    match answer {
-                        Ok(resp) => {
-                            let resp = resp.map(Answer::H1);
-                            return self.answered(
-                                backend,
-                                started,
-                                resp,
-                                in_flight,
-                                resendable.then_some(request),
-                            );
-                        }
-                        // Nothing reached the backend: on a reused
-                        // connection, most likely closing as it was picked.
-                        Err(upstream_h1::Error::Unsent(_)) if reused => {
-                            stale += 1;
-                            continue;
-                        }
-                        // The backend closed a kept connection with no
-                        // answer, most likely as the request went out: an
-                        // idempotent request is sent again, once, on a new
-                        // connection (RFC 9110 §9.2.2; nginx does the same
-                        // for a cached connection). Once: a request that
-                        // makes the backend crash reaches it at most twice.
-                        Err(e) if reused && e.no_response() && idempotent => {
-                            tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
-                            stale = MAX_STALE;
-                            continue;
-                        }
-                        Err(e @ upstream_h1::Error::Unsent(_)) => {
-                            let error = Broken::H1(e);
-                            return Tried::NotSent(request, Failure::Broken { error, reused });
-                        }
-                        Err(e) => {
-                            let error = Broken::H1(e);
-                            let again = resendable.then_some(request);
-                            return Tried::Sent(Failure::Broken { error, reused }, again);
+    ) -> impl Future<Output = Tried> {
+        async move {
+            let in_flight = backend.start_request();
+            let started = Instant::now();
+            let settings = &self.upstream.pool;
+            let timeout = self.upstream.config.response_timeout;
+            let own = upstream_h1::handles(&request, self.upgrade.is_some());
+            let idempotent = retry::idempotent(request.method());
+            // A pooled connection that turns out to be closing hands the request
+            // back unsent; after a few of those, a new connection.
+            let mut stale = 0;
+            loop {
+                let pooled = if stale < MAX_STALE {
+                    backend.pool.checkout(settings, started)
+                } else {
+                    None
+                };
+                let Conn { sender, reused } = match pooled {
+                    Some(conn) => conn,
+                    None => match pool::connect(backend.addr, settings.connect_timeout).await {
+                        Ok(conn) => conn,
+                        Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
+                    },
+                };
+                // The worker's reused timer: a new one per request costs a wake-up
+                // of the event loop (see `workers::timer`).
+                let deadline = workers::timer(timeout);
+                match sender {
+                    Sender::H1(conn) if own => {
+                        let answer = tokio::select! {
+                            biased;
+                            answer = upstream_h1::send(conn, &request) => answer,
+                            () = deadline => {
+                                return Tried::Sent(Failure::Timeout(timeout), resendable.then_some(request));
+                            }
+                        };
+                        match answer {
+                            Ok(resp) => {
+                                let resp = resp.map(Answer::H1);
+                                return self.answered(
+                                    backend,
+                                    started,
+                                    resp,
+                                    in_flight,
+                                    resendable.then_some(request),
+                                );
+                            }
+                            // Nothing reached the backend: on a reused
+                            // connection, most likely closing as it was picked.
+                            Err(upstream_h1::Error::Unsent(_)) if reused => {
+                                stale += 1;
+                                continue;
+                            }
+                            // The backend closed a kept connection with no
+                            // answer, most likely as the request went out: an
+                            // idempotent request is sent again, once, on a new
+                            // connection (RFC 9110 §9.2.2; nginx does the same
+                            // for a cached connection). Once: a request that
+                            // makes the backend crash reaches it at most twice.
+                            Err(e) if reused && e.no_response() && idempotent => {
+                                tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
+                                stale = MAX_STALE;
+                                continue;
+                            }
+                            Err(e @ upstream_h1::Error::Unsent(_)) => {
+                                let error = Broken::H1(e);
+                                return Tried::NotSent(request, Failure::Broken { error, reused });
+                            }
+                            Err(e) => {
+                                let error = Broken::H1(e);
+                                let again = resendable.then_some(request);
+                                return Tried::Sent(Failure::Broken { error, reused }, again);
+                            }
                         }
                     }
-                }
-                sender => {
-                    let mut sender = match sender {
-                        Sender::Hyper(sender) => sender,
-                        Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
-                            Ok(sender) => sender,
-                            Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
-                        },
-                    };
-                    // hyper's client takes the request: a copy, if it may
-                    // have to be sent again.
-                    let replay = resendable.then(|| Replay::of(&request));
-                    let answer = tokio::select! {
-                        biased;
-                        answer = sender.try_send_request(request) => answer,
-                        () = deadline => {
-                            return Tried::Sent(Failure::Timeout(timeout), replay.map(Replay::request));
-                        }
-                    };
-                    match answer {
-                        Ok(resp) => {
-                            let resp = resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender)));
-                            let again = replay.map(Replay::request);
-                            return self.answered(backend, started, resp, in_flight, again);
-                        }
-                        Err(mut e) => {
-                            let unsent = e.take_message();
-                            let error = Broken::Hyper(e.into_error());
-                            match unsent {
-                                Some(unsent) if reused => {
-                                    request = unsent;
-                                    stale += 1;
-                                    continue;
-                                }
-                                Some(unsent) => {
-                                    return Tried::NotSent(
-                                        unsent,
-                                        Failure::Broken { error, reused },
-                                    );
-                                }
-                                None => {
-                                    let again = replay.map(Replay::request);
-                                    return Tried::Sent(Failure::Broken { error, reused }, again);
+                    sender => {
+                        let mut sender = match sender {
+                            Sender::Hyper(sender) => sender,
+                            Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
+                                Ok(sender) => sender,
+                                Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
+                            },
+                        };
+                        // hyper's client takes the request: a copy, if it may
+                        // have to be sent again.
+                        let replay = resendable.then(|| Replay::of(&request));
+                        let answer = tokio::select! {
+                            biased;
+                            answer = sender.try_send_request(request) => answer,
+                            () = deadline => {
+                                return Tried::Sent(Failure::Timeout(timeout), replay.map(Replay::request));
+                            }
+                        };
+                        match answer {
+                            Ok(resp) => {
+                                let resp =
+                                    resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender)));
+                                let again = replay.map(Replay::request);
+                                return self.answered(backend, started, resp, in_flight, again);
+                            }
+                            Err(mut e) => {
+                                let unsent = e.take_message();
+                                let error = Broken::Hyper(e.into_error());
+                                match unsent {
+                                    Some(unsent) if reused => {
+                                        request = unsent;
+                                        stale += 1;
+                                        continue;
+                                    }
+                                    Some(unsent) => {
+                                        return Tried::NotSent(
+                                            unsent,
+                                            Failure::Broken { error, reused },
+                                        );
+                                    }
+                                    None => {
+                                        let again = replay.map(Replay::request);
+                                        return Tried::Sent(
+                                            Failure::Broken { error, reused },
+                                            again,
+                                        );
+                                    }
                                 }
                             }
                         }
