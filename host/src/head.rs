@@ -72,7 +72,7 @@ impl Place {
 
 /// Where the parts of a request head lie in the bytes it was parsed from:
 /// the strict front parses each head once, and the own server builds its
-/// request from these places (see [`crate::front::Guard::head_places`]).
+/// request from these places (see [`crate::front::Guard::with_head_places`]).
 #[derive(Debug, Default)]
 pub struct RequestHead {
     /// The head's length, its empty last line included.

@@ -73,9 +73,9 @@ pub struct Framer {
     fresh: bool,
     /// Heads checked and passed on.
     heads: u64,
-    /// When the last input fed started with a whole head: the number of
-    /// its places in [`FIRST_HEAD`].
-    first: Option<u64>,
+    /// When the last input fed started with a whole head: where that
+    /// thread's [`FIRST_HEAD`] is, and the number of its places there.
+    first: Option<(usize, u64)>,
 }
 
 thread_local! {
@@ -120,9 +120,10 @@ impl Framer {
     /// Runs `f` with where the parts of the head the last input fed
     /// started with lie in it, if it started with a whole head (once).
     pub fn with_first_head<R>(&mut self, mut f: impl FnMut(Option<&RequestHead>) -> R) -> R {
-        if let Some(number) = self.first.take() {
-            let ran = FIRST_HEAD.try_with(|first| match first.try_borrow() {
-                Ok(first) if first.0 == number => Some(f(Some(&first.1))),
+        if let Some((at, number)) = self.first.take() {
+            // This thread's record, and still this framer's.
+            let ran = FIRST_HEAD.try_with(|record| match record.try_borrow() {
+                Ok(first) if first.0 == number && address(record) == at => Some(f(Some(&first.1))),
                 _ => None,
             });
             if let Ok(Some(result)) = ran {
@@ -317,15 +318,20 @@ impl Framer {
     }
 }
 
+/// Where a thread's [`FIRST_HEAD`] is: unique among the threads alive.
+fn address(record: &RefCell<(u64, RequestHead)>) -> usize {
+    std::ptr::from_ref(record).addr()
+}
+
 /// [`parse_head`] into the thread's [`FIRST_HEAD`], numbered anew, and
-/// that number (`None` if the record could not be used: the thread is
-/// ending).
-fn parse_first(bytes: &[u8], max_body: Option<u64>) -> (Parsed, Option<u64>) {
-    let recorded = FIRST_HEAD.try_with(|first| {
-        let mut first = first.try_borrow_mut().ok()?;
+/// where that record is with that number (`None` if it could not be used:
+/// the thread is ending).
+fn parse_first(bytes: &[u8], max_body: Option<u64>) -> (Parsed, Option<(usize, u64)>) {
+    let recorded = FIRST_HEAD.try_with(|record| {
+        let mut first = record.try_borrow_mut().ok()?;
         first.0 += 1;
         let parsed = parse_head(bytes, max_body, &mut first.1);
-        Some((parsed, first.0))
+        Some((parsed, (address(record), first.0)))
     });
     match recorded {
         Ok(Some((parsed, number))) => (parsed, Some(number)),

@@ -191,7 +191,7 @@ pub struct Guard<I> {
     blocked_since: Option<Instant>,
     send_timer: Option<Timer>,
     /// Whether the bytes the last read returned start with the framer's
-    /// first head ([`Framer::first_head`]).
+    /// first head ([`Framer::with_first_head`]).
     placed: bool,
 }
 
