@@ -70,16 +70,17 @@ pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Where a lower-case `name` is in [`HOP_BY_HOP`].
+/// Where `name` (in any case) is in [`HOP_BY_HOP`].
 fn hop_by_hop_index(name: &str) -> Option<usize> {
-    match name {
-        "connection" => Some(0),
-        "proxy-connection" => Some(1),
-        "keep-alive" => Some(2),
-        "te" => Some(3),
-        "trailer" => Some(4),
-        "transfer-encoding" => Some(5),
-        "upgrade" => Some(6),
+    let is = |hop: &str| name.eq_ignore_ascii_case(hop);
+    match name.len() {
+        10 if is("connection") => Some(0),
+        16 if is("proxy-connection") => Some(1),
+        10 if is("keep-alive") => Some(2),
+        2 if is("te") => Some(3),
+        7 if is("trailer") => Some(4),
+        17 if is("transfer-encoding") => Some(5),
+        7 if is("upgrade") => Some(6),
         _ => None,
     }
 }
@@ -124,8 +125,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|token| {
-                !token.eq_ignore_ascii_case("close")
-                    && hop_by_hop_index(&token.to_ascii_lowercase()).is_none()
+                !token.eq_ignore_ascii_case("close") && hop_by_hop_index(token).is_none()
             })
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
@@ -310,6 +310,8 @@ mod tests {
             assert_eq!(hop_by_hop_index(hop.as_str()), Some(i));
         }
         assert_eq!(hop_by_hop_index("host"), None);
+        assert_eq!(hop_by_hop_index("Keep-ALIVE"), Some(2));
+        assert_eq!(hop_by_hop_index("x-te"), None);
     }
 
     #[test]

@@ -249,10 +249,12 @@ impl RawFields {
         starts.zip(ends).map(|(s, e)| &self.lines[s..e])
     }
 
-    /// Each line passed on, with its CRLF.
-    fn kept(&self) -> impl Iterator<Item = &[u8]> {
+    /// Each line passed on, with its CRLF, and its name (what comes
+    /// before the colon).
+    fn kept(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.runs()
             .flat_map(|run| run.split_inclusive(|&b| b == b'\n'))
+            .map(|line| (line.split(|&b| b == b':').next().unwrap_or(line), line))
     }
 
     /// Appends the lines passed on to `out`, but those with a name
@@ -264,8 +266,7 @@ impl RawFields {
             }
             return;
         }
-        for line in self.kept() {
-            let name = line.split(|&b| b == b':').next().unwrap_or(line);
+        for (name, line) in self.kept() {
             if !replaced
                 .keys()
                 .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
@@ -280,12 +281,13 @@ impl RawFields {
     pub fn into_map(self, map: &mut HeaderMap) {
         let replaced = std::mem::take(map);
         let mut fields = HeaderMap::with_capacity(replaced.len() + self.kept().count());
-        for line in self.kept() {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
+        for (name, line) in self.kept() {
+            // After the name: its colon, the value, its spaces and CRLF.
+            let Some(rest) = line.get(name.len() + 1..) else {
                 continue;
             };
-            let name = HeaderName::from_bytes(&line[..colon]);
-            let value = self.lines.slice_ref(line[colon + 1..].trim_ascii());
+            let value = self.lines.slice_ref(rest.trim_ascii());
+            let name = HeaderName::from_bytes(name);
             // Checked by httparse already: never skipped in practice.
             if let (Ok(name), Ok(value)) = (name, HeaderValue::from_maybe_shared(value)) {
                 fields.append(name, value);
