@@ -62,10 +62,13 @@ fi
 
 # --- processes, stopped on exit ------------------------------------------
 
+# The backends, and the proxy while one runs (cleared once it has exited, so
+# that its number, free again, is never signalled).
 PIDS=()
+PROXY=
 cleanup() {
     local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}" $PROXY; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -131,15 +134,20 @@ strategy = "$strategy"
 servers = [$(IFS=,; echo "${BACKENDS[*]}")]
 EOF
     LLVM_PROFILE_FILE="$PROFILES/switchyard-%p-%m.profraw" "$GEN_BIN" run --config "$conf" >"$log" 2>&1 &
-    proxy=$!
-    PIDS+=("$proxy")
+    PROXY=$!
     url="http://$(address_in "$log" "listen=")/"
     for conns in 1 50 256; do
         step "training: $strategy, $conns connections, ${TRAIN}s"
-        "$STRESS_BIN" -u "$url" -c "$conns" -d "${TRAIN}s" | grep -E '^(GET|ok)' >&2
+        report=$("$STRESS_BIN" -u "$url" -c "$conns" -d "${TRAIN}s")
+        grep -E '^(GET|ok)' <<<"$report" >&2
+        # A profile of failing requests would train the error paths.
+        grep -q '^ok .*, failed 0$' <<<"$report" || die "requests failed while training ($log)"
     done
-    kill -TERM "$proxy"
-    wait "$proxy" || die "the instrumented proxy exited with $? ($log)"
+    kill -TERM "$PROXY"
+    status=0
+    wait "$PROXY" || status=$?
+    PROXY=
+    ((status == 0)) || die "the instrumented proxy exited with $status ($log)"
 done
 
 # --- 3. merge ---------------------------------------------------------------
