@@ -110,9 +110,9 @@ enum Picker {
 
 impl Picker {
     #[inline]
-    fn pick(&self, input: PickInput<'_>, parts: Parts) -> (Choice, Parts) {
+    fn pick(&self, input: PickInput<'_>, parts: &mut Parts) -> Choice {
         match self {
-            Picker::Native => (fallback(&input), parts),
+            Picker::Native => fallback(&input),
             Picker::Wasm(strategy) => strategy.pick(input, parts),
         }
     }
@@ -124,7 +124,7 @@ fn bench_group(c: &mut Criterion, name: &str, make: impl Fn(&Arc<BackendSet>) ->
     for n in SIZES {
         let set = backend_set(n);
         let picker = make(&set);
-        let mut parts = Some(request_parts());
+        let mut parts = request_parts();
         let mut sequence = 0u64;
 
         // One pick outside the measurement: creates this thread's instance
@@ -136,8 +136,7 @@ fn bench_group(c: &mut Criterion, name: &str, make: impl Fn(&Arc<BackendSet>) ->
             exclude: &[],
             attempt: 0,
         };
-        let (choice, p) = picker.pick(input, parts.take().expect("parts are present"));
-        parts = Some(p);
+        let choice = picker.pick(input, &mut parts);
         assert!(
             matches!(choice, Choice::Backend(i) if (i as usize) < n),
             "{name}/{n}: unexpected first choice {choice:?}"
@@ -153,9 +152,7 @@ fn bench_group(c: &mut Criterion, name: &str, make: impl Fn(&Arc<BackendSet>) ->
                     attempt: 0,
                 };
                 sequence = sequence.wrapping_add(1);
-                let (choice, p) = picker.pick(input, parts.take().expect("parts are present"));
-                parts = Some(p);
-                black_box(choice)
+                black_box(picker.pick(input, &mut parts))
             });
         });
 

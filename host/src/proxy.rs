@@ -577,9 +577,7 @@ impl Exchange<'_> {
             fallback(&input)
         } else {
             let strategy = self.upstream.strategy.load();
-            let (choice, picked) = strategy.pick(input, std::mem::replace(parts, empty_parts()));
-            *parts = picked;
-            choice
+            strategy.pick(input, parts)
         };
         if let Some(shadow) = &self.upstream.shadow {
             shadow.observe(input, parts, &choice);
@@ -954,10 +952,6 @@ fn no_backend() -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE,
         "no backend is available for this request",
     )
-}
-
-fn empty_parts() -> Parts {
-    Request::new(()).into_parts().0
 }
 
 /// Asks hyper to close the client connection after this response.

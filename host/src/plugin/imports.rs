@@ -18,8 +18,11 @@ pub struct GuestState {
     limits: StoreLimits,
     /// The backend set the instance was last given.
     pub(super) set: Arc<BackendSet>,
-    /// The request being picked for; `Some` only during a pick.
-    pub(super) request: Option<Parts>,
+    /// The head of the request being picked for, swapped in for the
+    /// length of a pick (an empty head otherwise: see [`Self::request`]).
+    pub(super) request: Parts,
+    /// Whether a pick is running, i.e. whether `request` is the real one.
+    pub(super) picking: bool,
     /// Backends this pick must avoid (already tried by this request).
     pub(super) exclude: Vec<u32>,
 }
@@ -42,7 +45,8 @@ impl GuestState {
                 .trap_on_grow_failure(true)
                 .build(),
             set,
-            request: None,
+            request: http::Request::new(()).into_parts().0,
+            picking: false,
             exclude: Vec::new(),
         }
     }
@@ -50,13 +54,19 @@ impl GuestState {
     pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limits
     }
+
+    /// The request head of the pick in progress; `None` outside a pick
+    /// (in `init`, `set-backends` or `state`).
+    fn request(&self) -> Option<&Parts> {
+        self.picking.then_some(&self.request)
+    }
 }
 
 impl types::Host for GuestState {}
 
 impl request::Host for GuestState {
     fn method(&mut self) -> HttpMethod {
-        let Some(parts) = &self.request else {
+        let Some(parts) = self.request() else {
             return HttpMethod::Get;
         };
         match parts.method {
@@ -74,25 +84,23 @@ impl request::Host for GuestState {
     }
 
     fn host(&mut self) -> String {
-        self.request
-            .as_ref()
+        self.request()
             .map(|p| host_of(p).to_owned())
             .unwrap_or_default()
     }
 
     fn path(&mut self) -> String {
-        self.request
-            .as_ref()
+        self.request()
             .map(|p| p.uri.path().to_owned())
             .unwrap_or_default()
     }
 
     fn query(&mut self) -> Option<String> {
-        self.request.as_ref()?.uri.query().map(str::to_owned)
+        self.request()?.uri.query().map(str::to_owned)
     }
 
     fn header(&mut self, name: String) -> Option<String> {
-        let value = self.request.as_ref()?.headers.get(name.as_str())?;
+        let value = self.request()?.headers.get(name.as_str())?;
         Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
     }
 }

@@ -192,23 +192,27 @@ fn wit_ip(ip: IpAddr) -> IpAddress {
 }
 
 impl Strategy {
-    /// Asks the plugin for a backend. Never fails: a plugin failure is
-    /// counted and logged, the instance is dropped (a fresh one replaces it on
-    /// the next pick) and the host's round robin answers instead.
-    pub fn pick(self: &Arc<Self>, input: PickInput<'_>, parts: Parts) -> (Choice, Parts) {
-        let started = Instant::now();
+    /// Asks the plugin for a backend. `parts` is lent to the plugin for the
+    /// length of the call (it may read the method, path and headers) and
+    /// comes back as it was. Never fails: a plugin failure is counted and
+    /// logged, the instance is dropped (a fresh one replaces it on the next
+    /// pick) and the host's round robin answers instead.
+    pub fn pick(self: &Arc<Self>, input: PickInput<'_>, parts: &mut Parts) -> Choice {
+        let clock = &self.runtime.clock;
+        let started = clock.raw();
         if self.stats.paused() {
             // Failing again and again: left alone until the pause ends.
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return (failed_over(&input), parts);
+            return failed_over(&input);
         }
         let picked = INSTANCES.with(|cell| match cell.try_borrow_mut() {
             Ok(mut entries) => self.pick_with(&mut entries, input, parts),
             // Unreachable (no pick runs inside another), but never panic.
-            Err(_) => (failed_over(&input), parts),
+            Err(_) => failed_over(&input),
         });
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.stats.pick_ns.record(ns);
+        self.stats
+            .pick_ns
+            .record(clock.delta_as_nanos(started, clock.raw()));
         picked
     }
 
@@ -216,9 +220,9 @@ impl Strategy {
         self: &Arc<Self>,
         entries: &mut Vec<Entry>,
         input: PickInput<'_>,
-        parts: Parts,
-    ) -> (Choice, Parts) {
-        let ticks = self.deadline_ticks();
+        parts: &mut Parts,
+    ) -> Choice {
+        let ticks = self.deadline_ticks;
         let pos = match entries
             .iter()
             .position(|e| e.instance.strategy_id == self.id)
@@ -255,7 +259,7 @@ impl Strategy {
                     }
                     Err((stage, reason)) => {
                         self.failed(FailureKind::Instantiate, &format!("{stage}: {reason}"));
-                        return (failed_over(&input), parts);
+                        return failed_over(&input);
                     }
                 }
             }
@@ -265,7 +269,7 @@ impl Strategy {
             let kind = classify(&e);
             entries.swap_remove(pos);
             self.failed(kind, &format!("set-backends: {e:#}"));
-            return (failed_over(&input), parts);
+            return failed_over(&input);
         }
 
         let request = WitRequest {
@@ -275,8 +279,12 @@ impl Strategy {
             attempt: input.attempt,
             health_version: input.set.health.version(),
         };
+        // The head is swapped in and back out, the store's own empty head
+        // standing in for it meanwhile: nothing is built or allocated per
+        // pick.
         let data = instance.store.data_mut();
-        data.request = Some(parts);
+        std::mem::swap(&mut data.request, parts);
+        data.picking = true;
         data.exclude.clear();
         data.exclude.extend_from_slice(input.exclude);
         instance.store.set_epoch_deadline(ticks);
@@ -284,12 +292,9 @@ impl Strategy {
             .bindings
             .switchyard_balancer_strategy()
             .call_pick(&mut instance.store, request);
-        let parts = instance
-            .store
-            .data_mut()
-            .request
-            .take()
-            .unwrap_or_else(|| http::Request::new(()).into_parts().0);
+        let data = instance.store.data_mut();
+        std::mem::swap(&mut data.request, parts);
+        data.picking = false;
 
         let decision = match result {
             Ok(decision) => decision,
@@ -297,7 +302,7 @@ impl Strategy {
                 let kind = classify(&e);
                 entries.swap_remove(pos);
                 self.failed(kind, &format!("pick: {e:#}"));
-                return (failed_over(&input), parts);
+                return failed_over(&input);
             }
         };
         let n = input.set.len() as u32;
@@ -321,12 +326,12 @@ impl Strategy {
                     FailureKind::BadAnswer,
                     &format!("pick returned {other:?} but the upstream has {n} backends"),
                 );
-                return (failed_over(&input), parts);
+                return failed_over(&input);
             }
         };
         self.stats.picks.fetch_add(1, Ordering::Relaxed);
         self.stats.succeeded();
-        (choice, parts)
+        choice
     }
 
     /// Whether `instance` belongs to an earlier version of this strategy.
@@ -350,7 +355,7 @@ impl Strategy {
             return Ok(fresh);
         }
         let started = Instant::now();
-        let ticks = Budget::Request.ticks(self.deadline_ticks());
+        let ticks = Budget::Request.ticks(self.deadline_ticks);
         let bytes = match earlier.instance.snapshot(ticks) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(fresh),

@@ -107,6 +107,10 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     ticker_stop: Arc<AtomicBool>,
+    /// Times picks for `switchyard_plugin_pick_seconds`: the TSC where it
+    /// is invariant (calibrated here, once, off the request path), else the
+    /// OS's monotonic clock.
+    clock: quanta::Clock,
 }
 
 /// Epoch tick used for pick deadlines.
@@ -145,6 +149,7 @@ impl Runtime {
             engine,
             linker,
             ticker_stop,
+            clock: quanta::Clock::new(),
         }))
     }
 
@@ -254,6 +259,7 @@ impl Runtime {
             shadow: succession.shadow,
             upstream: upstream.to_owned(),
             params: params_to_wit(params),
+            deadline_ticks: deadline_ticks(limits.pick_deadline),
             limits,
             compiled,
             runtime: Arc::clone(self),
@@ -284,6 +290,12 @@ impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runtime").finish_non_exhaustive()
     }
+}
+
+/// Epoch ticks in one pick deadline (rounded up, plus the tick in
+/// progress).
+fn deadline_ticks(deadline: Duration) -> u64 {
+    u64::try_from(deadline.as_micros().div_ceil(TICK.as_micros())).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Hash identifying a plugin file's content.
@@ -383,6 +395,8 @@ pub struct Strategy {
     upstream: String,
     params: Vec<(String, ParamValue)>,
     limits: PluginLimits,
+    /// Epoch ticks in `limits.pick_deadline`, worked out once.
+    deadline_ticks: u64,
     /// The plugin this strategy runs.
     pub compiled: Arc<Compiled>,
     runtime: Arc<Runtime>,
@@ -584,17 +598,6 @@ impl Strategy {
         self.shadow
     }
 
-    /// Epoch ticks in one pick deadline (rounded up, plus the tick in
-    /// progress).
-    fn deadline_ticks(&self) -> u64 {
-        (self
-            .limits
-            .pick_deadline
-            .as_micros()
-            .div_ceil(TICK.as_micros())) as u64
-            + 1
-    }
-
     /// Creates, initialises and feeds a new instance, each step within
     /// `budget`. Error: (stage, reason).
     fn instantiate(
@@ -602,7 +605,7 @@ impl Strategy {
         set: &Arc<BackendSet>,
         budget: Budget,
     ) -> Result<instances::Instance, (&'static str, String)> {
-        let ticks = budget.ticks(self.deadline_ticks());
+        let ticks = budget.ticks(self.deadline_ticks);
         let mut store = Store::new(
             &self.runtime.engine,
             GuestState::new(

@@ -73,9 +73,7 @@ impl Shadow {
     /// and handed back. Never fails and never changes the live pick.
     pub fn observe(&self, input: PickInput<'_>, parts: &mut Parts, live: &Choice) {
         let strategy = self.strategy.load();
-        let lent = std::mem::replace(parts, http::Request::new(()).into_parts().0);
-        let (choice, lent) = strategy.pick(input, lent);
-        *parts = lent;
+        let choice = strategy.pick(input, parts);
         let stats = &self.stats;
         stats.picks.fetch_add(1, Ordering::Relaxed);
         if matches!(choice, Choice::Fallback(_)) {

@@ -417,7 +417,7 @@ impl<'a> Picker<'a> {
     }
 
     fn pick(&mut self, request: &TraceRequest, sequence: u64) -> Picked {
-        let parts = request.parts();
+        let mut parts = request.parts();
         let input = PickInput {
             set: self.set,
             sequence,
@@ -426,9 +426,8 @@ impl<'a> Picker<'a> {
             attempt: 0,
         };
         let started = Instant::now();
-        let (choice, parts) = self.strategy.pick(input, parts);
+        let choice = self.strategy.pick(input, &mut parts);
         let ns = started.elapsed().as_nanos();
-        drop(parts);
         if self.first_pick_ns.is_none() {
             self.first_pick_ns = Some(ns);
         } else {
