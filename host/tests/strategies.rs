@@ -521,3 +521,24 @@ async fn bad_parameters_refuse_to_start() {
         assert!(err.is_some(), "{stem} accepted {params}");
     }
 }
+
+/// A pick lends the request head only to a plugin that imports `request`:
+/// the reference plugins never read it, the canary (a header) and the
+/// consistent hash (a header or cookie, when told to) do. The canary tests
+/// above show that what is lent is read.
+#[test]
+fn only_plugins_that_import_request_are_lent_the_head() {
+    let runtime = switchyard::plugin::Runtime::new().expect("runtime");
+    for (path, reads) in [
+        (env!("SWITCHYARD_WASM_ROUND_ROBIN"), false),
+        (env!("SWITCHYARD_WASM_LEAST_CONN"), false),
+        (env!("SWITCHYARD_WASM_IP_HASH"), false),
+        (CANARY, true),
+        (CONSISTENT_HASH, true),
+    ] {
+        let compiled = runtime
+            .compile(std::path::Path::new(path))
+            .expect("the plugin compiles");
+        assert_eq!(compiled.reads_request(), reads, "{path}");
+    }
+}

@@ -279,12 +279,16 @@ impl Strategy {
             attempt: input.attempt,
             health_version: input.set.health.version(),
         };
-        // The head is swapped in and back out, the store's own empty head
-        // standing in for it meanwhile: nothing is built or allocated per
-        // pick.
+        // A plugin that imports `request` is lent the head: swapped in and
+        // back out, the store's own empty head standing in for it
+        // meanwhile (nothing is built or allocated per pick). One that
+        // does not import it cannot read it, and is spared the moves.
+        let lend = self.compiled.reads_request;
         let data = instance.store.data_mut();
-        std::mem::swap(&mut data.request, parts);
-        data.picking = true;
+        if lend {
+            std::mem::swap(&mut data.request, parts);
+            data.picking = true;
+        }
         data.exclude.clear();
         data.exclude.extend_from_slice(input.exclude);
         instance.store.set_epoch_deadline(ticks);
@@ -292,9 +296,11 @@ impl Strategy {
             .bindings
             .switchyard_balancer_strategy()
             .call_pick(&mut instance.store, request);
-        let data = instance.store.data_mut();
-        std::mem::swap(&mut data.request, parts);
-        data.picking = false;
+        if lend {
+            let data = instance.store.data_mut();
+            std::mem::swap(&mut data.request, parts);
+            data.picking = false;
+        }
 
         let decision = match result {
             Ok(decision) => decision,

@@ -194,6 +194,10 @@ impl Runtime {
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
         let indices = BalancerIndices::new(&pre).map_err(mismatch)?;
         let state = StateExports::find(&component).map_err(mismatch)?;
+        let reads_request = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.split('@').next() == Some(REQUEST_INTERFACE));
         Ok(Arc::new(Compiled {
             name: path
                 .file_stem()
@@ -206,6 +210,7 @@ impl Runtime {
             pre,
             indices,
             state,
+            reads_request,
         }))
     }
 
@@ -321,6 +326,9 @@ pub struct Compiled {
     pre: InstancePre<GuestState>,
     indices: BalancerIndices,
     state: Option<StateExports>,
+    /// Whether the component imports the `request` interface: only then is
+    /// a pick lent the request head.
+    reads_request: bool,
 }
 
 impl Compiled {
@@ -329,7 +337,17 @@ impl Compiled {
     pub fn stateful(&self) -> bool {
         self.state.is_some()
     }
+
+    /// Whether the plugin imports the `request` interface (can read the
+    /// method, host, path, query and headers of the request it picks for).
+    pub fn reads_request(&self) -> bool {
+        self.reads_request
+    }
 }
+
+/// The `request` interface, by the name the WIT gives it, without its
+/// version (any version the linker serves counts).
+const REQUEST_INTERFACE: &str = "switchyard:balancer/request";
 
 /// The optional `state` interface, by the name the WIT gives it.
 pub const STATE_INTERFACE: &str = "switchyard:balancer/state@0.1.0";
