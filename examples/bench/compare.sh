@@ -613,7 +613,7 @@ report() {
     echo "machine: nproc=$NPROC, cpu=${cpu_model:-unknown}, kernel=$(uname -sr)," \
         "loadavg at end=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$WRK" -v 2>&1 | head -n 1 | awk '{print $1, $2}')," \
-        "$("$SWITCHYARD_BIN" --version 2>/dev/null || echo switchyard)"
+        "$("$SWITCHYARD_BIN" --version 2>/dev/null || echo switchyard) ($SWITCHYARD_BIN)"
     echo "run: rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s conns=[${CONN_LIST[*]}]" \
         "wrk threads=min(c,2) keep-alive; loopback; latencies in ms"
     echo

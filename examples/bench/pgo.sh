@@ -19,7 +19,8 @@
 #   LLVM then knows which branches and calls the request path takes: hot
 #   code is laid out together and inlined along the paths it runs, so fewer
 #   instructions run and fewer cache lines of code are touched per request.
-#   On the 2-core benchmark machine (README, "Throughput") it cut
+#   On the 2-core benchmark machine (README, "Instructions per request";
+#   examples/bench/HISTORY.md, session 13) it cut
 #   instructions per proxied request by about a fifth and user CPU time per
 #   request by about a quarter against the same commit's plain release build.
 #   Paths the training does not run (TLS, HTTP/2, WebSocket, the admin API)
