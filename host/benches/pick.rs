@@ -5,8 +5,9 @@
 //! One iteration is one `Strategy::pick` on the calling thread's long-lived
 //! instance (created during warm-up), so it includes the host side of a pick:
 //! building the WIT request, the call into the guest, the guest's import calls
-//! and the host's check of the answer. The request head is moved in and out
-//! of the pick as on the request path, never rebuilt.
+//! and the host's check of the answer. The request head is lent to the pick
+//! (`&mut Parts`) as on the request path, never rebuilt; only a plugin that
+//! imports the `request` interface gets it swapped into its store.
 //!
 //! A strategy written in another language is measured next to them when its
 //! component is given (see [`POLYGLOT`]): `SWITCHYARD_WASM_JS=$(bash
