@@ -40,13 +40,14 @@ def main(paths):
     def thin(x, fmt):
         return format(x, fmt).replace(",", " ")
 
-    conns = sorted({int(r["conns"]) for r in rows})
+    by_conns = {}
+    for r in rows:
+        by_conns.setdefault(int(r["conns"]), []).append(r)
     print("| connections | nginx rps | Switchyard (Wasm RR) rps | Switchyard native rps"
           " | p50 / p99 ms nginx | p50 / p99 ms Switchyard"
           " | CPU µs / request nginx (user + sys) | CPU µs / request Switchyard (user + sys) |")
     print("| ---: | ---: | ---: | ---: | --- | --- | --- | --- |")
-    for c in conns:
-        rs = [r for r in rows if int(r["conns"]) == c]
+    for c, rs in sorted(by_conns.items()):
 
         def med(key):
             return statistics.median(num(r, key) for r in rs)
@@ -58,8 +59,7 @@ def main(paths):
               f" | {med('nginx_user_us'):.1f} + {med('nginx_sys_us'):.1f}"
               f" | {med('switchyard_user_us'):.1f} + {med('switchyard_sys_us'):.1f} |")
     print()
-    for c in conns:
-        rs = [r for r in rows if int(r["conns"]) == c]
+    for c, rs in sorted(by_conns.items()):
 
         def ratios(a, b):
             return [num(r, a) / num(r, b) for r in rs if num(r, b) > 0]
