@@ -9,7 +9,7 @@
 #
 # Needs BuildKit (Docker's default builder since 23.0) for the cache mounts.
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.99-bookworm AS build
 WORKDIR /src
 
 # The toolchain pinned in rust-toolchain.toml (installed if the image's

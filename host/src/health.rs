@@ -236,12 +236,14 @@ pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
         let mut rounds: HashMap<String, (Instant, Arc<AtomicBool>)> = HashMap::new();
         let mut tick = tokio::time::interval(SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for round in 0u64.. {
+        let mut round = 0u64;
+        loop {
+            round = round.wrapping_add(1);
             tick.tick().await;
             let table = arc_swap::Guard::into_inner(gateway.routes());
             rounds.retain(|name, _| table.upstream(name).is_some());
             // Idle connections past their time, about once a second.
-            let sweep_pools = round % 10 == 0;
+            let sweep_pools = round.is_multiple_of(10);
             for upstream in &table.upstreams {
                 let set = upstream.backends.load_full();
                 for backend in &set.backends {

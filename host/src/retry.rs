@@ -89,7 +89,7 @@ impl RetryBudget {
             .max(u64::from(policy.budget_min));
         let cap = u32::try_from(cap).unwrap_or(u32::MAX);
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .try_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
             .ok()
