@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use http::request::Parts;
-use switchyard::config::{PluginLimits, ServerConfig};
+use switchyard::backend::BackendSet;
+use switchyard::base::config::{PluginLimits, ServerConfig};
 use switchyard::plugin::{Choice, Compiled, PickInput, Runtime, Strategy, fallback};
-use switchyard::upstream::BackendSet;
 
 /// Backend counts every group is measured with.
 const SIZES: [usize; 3] = [3, 100, 10_000];
@@ -203,9 +203,15 @@ fn bench_plugin(
     params: &toml::Table,
 ) {
     bench_group(c, name, |set| {
-        let strategy = runtime
-            .prepare(Arc::clone(compiled), "bench", params, set, limits())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let strategy = Strategy::prepare(
+            runtime,
+            Arc::clone(compiled),
+            "bench",
+            params,
+            set,
+            limits(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         Picker::Wasm(strategy)
     });
 }

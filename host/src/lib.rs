@@ -1,58 +1,32 @@
 //! Switchyard: an HTTP reverse proxy and load balancer whose balancing
 //! strategies are WebAssembly components, hot-reloaded from a directory.
 //!
-//! Where things live:
-//! - [`config`]: the TOML file, validated into typed structs;
-//! - [`listener`]: accepts client connections (HTTP/1.1, HTTP/2);
-//! - [`front`]: the strict HTTP/1.1 front (smuggling vectors, limits);
-//! - [`proxy`]: the request path (route, pick, forward);
-//! - [`router`]: host and path-prefix routing to upstreams;
-//! - [`upstream`]: backends, their live figures, what a request holds;
-//! - [`pool`]: keep-alive connections to each backend;
-//! - [`upstream_h1`]: the own HTTP/1.1 client for bodiless requests;
-//! - [`retry`]: which failed tries are tried again, and the retry budget;
-//! - [`health`]: passive and active backend health;
-//! - [`discovery`]: servers given as host names, resolved again and again;
-//! - [`stats`]: request-path counters and histograms for the admin API;
-//! - [`plugin`]: the Wasm strategy runtime (compile, per-thread instances,
-//!   deadlines, fallback);
-//! - [`reload`]: file watching and hot reload;
-//! - [`gateway`]: the running state that reloads swap;
-//! - [`forwarded`]: client IP and forwarding/hop-by-hop headers;
-//! - [`access`]: the access log;
-//! - [`tunnel`]: WebSocket and other upgrades passed through;
-//! - [`tls`]: TLS termination (`[tls]`), certificates reloaded on change;
-//! - [`admin`]: the admin listener: status, metrics, events, dashboard;
-//! - [`demo`]: built-in demo backends;
-//! - [`simulate`]: offline replay of a request trace through a strategy.
+//! The crate is built in layers; a module imports only from its own layer
+//! or the ones below it (`tests/layers.rs` fails on any other import, and
+//! on any import cycle):
+//!
+//! | layer | module | what lives there |
+//! | --- | --- | --- |
+//! | 0 | [`base`] | config, the one clock, stats, access log, worker threads |
+//! | 1 | [`wire`] | the strict front and own HTTP/1.1 server, heads, forwarding fields, the client body, TLS |
+//! | 2 | [`backend`] | backends and their sets, the connection pool, the own HTTP/1.1 client, health, retries, DNS discovery |
+//! | 3 | [`plugin`] | the Wasm strategy runtime (compile, per-thread instances, deadlines, fallback), the built-in strategies |
+//! | 4 | [`gateway`] | the running state reloads swap: upstreams, routes, the reloader, the health and discovery loops |
+//! | 5 | [`proxy`] | the request path: listeners, the exchange, the response body, tunnels |
+//! | 6 | [`admin`], [`simulate`], [`demo`] | the admin API and dashboard, offline replay, demo backends |
+//! | 7 | this file, `main.rs` | starting and stopping a [`Proxy`]; the command line |
 
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod admin;
-pub mod body;
-pub mod config;
+pub mod backend;
+pub mod base;
 pub mod demo;
-pub mod discovery;
-pub mod forwarded;
-pub mod front;
 pub mod gateway;
-pub mod head;
-pub mod health;
-pub mod listener;
 pub mod plugin;
-pub mod pool;
 pub mod proxy;
-pub mod reload;
-pub mod retry;
-pub mod router;
 pub mod simulate;
-pub mod stats;
-pub mod tls;
-pub mod tunnel;
-pub mod upstream;
-pub mod upstream_h1;
-pub mod workers;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,22 +37,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use crate::config::Config;
+use crate::backend::discovery;
+pub use crate::base::config::Config;
 pub use crate::gateway::Gateway;
-
-/// The reference strategies, compiled into the binary so that `demo` works
-/// from an empty directory. Built from `plugins/` by `build.rs`.
-pub const BUILTIN_PLUGINS: [(&str, &[u8]); 3] = [
-    (
-        "round-robin",
-        include_bytes!(env!("SWITCHYARD_WASM_ROUND_ROBIN")),
-    ),
-    (
-        "least-conn",
-        include_bytes!(env!("SWITCHYARD_WASM_LEAST_CONN")),
-    ),
-    ("ip-hash", include_bytes!(env!("SWITCHYARD_WASM_IP_HASH"))),
-];
+use crate::gateway::{background, reload};
+use crate::proxy::listener;
 
 /// A running proxy: listener, gateway and (optionally) reloader.
 #[derive(Debug)]
@@ -134,8 +97,9 @@ impl Proxy {
         let resolver = discovery::resolver(config.resolver).context("DNS resolver")?;
         let gateway = tokio::task::spawn_blocking(move || Gateway::build(config)).await??;
         // Host names resolve before the first request is accepted.
-        discovery::refresh_all(&resolver, &gateway).await;
-        let discovery = discovery::spawn(resolver, Arc::clone(&gateway));
+        let discovery = background::Discovery::new(resolver);
+        discovery.resolve_all(&gateway).await;
+        let discovery = background::spawn(Arc::clone(&gateway), discovery);
         let admin = admin_listener
             .map(|l| admin::Admin::start(l, Arc::clone(&gateway), addr))
             .transpose()?;
@@ -144,7 +108,7 @@ impl Proxy {
         } else {
             None
         };
-        let health = health::spawn(Arc::clone(&gateway));
+        let health = background::spawn(Arc::clone(&gateway), background::Health::new());
         // The certificate was loaded (and checked) with the gateway.
         let secure = match (tls_listener, gateway.tls()) {
             (Some(listener), Some(tls)) => Some(listener::TlsListener {

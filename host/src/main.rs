@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use switchyard::config::Config;
-use switchyard::{BUILTIN_PLUGINS, Gateway, Options, Proxy};
+use switchyard::base::config::Config;
+use switchyard::plugin::builtin::BUILTIN;
+use switchyard::{Gateway, Options, Proxy};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// mimalloc's per-thread free lists: glibc's malloc and free were about 7%
@@ -195,7 +196,8 @@ async fn check(path: &Path) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let resolver = switchyard::discovery::resolver(config.resolver).context("DNS resolver")?;
+    let resolver =
+        switchyard::backend::discovery::resolver(config.resolver).context("DNS resolver")?;
     let names: Vec<_> = config
         .upstreams
         .iter()
@@ -209,7 +211,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     // but a name that does not resolve yet (a container not started) is
     // not an error.
     for (upstream, name) in names {
-        match switchyard::discovery::lookup(&resolver, &name).await {
+        match switchyard::backend::discovery::lookup(&resolver, &name).await {
             Ok(addrs) if !addrs.is_empty() => println!(
                 "{upstream}: `{}` resolves to {} address(es) now",
                 name.address,
@@ -244,7 +246,7 @@ async fn demo(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&plugins)
         .with_context(|| format!("cannot create {}", plugins.display()))?;
-    for (name, bytes) in BUILTIN_PLUGINS {
+    for (name, bytes) in BUILTIN {
         let path = plugins.join(format!("{name}.wasm"));
         if !path.exists() {
             std::fs::write(&path, bytes)
@@ -329,7 +331,7 @@ async fn serve_until_signal(proxy: &Proxy, config_path: Option<&Path>) {
                     tracing::info!("SIGHUP: reloading {}", path.display());
                     let (gateway, path) = (std::sync::Arc::clone(proxy.gateway()), path.to_owned());
                     let _ = tokio::task::spawn_blocking(move || {
-                        switchyard::reload::reload_everything(&gateway, &path)
+                        switchyard::gateway::reload::reload_everything(&gateway, &path)
                     })
                     .await;
                 }

@@ -34,7 +34,7 @@ async fn serve_one(extra: &str, client: &str) -> Served {
     .await
 }
 
-fn first_backend(proxy: &switchyard::Proxy) -> std::sync::Arc<switchyard::upstream::Backend> {
+fn first_backend(proxy: &switchyard::Proxy) -> std::sync::Arc<switchyard::backend::Backend> {
     std::sync::Arc::clone(
         &proxy.gateway().routes().upstreams[0]
             .backends

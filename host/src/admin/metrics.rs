@@ -15,9 +15,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::gateway::{Gateway, unix_ms};
+use crate::base::clock::unix_ms;
+use crate::base::stats::{CLASSES, Histogram};
+use crate::gateway::Gateway;
 use crate::plugin::{Strategy, StrategyStats};
-use crate::stats::{CLASSES, Histogram};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -124,7 +125,7 @@ impl Collector for Metrics {
                     .map(move |i| (u.name().to_owned(), Arc::clone(&set.backends[i])))
             })
             .collect();
-        let backend_labels = |(u, b): &(String, Arc<crate::upstream::Backend>)| -> Labels<'static> {
+        let backend_labels = |(u, b): &(String, Arc<crate::backend::Backend>)| -> Labels<'static> {
             vec![
                 ("upstream", Cow::Owned(u.clone())),
                 ("backend", Cow::Owned(b.address.clone())),

@@ -7,10 +7,12 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::gateway::{Gateway, ReloadRecord, unix_ms};
-use crate::plugin::content_hash;
-use crate::stats::LATENCY_BOUNDS_US;
-use crate::upstream::{Backend, BackendSet, Upstream};
+use crate::backend::{Backend, BackendSet};
+use crate::base::clock::unix_ms;
+use crate::base::stats::LATENCY_BOUNDS_US;
+use crate::gateway::upstream::Upstream;
+use crate::gateway::{Gateway, ReloadRecord};
+use crate::plugin::builtin;
 
 /// The whole `/status` document.
 #[derive(Debug, Serialize)]
@@ -183,9 +185,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
             backend(b, checks, r.p50_ms.zip(r.p99_ms), share)
         })
         .collect();
-    let builtin = crate::BUILTIN_PLUGINS
-        .iter()
-        .any(|(name, bytes)| *name == compiled.name && content_hash(bytes) == compiled.hash);
+    let builtin = builtin::is_builtin(&compiled.name, compiled.hash);
     UpstreamStatus {
         name: u.name().to_owned(),
         strategy: StrategyStatus {

@@ -8,13 +8,13 @@ use http::request::Parts;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
 use super::bindings::{HttpMethod, backends, request, types};
-use super::sandbox::SandboxState;
-use crate::router::host_of;
-use crate::upstream::BackendSet;
+use super::sandbox::{SandboxState, Sandboxed};
+use crate::backend::BackendSet;
+use crate::wire::head::host_of;
 
 /// Data of one instance's `Store`.
 pub struct GuestState {
-    pub(super) sandbox: SandboxState,
+    sandbox: SandboxState,
     limits: StoreLimits,
     /// The backend set the instance was last given.
     pub(super) set: Arc<BackendSet>,
@@ -59,6 +59,12 @@ impl GuestState {
     /// (in `init`, `set-backends` or `state`).
     fn request(&self) -> Option<&Parts> {
         self.picking.then_some(&self.request)
+    }
+}
+
+impl Sandboxed for GuestState {
+    fn sandbox(&mut self) -> &mut SandboxState {
+        &mut self.sandbox
     }
 }
 

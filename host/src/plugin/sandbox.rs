@@ -22,7 +22,12 @@ use wasmtime::component::{
     ComponentType, Lift, Linker, LinkerInstance, Lower, Resource, ResourceType,
 };
 
-use super::imports::GuestState;
+/// Store data that holds a [`SandboxState`]: what the sandbox's imports
+/// work on.
+pub trait Sandboxed: Send + 'static {
+    /// The instance's sandbox state.
+    fn sandbox(&mut self) -> &mut SandboxState;
+}
 
 /// Lines a single instance may log per second; the rest are counted and
 /// dropped.
@@ -152,20 +157,20 @@ impl SandboxState {
     }
 }
 
-type Ctx<'a> = StoreContextMut<'a, GuestState>;
+type Ctx<'a, T> = StoreContextMut<'a, T>;
 
-fn sandbox<'a>(store: &'a mut Ctx<'_>) -> &'a mut SandboxState {
-    &mut store.data_mut().sandbox
+fn sandbox<'a, T: Sandboxed>(store: &'a mut Ctx<'_, T>) -> &'a mut SandboxState {
+    store.data_mut().sandbox()
 }
 
-fn no_dtor(_: Ctx<'_>, _: u32) -> wasmtime::Result<()> {
+fn no_dtor<T>(_: Ctx<'_, T>, _: u32) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn instance<'a>(
-    linker: &'a mut Linker<GuestState>,
+fn instance<'a, T: Sandboxed>(
+    linker: &'a mut Linker<T>,
     name: &str,
-) -> wasmtime::Result<LinkerInstance<'a, GuestState>> {
+) -> wasmtime::Result<LinkerInstance<'a, T>> {
     linker.instance(&format!("{name}@{V}"))
 }
 
@@ -174,34 +179,37 @@ fn ready() -> Resource<Pollable> {
 }
 
 /// Adds the sandbox WASI to `linker`.
-pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: Sandboxed>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let mut error = instance(linker, "wasi:io/error")?;
     error.resource("error", ResourceType::host::<IoError>(), no_dtor)?;
     error.func_wrap(
         "[method]error.to-debug-string",
-        |_: Ctx<'_>, (_,): (Resource<IoError>,)| Ok(("sandboxed stream error".to_string(),)),
+        |_: Ctx<'_, T>, (_,): (Resource<IoError>,)| Ok(("sandboxed stream error".to_string(),)),
     )?;
 
     let mut poll = instance(linker, "wasi:io/poll")?;
     poll.resource("pollable", ResourceType::host::<Pollable>(), no_dtor)?;
     poll.func_wrap(
         "[method]pollable.ready",
-        |_: Ctx<'_>, (_,): (Resource<Pollable>,)| Ok((true,)),
+        |_: Ctx<'_, T>, (_,): (Resource<Pollable>,)| Ok((true,)),
     )?;
     poll.func_wrap(
         "[method]pollable.block",
-        |_: Ctx<'_>, (_,): (Resource<Pollable>,)| Ok(()),
+        |_: Ctx<'_, T>, (_,): (Resource<Pollable>,)| Ok(()),
     )?;
-    poll.func_wrap("poll", |_: Ctx<'_>, (list,): (Vec<Resource<Pollable>>,)| {
-        Ok(((0..list.len() as u32).collect::<Vec<u32>>(),))
-    })?;
+    poll.func_wrap(
+        "poll",
+        |_: Ctx<'_, T>, (list,): (Vec<Resource<Pollable>>,)| {
+            Ok(((0..list.len() as u32).collect::<Vec<u32>>(),))
+        },
+    )?;
 
     add_streams(linker)?;
     add_cli(linker)?;
     add_clocks_and_random(linker)
 }
 
-fn add_streams(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+fn add_streams<T: Sandboxed>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     type Out = Resource<OutputStream>;
     type In = Resource<InputStream>;
     type Written = Result<(), StreamError>;
@@ -217,22 +225,25 @@ fn add_streams(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 
     s.func_wrap(
         "[method]output-stream.check-write",
-        |_: Ctx<'_>, (_,): (Out,)| Ok((Ok::<u64, StreamError>(WRITE_PERMIT),)),
+        |_: Ctx<'_, T>, (_,): (Out,)| Ok((Ok::<u64, StreamError>(WRITE_PERMIT),)),
     )?;
     for name in [
         "[method]output-stream.write",
         "[method]output-stream.blocking-write-and-flush",
     ] {
-        s.func_wrap(name, |mut store: Ctx<'_>, (out, bytes): (Out, Vec<u8>)| {
-            sandbox(&mut store).write(out.rep(), &bytes);
-            Ok((Written::Ok(()),))
-        })?;
+        s.func_wrap(
+            name,
+            |mut store: Ctx<'_, T>, (out, bytes): (Out, Vec<u8>)| {
+                sandbox(&mut store).write(out.rep(), &bytes);
+                Ok((Written::Ok(()),))
+            },
+        )?;
     }
     for name in [
         "[method]output-stream.write-zeroes",
         "[method]output-stream.blocking-write-zeroes-and-flush",
     ] {
-        s.func_wrap(name, |_: Ctx<'_>, (_, _): (Out, u64)| {
+        s.func_wrap(name, |_: Ctx<'_, T>, (_, _): (Out, u64)| {
             Ok((Written::Ok(()),))
         })?;
     }
@@ -240,26 +251,26 @@ fn add_streams(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         "[method]output-stream.flush",
         "[method]output-stream.blocking-flush",
     ] {
-        s.func_wrap(name, |_: Ctx<'_>, (_,): (Out,)| Ok((Written::Ok(()),)))?;
+        s.func_wrap(name, |_: Ctx<'_, T>, (_,): (Out,)| Ok((Written::Ok(()),)))?;
     }
     for name in [
         "[method]output-stream.splice",
         "[method]output-stream.blocking-splice",
     ] {
-        s.func_wrap(name, |_: Ctx<'_>, (_, _, _): (Out, In, u64)| {
+        s.func_wrap(name, |_: Ctx<'_, T>, (_, _, _): (Out, In, u64)| {
             Ok((Err::<u64, StreamError>(StreamError::Closed),))
         })?;
     }
     s.func_wrap(
         "[method]output-stream.subscribe",
-        |_: Ctx<'_>, (_,): (Out,)| Ok((ready(),)),
+        |_: Ctx<'_, T>, (_,): (Out,)| Ok((ready(),)),
     )?;
 
     for name in [
         "[method]input-stream.read",
         "[method]input-stream.blocking-read",
     ] {
-        s.func_wrap(name, |_: Ctx<'_>, (_, _): (In, u64)| {
+        s.func_wrap(name, |_: Ctx<'_, T>, (_, _): (In, u64)| {
             Ok((Err::<Vec<u8>, StreamError>(StreamError::Closed),))
         })?;
     }
@@ -267,30 +278,30 @@ fn add_streams(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         "[method]input-stream.skip",
         "[method]input-stream.blocking-skip",
     ] {
-        s.func_wrap(name, |_: Ctx<'_>, (_, _): (In, u64)| {
+        s.func_wrap(name, |_: Ctx<'_, T>, (_, _): (In, u64)| {
             Ok((Err::<u64, StreamError>(StreamError::Closed),))
         })?;
     }
     s.func_wrap(
         "[method]input-stream.subscribe",
-        |_: Ctx<'_>, (_,): (In,)| Ok((ready(),)),
+        |_: Ctx<'_, T>, (_,): (In,)| Ok((ready(),)),
     )?;
     Ok(())
 }
 
-fn add_cli(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+fn add_cli<T: Sandboxed>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let mut env = instance(linker, "wasi:cli/environment")?;
-    env.func_wrap("get-environment", |_: Ctx<'_>, (): ()| {
+    env.func_wrap("get-environment", |_: Ctx<'_, T>, (): ()| {
         Ok((Vec::<(String, String)>::new(),))
     })?;
-    env.func_wrap("get-arguments", |_: Ctx<'_>, (): ()| {
+    env.func_wrap("get-arguments", |_: Ctx<'_, T>, (): ()| {
         Ok((Vec::<String>::new(),))
     })?;
-    env.func_wrap("initial-cwd", |_: Ctx<'_>, (): ()| Ok((None::<String>,)))?;
+    env.func_wrap("initial-cwd", |_: Ctx<'_, T>, (): ()| Ok((None::<String>,)))?;
 
     instance(linker, "wasi:cli/exit")?.func_wrap(
         "exit",
-        |_: Ctx<'_>, (status,): (Result<(), ()>,)| -> wasmtime::Result<()> {
+        |_: Ctx<'_, T>, (status,): (Result<(), ()>,)| -> wasmtime::Result<()> {
             wasmtime::bail!(
                 "plugin called exit({})",
                 if status.is_ok() { "ok" } else { "err" }
@@ -300,7 +311,7 @@ fn add_cli(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 
     let mut stdin = instance(linker, "wasi:cli/stdin")?;
     stdin.resource("input-stream", ResourceType::host::<InputStream>(), no_dtor)?;
-    stdin.func_wrap("get-stdin", |_: Ctx<'_>, (): ()| {
+    stdin.func_wrap("get-stdin", |_: Ctx<'_, T>, (): ()| {
         Ok((Resource::<InputStream>::new_own(0),))
     })?;
     for (iface, func, rep) in [
@@ -313,7 +324,7 @@ fn add_cli(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             ResourceType::host::<OutputStream>(),
             no_dtor,
         )?;
-        out.func_wrap(func, move |_: Ctx<'_>, (): ()| {
+        out.func_wrap(func, move |_: Ctx<'_, T>, (): ()| {
             Ok((Resource::<OutputStream>::new_own(rep),))
         })?;
     }
@@ -334,7 +345,7 @@ fn add_cli(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         ResourceType::host::<TerminalInput>(),
         no_dtor,
     )?;
-    t.func_wrap("get-terminal-stdin", |_: Ctx<'_>, (): ()| {
+    t.func_wrap("get-terminal-stdin", |_: Ctx<'_, T>, (): ()| {
         Ok((None::<Resource<TerminalInput>>,))
     })?;
     for (iface, func) in [
@@ -347,29 +358,29 @@ fn add_cli(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             ResourceType::host::<TerminalOutput>(),
             no_dtor,
         )?;
-        t.func_wrap(func, |_: Ctx<'_>, (): ()| {
+        t.func_wrap(func, |_: Ctx<'_, T>, (): ()| {
             Ok((None::<Resource<TerminalOutput>>,))
         })?;
     }
     Ok(())
 }
 
-fn add_clocks_and_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+fn add_clocks_and_random<T: Sandboxed>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     let mut mono = instance(linker, "wasi:clocks/monotonic-clock")?;
     mono.resource("pollable", ResourceType::host::<Pollable>(), no_dtor)?;
-    mono.func_wrap("now", |mut store: Ctx<'_>, (): ()| {
+    mono.func_wrap("now", |mut store: Ctx<'_, T>, (): ()| {
         Ok((sandbox(&mut store).started.elapsed().as_nanos() as u64,))
     })?;
-    mono.func_wrap("resolution", |_: Ctx<'_>, (): ()| Ok((1u64,)))?;
-    mono.func_wrap("subscribe-instant", |_: Ctx<'_>, (_,): (u64,)| {
+    mono.func_wrap("resolution", |_: Ctx<'_, T>, (): ()| Ok((1u64,)))?;
+    mono.func_wrap("subscribe-instant", |_: Ctx<'_, T>, (_,): (u64,)| {
         Ok((ready(),))
     })?;
-    mono.func_wrap("subscribe-duration", |_: Ctx<'_>, (_,): (u64,)| {
+    mono.func_wrap("subscribe-duration", |_: Ctx<'_, T>, (_,): (u64,)| {
         Ok((ready(),))
     })?;
 
     let mut wall = instance(linker, "wasi:clocks/wall-clock")?;
-    wall.func_wrap("now", |_: Ctx<'_>, (): ()| {
+    wall.func_wrap("now", |_: Ctx<'_, T>, (): ()| {
         let d = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -378,7 +389,7 @@ fn add_clocks_and_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()
             nanoseconds: d.subsec_nanos(),
         },))
     })?;
-    wall.func_wrap("resolution", |_: Ctx<'_>, (): ()| {
+    wall.func_wrap("resolution", |_: Ctx<'_, T>, (): ()| {
         Ok((Datetime {
             seconds: 0,
             nanoseconds: 1,
@@ -394,16 +405,16 @@ fn add_clocks_and_random(linker: &mut Linker<GuestState>) -> wasmtime::Result<()
         ),
     ] {
         let mut r = instance(linker, iface)?;
-        r.func_wrap(bytes_fn, |mut store: Ctx<'_>, (len,): (u64,)| {
+        r.func_wrap(bytes_fn, |mut store: Ctx<'_, T>, (len,): (u64,)| {
             Ok((sandbox(&mut store).random_bytes(len)?,))
         })?;
-        r.func_wrap(u64_fn, |mut store: Ctx<'_>, (): ()| {
+        r.func_wrap(u64_fn, |mut store: Ctx<'_, T>, (): ()| {
             Ok((sandbox(&mut store).next_u64(),))
         })?;
     }
     instance(linker, "wasi:random/insecure-seed")?.func_wrap(
         "insecure-seed",
-        |mut store: Ctx<'_>, (): ()| {
+        |mut store: Ctx<'_, T>, (): ()| {
             let s = sandbox(&mut store);
             Ok(((s.next_u64(), s.next_u64()),))
         },

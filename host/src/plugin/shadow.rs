@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use http::request::Parts;
 
-use super::Strategy;
-use super::instances::{Choice, PickInput, fallback};
+use super::choice::{Choice, PickInput, fallback};
+use super::strategy::Strategy;
 
 /// An upstream's shadow strategy and how it compares with the live one.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct Shadow {
 }
 
 /// How a shadow's picks compared with the live ones. The split it would
-/// have produced is counted per backend ([`crate::upstream::Backend::shadow_picks`]).
+/// have produced is counted per backend ([`crate::backend::Backend::shadow_picks`]).
 #[derive(Debug, Default)]
 pub struct ShadowStats {
     /// Picks the shadow was asked for.

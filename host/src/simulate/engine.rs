@@ -15,7 +15,7 @@
 //! at once and queues the rest first-in first-out; queued requests count as
 //! in flight (the proxy has sent them).
 //!
-//! [`Backend`]: crate::upstream::Backend
+//! [`Backend`]: crate::backend::Backend
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::model::{Distribution, Latency, Rng};
 use super::trace::TraceRequest;
-use crate::upstream::{BackendSet, InFlight};
+use crate::backend::{BackendSet, InFlight};
 
 /// What the strategy decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +224,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::ServerConfig;
+    use crate::base::config::ServerConfig;
 
     fn set(n: usize) -> Arc<BackendSet> {
         let servers: Vec<ServerConfig> = (1..=n)

@@ -12,6 +12,11 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Random streams of one seed: request arrivals.
+pub const STREAM_ARRIVALS: u64 = 1;
+/// Random streams of one seed: service times.
+pub const STREAM_SERVICE: u64 = 2;
+
 /// SplitMix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number
 /// generators", OOPSLA 2014): tiny, fast, and good enough for a simulation.
 /// Deterministic: the same seed gives the same sequence everywhere.

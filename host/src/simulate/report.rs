@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::args::{Args, Source};
 use super::engine::{Behaviour, Outcome};
-use super::{Args, Distribution, Picker, Source};
-use crate::config::ServerConfig;
+use super::model::Distribution;
+use super::picker::Picker;
+use crate::base::config::ServerConfig;
 use crate::plugin::StrategyStats;
 
 /// Everything a report is made from.

@@ -1,0 +1,223 @@
+//! Backend health, shared by every thread and visible to strategies through
+//! the `backends.healthy` / `backends.usable` imports.
+//!
+//! - Passive, like nginx `max_fails` / `fail_timeout`: when real requests to
+//!   a backend fail `max-fails` times, each within `fail-timeout` of the one
+//!   before (connect errors, timeouts, broken connections), the backend is
+//!   taken out for `fail-timeout`, then tried again.
+//! - Active: a periodic `GET <path>` to every backend of upstreams that have
+//!   a `[upstream.health-check]` table; `fall` consecutive failures take a
+//!   backend out, `rise` consecutive successes bring it back.
+//!
+//! A backend is healthy when neither says otherwise. Each upstream keeps a
+//! count of backends marked down and a version bumped on every transition,
+//! so a pick tells strategies in O(1) whether anything needs avoiding
+//! (`request.avoid`) and whether their cached view of health is stale
+//! (`request.health-version`). Passive time-outs run out on their own; the
+//! health loop (`crate::gateway::background`) settles them every 100 ms, so
+//! the version moves then, and runs the active checks with [`probe`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::base::clock::{self, now_ms};
+use crate::base::config::{ActiveCheck, PassiveHealth};
+
+/// Health figures of one upstream, shared by its backends and kept across
+/// reloads.
+#[derive(Debug, Default)]
+pub struct UpstreamHealth {
+    down: AtomicU32,
+    version: AtomicU64,
+}
+
+impl UpstreamHealth {
+    /// Backends marked down. May briefly count one whose passive time-out
+    /// has just run out; never fewer than are down.
+    pub fn down(&self) -> u32 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Bumped on every transition of any backend.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    fn went_down(&self) {
+        self.down.fetch_add(1, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn came_back(&self) {
+        self.down.fetch_sub(1, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The health of one backend.
+#[derive(Debug)]
+pub struct Health {
+    upstream: Arc<UpstreamHealth>,
+    /// Whether this backend is included in `down`.
+    counted: AtomicBool,
+    active_up: AtomicBool,
+    active_streak: AtomicU32,
+    fails: AtomicU32,
+    last_fail_ms: AtomicU64,
+    down_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// A healthy backend of `upstream`.
+    pub fn new(upstream: Arc<UpstreamHealth>) -> Self {
+        Self {
+            upstream,
+            counted: AtomicBool::new(false),
+            active_up: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            last_fail_ms: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the backend may receive traffic now.
+    pub fn healthy(&self) -> bool {
+        let up = self.active_up.load(Ordering::Relaxed) && self.passive_up();
+        if up && self.counted.load(Ordering::Relaxed) {
+            // A passive time-out ran out, or active checks passed: it is back.
+            self.forget();
+        }
+        up
+    }
+
+    /// Whether active checks pass (true when the upstream has none).
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health lets the backend in (not within a
+    /// `fail-timeout` after `max-fails` failures).
+    pub fn passive_up(&self) -> bool {
+        // 0: not taken out, and no clock read (this runs for every pick).
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        // The window ran out; a failure that set a new one meanwhile wins.
+        let _ = self
+            .down_until_ms
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
+    }
+
+    fn mark_down(&self) {
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.upstream.went_down();
+        }
+    }
+
+    /// Leaves the upstream's down-count (the backend is back, or was removed
+    /// from the set).
+    pub fn forget(&self) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            self.upstream.came_back();
+        }
+    }
+
+    /// A request to the backend failed (connect error, timeout, broken
+    /// connection). Returns true when this failure took it out.
+    ///
+    /// As in nginx, failures count while each comes within `fail-timeout`
+    /// of the one before; successes in between do not wipe the count (a
+    /// backend that drops every third connection is still taken out).
+    pub fn record_failure(&self, policy: &PassiveHealth) -> bool {
+        if policy.max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = clock::millis(policy.fail_timeout);
+        let last = self.last_fail_ms.swap(now, Ordering::Relaxed);
+        let fails = if last == 0 || now.saturating_sub(last) > window {
+            self.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if fails >= policy.max_fails {
+            self.down_until_ms
+                .store(now.saturating_add(window), Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            self.last_fail_ms.store(0, Ordering::Relaxed);
+            self.mark_down();
+            return true;
+        }
+        false
+    }
+
+    /// Applies one active check result. Returns the new state when it
+    /// changed.
+    pub fn record_probe(&self, ok: bool, check: &ActiveCheck) -> Option<bool> {
+        let up = self.active_up.load(Ordering::Relaxed);
+        if ok == up {
+            self.active_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.active_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if up { check.fall } else { check.rise };
+        if streak < needed {
+            return None;
+        }
+        self.active_streak.store(0, Ordering::Relaxed);
+        self.active_up.store(ok, Ordering::Relaxed);
+        if ok {
+            // `healthy()` settles the down-count once passive health agrees.
+            let _ = self.healthy();
+        } else {
+            self.mark_down();
+        }
+        Some(ok)
+    }
+}
+
+/// The HTTP client active checks use (one for the whole proxy).
+pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A client for active checks: a few idle connections kept, connect
+/// bounded.
+pub fn probe_client() -> ProbeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build(connector)
+}
+
+/// Probes the backend at `authority`: a 2xx or 3xx answer within the
+/// timeout is a pass.
+pub async fn probe(client: &ProbeClient, authority: &Authority, check: &ActiveCheck) -> bool {
+    let uri = format!("http://{authority}{}", check.path);
+    let Ok(req) = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "switchyard-health-check")
+        .body(Empty::new())
+    else {
+        return false;
+    };
+    match tokio::time::timeout(check.timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
+        _ => false,
+    }
+}

@@ -1,0 +1,116 @@
+//! One upstream as it runs: its current backend set and strategy (each
+//! swapped whole on reload or discovery), its shadow, how its connections
+//! are kept, its retry budget and the global pick sequence.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use hickory_resolver::TokioResolver;
+
+use crate::backend::BackendSet;
+use crate::backend::discovery::{self, Discovered};
+use crate::backend::pool::PoolSettings;
+use crate::backend::retry::RetryBudget;
+use crate::base::clock::Instant;
+use crate::base::config::{NATIVE_STRATEGY, UpstreamConfig};
+use crate::base::stats::StatusClasses;
+use crate::plugin::{Shadow, Strategy};
+
+/// One upstream: its backends, its strategy and its connection pool.
+pub struct Upstream {
+    /// The validated config this upstream was built from.
+    pub config: UpstreamConfig,
+    /// The current backend set.
+    pub backends: ArcSwap<BackendSet>,
+    /// The current strategy; swapped on plugin reload.
+    pub strategy: ArcSwap<Strategy>,
+    /// How backend connections are opened and kept.
+    pub pool: PoolSettings,
+    /// Retries in flight, against `config.retry`'s budget.
+    pub retry_budget: RetryBudget,
+    /// Tries after the first, since start.
+    pub retries: AtomicU64,
+    /// Answers the proxy made itself (no backend answered), by class.
+    pub local_responses: StatusClasses,
+    /// What the upstream's host names resolved to.
+    pub discovered: Mutex<Discovered>,
+    /// `strategy = "host:round-robin"`: picks never call the plugin.
+    pub native: bool,
+    /// `shadow = "..."`: asked on every pick, never routes.
+    pub shadow: Option<Shadow>,
+    sequence: AtomicU64,
+}
+
+impl Upstream {
+    /// Builds an upstream; `previous` (same name) donates its pick
+    /// sequence (its backends are carried over by [`BackendSet::build`]).
+    pub fn new(
+        config: UpstreamConfig,
+        set: Arc<BackendSet>,
+        strategy: Arc<Strategy>,
+        discovered: Discovered,
+        previous: Option<&Upstream>,
+    ) -> Self {
+        Self {
+            pool: PoolSettings {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.idle_timeout,
+                max_idle: config.keepalive,
+            },
+            retry_budget: RetryBudget::default(),
+            retries: AtomicU64::new(0),
+            local_responses: StatusClasses::default(),
+            discovered: Mutex::new(discovered),
+            native: config.strategy == NATIVE_STRATEGY,
+            config,
+            backends: ArcSwap::new(set),
+            strategy: ArcSwap::new(strategy),
+            shadow: None,
+            sequence: AtomicU64::new(previous.map_or(0, |p| p.sequence.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// The upstream with `shadow` as its shadow strategy.
+    pub fn with_shadow(mut self, shadow: Option<Shadow>) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Resolves the upstream's host names again and, when an address list
+    /// changed, swaps in a new backend set (backends that stay are carried
+    /// over with their counters, health and connections).
+    pub async fn rediscover(&self, resolver: &TokioResolver) {
+        if discovery::resolve(resolver, &self.config, &self.discovered).await {
+            let servers = discovery::expand(&self.config, &self.discovered);
+            let current = self.backends.load_full();
+            let next = Arc::new(BackendSet::build(&servers, Some(&current)));
+            self.backends.store(Arc::clone(&next));
+            current.retire(&next);
+        }
+    }
+
+    /// Whether the upstream's host names are due a lookup `now`.
+    pub fn discovery_due(&self, now: Instant) -> bool {
+        discovery::due(&self.config, &self.discovered, now)
+    }
+
+    /// The next global pick number.
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
