@@ -962,9 +962,15 @@ fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
 }
 
 /// Counts a request the backend failed (connect error, timeout, broken
-/// connection), in its totals and against its passive health.
+/// connection), in its totals and against its passive health. As nginx
+/// does for a group of one server, a lone backend is never taken out
+/// (there is nowhere else to send): what counts is the current set, which
+/// DNS discovery may shrink or grow.
 fn backend_failed(upstream: &Upstream, backend: &Backend) {
     backend.record_failure();
+    if upstream.backends.load().len() < 2 {
+        return;
+    }
     let policy = &upstream.config.passive;
     if backend.health.record_failure(policy) {
         tracing::warn!(

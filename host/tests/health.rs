@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::scripted::{Act, Scripted};
 use common::*;
 
 async fn statuses(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
@@ -62,6 +63,38 @@ async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
     let replies = statuses(&proxy, 10).await;
     assert_eq!(failed(&replies), 0);
     assert_eq!(dead_failures(&proxy), 2);
+}
+
+/// As nginx with a single server: a lone backend is never taken out by
+/// passive health (there is nowhere else to send), whatever `max-fails`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_backend_is_not_taken_out_by_one_failure() {
+    // Drops the first request, answers the ones after.
+    let lone = Scripted::start(
+        1,
+        true,
+        |_| false,
+        |k| {
+            if k == 0 { Act::Close } else { Act::Answer }
+        },
+    )
+    .await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    // The defaults: max-fails = 1, fail-timeout = 10s.
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+        lone.addr
+    ));
+    let proxy = fx.start().await;
+    let client = client();
+    let r = get(&client, proxy.addr(), "/").await;
+    assert_eq!(r.status, 502, "the dropped request: {r:?}");
+    assert_eq!(lone.seen().len(), 1);
+    // Right after, well within fail-timeout, the backend is still used.
+    let r = get(&client, proxy.addr(), "/").await;
+    assert_eq!(r.status, 200, "the next request reaches the backend: {r:?}");
+    assert_eq!(r.backend(), Some(1));
+    assert_eq!(lone.seen().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
