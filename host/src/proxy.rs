@@ -496,8 +496,10 @@ impl Exchange<'_> {
                             Some(again) if policy.retries_status(resp.status()) => again,
                             _ => return self.respond(resp, in_flight, &backend),
                         };
-                        backend_failed(&self.upstream, &backend);
                         let status = resp.status();
+                        if retry::status_blames_backend(status) {
+                            backend_failed(&self.upstream, &backend);
+                        }
                         // Kept (not logged) in case a retry answers instead.
                         let log = self.log.take();
                         let resp = self.respond(resp, in_flight, &backend);
