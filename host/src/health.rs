@@ -242,9 +242,9 @@ pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
             .build(connector);
-        // Per upstream: when its last round started, and whether it is still
-        // running (rounds never overlap).
-        let mut rounds: HashMap<String, (Instant, Arc<AtomicBool>)> = HashMap::new();
+        // Per upstream: when its last round started (none yet: due now), and
+        // whether it is still running (rounds never overlap).
+        let mut rounds: HashMap<String, (Option<Instant>, Arc<AtomicBool>)> = HashMap::new();
         let mut tick = tokio::time::interval(SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = 0u64;
@@ -267,13 +267,13 @@ pub fn spawn(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
                 let Some(check) = upstream.config.health_check.clone() else {
                     continue;
                 };
-                let entry = rounds
-                    .entry(upstream.name().to_owned())
-                    .or_insert_with(|| (Instant::now() - check.interval, Arc::default()));
-                if entry.0.elapsed() < check.interval || entry.1.swap(true, Ordering::Relaxed) {
+                let entry = rounds.entry(upstream.name().to_owned()).or_default();
+                // No clock arithmetic: any interval is safe here.
+                let due = entry.0.is_none_or(|last| last.elapsed() >= check.interval);
+                if !due || entry.1.swap(true, Ordering::Relaxed) {
                     continue;
                 }
-                entry.0 = Instant::now();
+                entry.0 = Some(Instant::now());
                 let (running, client, name) = (
                     Arc::clone(&entry.1),
                     client.clone(),

@@ -55,6 +55,14 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
             "[[upstream]]\nname = \"a\"\nstrategy = \"nope\"\nservers = [\"127.0.0.1:1\"]\n",
             "nope.wasm",
         ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nhealth-check = { interval = \"100000000y\" }\n",
+            "`upstream[0].health-check.interval`: must be at most a year",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nhealth-check = { timeout = \"500000000000y\" }\n",
+            "`upstream[0].health-check.timeout`: must be at most a year",
+        ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
