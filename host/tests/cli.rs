@@ -213,3 +213,77 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
         .expect("exits after draining");
     assert!(status.success(), "{status:?}");
 }
+
+/// The admin address `run` logged when it started serving.
+async fn admin_of(proxy: &Running) -> std::net::SocketAddr {
+    let find = || {
+        proxy.lines.lock().expect("lock").iter().find_map(|l| {
+            l.split("admin=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    eventually(Duration::from_secs(5), || {
+        let found = find().is_some();
+        async move { found }
+    })
+    .await
+    .expect("run logs its admin address");
+    find().expect("admin address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_shadow_plugin_files_too() {
+    let be = backends(2).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN), ("shadowed", IP_HASH)]);
+    fx.write_config(&upstream("round-robin", &be, "shadow = \"shadowed\""));
+    let proxy = Running::start(&fx, &["--no-watch"]);
+    let admin = admin_of(&proxy).await;
+    let client = client();
+    let status = |client: HttpClient| async move {
+        let r = get(&client, admin, "/status").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        serde_json::from_str::<serde_json::Value>(&r.body).expect("status is JSON")
+    };
+    let shadow_hash = |s: &serde_json::Value| s["upstreams"][0]["shadow"]["hash"].clone();
+    let before = shadow_hash(&status(client.clone()).await);
+    assert!(before.is_string(), "the shadow is loaded: {before}");
+
+    // A different build in place of the shadow's file; not watched.
+    fx.install("shadowed", LEAST_CONN);
+    proxy.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(5), || {
+        let (client, before) = (client.clone(), before.clone());
+        async move { shadow_hash(&status(client).await) != before }
+    })
+    .await;
+    let s = status(client.clone()).await;
+    assert!(
+        reloaded.is_some(),
+        "SIGHUP must reload the shadow's plugin file: {}",
+        s["upstreams"][0]["shadow"]
+    );
+    let record = s["reloads"]
+        .as_array()
+        .expect("reloads")
+        .iter()
+        .find(|r| {
+            r["kind"] == "plugin"
+                && r["target"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("shadowed.wasm"))
+        })
+        .cloned();
+    let record = record.expect("the reload is in the history");
+    assert_eq!(record["result"], "ok", "{record}");
+    assert_eq!(
+        record["upstreams"],
+        serde_json::json!(["app (shadow)"]),
+        "{record}"
+    );
+    // Requests are still served by the live strategy.
+    assert_eq!(get(&client, proxy.addr, "/").await.status, 200);
+}
