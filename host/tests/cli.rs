@@ -29,9 +29,23 @@ fn check_accepts_the_example_config() {
 
 #[test]
 fn check_accepts_the_compose_config_whose_names_do_not_resolve_here() {
-    // Its plugins directory exists only in the container: the built-in
-    // reference strategies stand in; `backend` resolves only in compose.
-    let (ok, out) = switchyard(&["check", "--config", "examples/compose/switchyard.toml"]);
+    // Its plugins directory exists only in the container (as `run` needs
+    // it, so does `check`): the copy checked here names an empty one, where
+    // the built-in reference strategies stand in. `backend` resolves only
+    // in compose.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("examples/compose/switchyard.toml"))
+        .expect("compose config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = format!("plugins = {:?}", dir.path().display().to_string());
+    let text = text.replace("plugins = \"/etc/switchyard/plugins\"", &plugins);
+    assert!(
+        text.contains(&plugins),
+        "the compose config names its plugins"
+    );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).expect("write");
+    let (ok, out) = switchyard(&["check", "--config", &path.display().to_string()]);
     assert!(ok, "{out}");
     assert!(out.contains("`backend:8000`"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
@@ -54,6 +68,14 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
         (
             "[[upstream]]\nname = \"a\"\nstrategy = \"nope\"\nservers = [\"127.0.0.1:1\"]\n",
             "nope.wasm",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nhealth-check = { interval = \"100000000y\" }\n",
+            "`upstream[0].health-check.interval`: must be at most a year",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nhealth-check = { timeout = \"500000000000y\" }\n",
+            "`upstream[0].health-check.timeout`: must be at most a year",
         ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
@@ -204,4 +226,137 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
         .wait(Duration::from_secs(5))
         .expect("exits after draining");
     assert!(status.success(), "{status:?}");
+}
+
+/// The admin address `run` logged when it started serving.
+async fn admin_of(proxy: &Running) -> std::net::SocketAddr {
+    let find = || {
+        proxy.lines.lock().expect("lock").iter().find_map(|l| {
+            l.split("admin=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    eventually(Duration::from_secs(5), || {
+        let found = find().is_some();
+        async move { found }
+    })
+    .await
+    .expect("run logs its admin address");
+    find().expect("admin address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_shadow_plugin_files_too() {
+    let be = backends(2).await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN), ("shadowed", IP_HASH)]);
+    fx.write_config(&upstream("round-robin", &be, "shadow = \"shadowed\""));
+    let proxy = Running::start(&fx, &["--no-watch"]);
+    let admin = admin_of(&proxy).await;
+    let client = client();
+    let status = |client: HttpClient| async move {
+        let r = get(&client, admin, "/status").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        serde_json::from_str::<serde_json::Value>(&r.body).expect("status is JSON")
+    };
+    let shadow_hash = |s: &serde_json::Value| s["upstreams"][0]["shadow"]["hash"].clone();
+    let before = shadow_hash(&status(client.clone()).await);
+    assert!(before.is_string(), "the shadow is loaded: {before}");
+
+    // A different build in place of the shadow's file; not watched.
+    fx.install("shadowed", LEAST_CONN);
+    proxy.signal("HUP");
+    let reloaded = eventually(Duration::from_secs(5), || {
+        let (client, before) = (client.clone(), before.clone());
+        async move { shadow_hash(&status(client).await) != before }
+    })
+    .await;
+    let s = status(client.clone()).await;
+    assert!(
+        reloaded.is_some(),
+        "SIGHUP must reload the shadow's plugin file: {}",
+        s["upstreams"][0]["shadow"]
+    );
+    let record = s["reloads"]
+        .as_array()
+        .expect("reloads")
+        .iter()
+        .find(|r| {
+            r["kind"] == "plugin"
+                && r["target"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("shadowed.wasm"))
+        })
+        .cloned();
+    let record = record.expect("the reload is in the history");
+    assert_eq!(record["result"], "ok", "{record}");
+    assert_eq!(
+        record["upstreams"],
+        serde_json::json!(["app (shadow)"]),
+        "{record}"
+    );
+    // Requests are still served by the live strategy.
+    assert_eq!(get(&client, proxy.addr, "/").await.status, 200);
+}
+
+/// `switchyard run --config <path>` when it refuses to start: its exit
+/// status and what it printed. Fails the test if it is still running after
+/// 20 s.
+fn run_refused(path: &Path) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config"])
+        .arg(path)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start switchyard");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`run` started with {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `check` passes exactly what `run` accepts: a plugins directory that does
+/// not exist (only reference strategies, which have built-in copies) makes
+/// both fail, naming the directory.
+#[test]
+fn check_and_run_refuse_a_plugins_directory_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-plugins");
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"off\"\nplugins = {:?}\n\
+             [[upstream]]\nname = \"a\"\nstrategy = \"round-robin\"\nservers = [\"127.0.0.1:1\"]\n",
+            missing.display().to_string()
+        ),
+    )
+    .expect("write");
+    let shown = missing.display().to_string();
+    let (ok, out) = switchyard(&["check", "--config", &path.display().to_string()]);
+    assert!(!ok, "`check` must fail: {out}");
+    assert!(
+        out.contains(&shown) && out.contains("plugins directory"),
+        "names the directory: {out}"
+    );
+    let (ok, out) = run_refused(&path);
+    assert!(!ok, "`run` must refuse it too: {out}");
+    assert!(out.contains(&shown), "names the directory: {out}");
 }

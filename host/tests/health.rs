@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::scripted::{Act, Scripted};
 use common::*;
 
 async fn statuses(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
@@ -62,6 +63,38 @@ async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
     let replies = statuses(&proxy, 10).await;
     assert_eq!(failed(&replies), 0);
     assert_eq!(dead_failures(&proxy), 2);
+}
+
+/// As nginx with a single server: a lone backend is never taken out by
+/// passive health (there is nowhere else to send), whatever `max-fails`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_backend_is_not_taken_out_by_one_failure() {
+    // Drops the first request, answers the ones after.
+    let lone = Scripted::start(
+        1,
+        true,
+        |_| false,
+        |k| {
+            if k == 0 { Act::Close } else { Act::Answer }
+        },
+    )
+    .await;
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    // The defaults: max-fails = 1, fail-timeout = 10s.
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+        lone.addr
+    ));
+    let proxy = fx.start().await;
+    let client = client();
+    let r = get(&client, proxy.addr(), "/").await;
+    assert_eq!(r.status, 502, "the dropped request: {r:?}");
+    assert_eq!(lone.seen().len(), 1);
+    // Right after, well within fail-timeout, the backend is still used.
+    let r = get(&client, proxy.addr(), "/").await;
+    assert_eq!(r.status, 200, "the next request reaches the backend: {r:?}");
+    assert_eq!(r.backend(), Some(1));
+    assert_eq!(lone.seen().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,4 +200,62 @@ async fn active_checks_take_a_killed_backend_out_and_bring_it_back() {
     assert_eq!(failed(&replies), 0);
     assert_eq!(tally(&replies).len(), 3);
     drop(revived);
+}
+
+/// The health task keeps running whatever an upstream's check interval:
+/// the longest `health-check.interval` the config accepts, and one longer
+/// than any (set past validation). It serves every upstream, so another
+/// upstream's active checks still take a dead backend out, and a passive
+/// time-out still runs out without a request to notice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_task_copes_with_the_longest_check_interval() {
+    for beyond_validation in [false, true] {
+        let live = backends(1).await;
+        let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+        fx.write_config(&format!(
+            "[[upstream]]\nname = \"idle\"\npath-prefix = \"/idle\"\nservers = [\"{live}\"]\n\
+             health-check = {{ interval = \"365d\" }}\n\
+             [[upstream]]\nname = \"checked\"\npath-prefix = \"/checked\"\n\
+             servers = [\"{dead}\", \"{live}\"]\nmax-fails = 0\n\
+             health-check = {{ interval = \"100ms\", timeout = \"200ms\", fall = 1 }}\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{dead}\", \"{live}\"]\n\
+             max-fails = 1\nfail-timeout = \"300ms\"\n",
+            live = live[0].addr,
+            dead = closed_port(),
+        ));
+        let mut config = fx.config();
+        if beyond_validation && let Some(check) = config.upstreams[0].health_check.as_mut() {
+            check.interval = Duration::MAX;
+        }
+        let proxy = switchyard::Proxy::start(config, Default::default())
+            .await
+            .expect("proxy starts");
+        let gateway = std::sync::Arc::clone(proxy.gateway());
+        let set = move |u: usize| gateway.routes().upstreams[u].backends.load_full();
+
+        // Passive: the dead backend of `app` fails once and is taken out...
+        let r = get(&client(), proxy.addr(), "/").await;
+        assert_eq!(r.status, 200, "retried on the live backend: {r:?}");
+        assert_eq!(set(2).unhealthy(), 1, "taken out");
+        // ... and its time-out runs out by itself (the task's sweep).
+        let back = eventually(Duration::from_secs(3), || {
+            let down = set(2).unhealthy();
+            async move { down == 0 }
+        })
+        .await;
+        assert!(
+            back.is_some(),
+            "beyond validation: {beyond_validation}: the passive time-out never ran out"
+        );
+        // Active: `checked` probes its dead backend and takes it out.
+        let out = eventually(Duration::from_secs(3), || {
+            let healthy = set(1).backends[0].healthy();
+            async move { !healthy }
+        })
+        .await;
+        assert!(
+            out.is_some(),
+            "beyond validation: {beyond_validation}: active checks stopped"
+        );
+    }
 }

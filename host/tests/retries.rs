@@ -120,6 +120,53 @@ async fn a_5xx_is_passed_on_unless_retry_on_status_lists_it() {
     assert_eq!(r.status, expected, "{r:?}");
 }
 
+/// `healthy` of each backend of the first upstream, as `/status` shows it.
+async fn healthy(proxy: &switchyard::Proxy) -> Vec<bool> {
+    let admin = proxy.admin_addr().expect("admin is on");
+    let r = get(&client(), admin, "/status").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let status: serde_json::Value = serde_json::from_str(&r.body).expect("status is JSON");
+    status["upstreams"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["healthy"].as_bool().expect("healthy"))
+        .collect()
+}
+
+/// As nginx (`proxy_next_upstream http_403 | http_404 | http_429`): a 403,
+/// 404 or 429 listed in `retry-on-status` is retried but is not a failed
+/// try, so it never takes the backend out; a listed 5xx is, and does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_404_is_retried_without_taking_the_backend_out_a_503_does() {
+    for (status, taken_out) in [(404, false), (403, false), (429, false), (503, true)] {
+        let (bad, live, _fx, proxy) = misbehaving_and_live(
+            Act::Status(status),
+            &format!("retry-on-status = [{status}]\nmax-fails = 1"),
+        )
+        .await;
+        let client = client();
+        for _ in 0..6 {
+            let r = get(&client, proxy.addr(), "/").await;
+            assert_eq!(r.status, 200, "{status}: {r:?}");
+            assert_eq!(r.backend(), Some(2), "{status}");
+        }
+        assert_eq!(live.seen().len(), 6, "{status}: each request served once");
+        if taken_out {
+            assert_eq!(bad.seen().len(), 1, "{status}: tried once, then taken out");
+            assert_eq!(healthy(&proxy).await, [false, true], "{status}");
+        } else {
+            // Round robin keeps sending it its share: it was never taken out.
+            assert!(
+                bad.seen().len() >= 3,
+                "{status}: backend 1 saw {} of 6 requests",
+                bad.seen().len()
+            );
+            assert_eq!(healthy(&proxy).await, [true, true], "{status}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_that_times_out_is_retried_a_post_gets_504() {
     let (stalled, live, _fx, proxy) =

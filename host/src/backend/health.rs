@@ -4,7 +4,8 @@
 //! - Passive, like nginx `max_fails` / `fail_timeout`: when real requests to
 //!   a backend fail `max-fails` times, each within `fail-timeout` of the one
 //!   before (connect errors, timeouts, broken connections), the backend is
-//!   taken out for `fail-timeout`, then tried again.
+//!   taken out for `fail-timeout`, then tried again. As in nginx, not when
+//!   it is the upstream's only backend.
 //! - Active: a periodic `GET <path>` to every backend of upstreams that have
 //!   a `[upstream.health-check]` table; `fall` consecutive failures take a
 //!   backend out, `rise` consecutive successes bring it back.
@@ -164,6 +165,16 @@ impl Health {
             return true;
         }
         false
+    }
+
+    /// Forgets passive failures and a passive time-out (the backend became
+    /// the only one of its upstream, where passive health does not apply).
+    pub fn clear_passive(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        self.last_fail_ms.store(0, Ordering::Relaxed);
+        self.down_until_ms.store(0, Ordering::Relaxed);
+        // Settles the down-count unless active checks keep it out.
+        let _ = self.healthy();
     }
 
     /// Applies one active check result. Returns the new state when it

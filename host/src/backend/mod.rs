@@ -251,8 +251,12 @@ impl BackendSet {
     }
 
     /// Called when `next` has replaced this set: backends that did not
-    /// carry over leave the upstream's down-count.
+    /// carry over leave the upstream's down-count, and a backend left alone
+    /// is no longer held out by passive health (see `proxy::backend_failed`).
     pub fn retire(&self, next: &BackendSet) {
+        if let [only] = next.backends.as_slice() {
+            only.health.clear_passive();
+        }
         let kept: HashSet<*const Backend> = next.backends.iter().map(Arc::as_ptr).collect();
         for gone in self
             .backends
@@ -346,5 +350,21 @@ mod tests {
         b.retire(&c);
         assert!(c.backends[1].healthy());
         assert_eq!(c.unhealthy(), 0);
+    }
+
+    #[test]
+    fn a_backend_left_alone_is_no_longer_held_out_by_passive_health() {
+        let policy = PassiveHealth {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(60),
+        };
+        let a = BackendSet::build(&servers(&[1, 2]), None);
+        assert!(a.backends[0].health.record_failure(&policy));
+        assert!(!a.backends[0].healthy());
+        // DNS now resolves to backend 1 only: it is the lone backend.
+        let b = BackendSet::build(&servers(&[1]), Some(&a));
+        a.retire(&b);
+        assert!(b.backends[0].healthy());
+        assert_eq!(b.unhealthy(), 0);
     }
 }

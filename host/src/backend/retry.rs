@@ -13,7 +13,8 @@
 //!   (GET, HEAD, OPTIONS, PUT, DELETE) without a request body are retried;
 //!   a body is streamed to the backend, not kept, so it cannot be sent twice.
 //! - A response whose status is listed in `retry-on-status` (none by
-//!   default), under the same conditions.
+//!   default), under the same conditions. It counts toward `max-fails`,
+//!   unless it is a 403, 404 or 429 (as in nginx).
 //! - An upgrade request (WebSocket handshake: `Upgrade` forwarded, see
 //!   [`crate::proxy::tunnel`]) is never sent twice, whatever its method: a backend
 //!   that saw it may have started a session (and the handshake's key is
@@ -35,6 +36,13 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use crate::base::config::RetryPolicy;
 use crate::wire::body::ClientBody;
+
+/// Whether a retried `status` counts against the backend's passive health.
+/// As in nginx, 403, 404 and 429 are answers about the request, never
+/// unsuccessful attempts, even when `retry-on-status` lists them.
+pub fn status_blames_backend(status: http::StatusCode) -> bool {
+    !matches!(status.as_u16(), 403 | 404 | 429)
+}
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2, less TRACE).
 pub fn idempotent(method: &Method) -> bool {

@@ -1168,6 +1168,9 @@ impl Validator<'_> {
             if d.is_zero() {
                 return Err(self.err(key(k), "must be greater than zero (e.g. \"2s\")"));
             }
+            if d > MAX_TIMEOUT {
+                return Err(self.err(key(k), "must be at most a year (e.g. \"2s\")"));
+            }
         }
         for (k, n) in [("fall", c.fall), ("rise", c.rise)] {
             if n == 0 {

@@ -102,6 +102,14 @@ pub enum BuildError {
     /// The `[tls]` certificate or key was refused.
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// The `plugins` directory does not exist or is not a directory.
+    #[error("plugins directory `{}`: {reason}", path.display())]
+    PluginsDir {
+        /// The directory, as configured.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What a plugin-file change did.
@@ -456,6 +464,21 @@ fn compile_plugin(
     }
 }
 
+/// Whether `dir` can be the plugins directory: it exists and is a
+/// directory (the reloader watches it). Checked for every generation, so
+/// `check`, start-up (watching or not) and config reloads agree.
+fn check_plugins_dir(dir: &Path) -> Result<(), BuildError> {
+    let reason = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Err(BuildError::PluginsDir {
+        path: dir.to_owned(),
+        reason,
+    })
+}
+
 /// Builds a routing generation for `config`, reusing what `previous` has
 /// when nothing changed.
 fn build_table(
@@ -464,6 +487,7 @@ fn build_table(
     compiled: &mut HashMap<PathBuf, Arc<Compiled>>,
     previous: Option<&RouteTable>,
 ) -> Result<RouteTable, BuildError> {
+    check_plugins_dir(&config.plugins)?;
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for uc in &config.upstreams {
         let plugin_err = |error| BuildError::Plugin {

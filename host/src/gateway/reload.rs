@@ -261,10 +261,12 @@ pub fn reload_everything(gateway: &Gateway, config_path: &Path) {
     reload_config(gateway, config_path);
     reload_tls(gateway);
     let config = gateway.config();
+    // Strategies and shadows alike.
     let mut files: Vec<PathBuf> = config
         .upstreams
         .iter()
-        .map(|u| crate::plugin::plugin_path(&config.plugins, &u.strategy))
+        .flat_map(|u| std::iter::once(&u.strategy).chain(&u.shadow))
+        .map(|stem| crate::plugin::plugin_path(&config.plugins, stem))
         .collect();
     files.sort();
     files.dedup();

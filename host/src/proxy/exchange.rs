@@ -501,8 +501,10 @@ impl Exchange<'_> {
                             Some(again) if policy.retries_status(resp.status()) => again,
                             _ => return self.respond(resp, in_flight, &backend),
                         };
-                        backend_failed(&self.upstream, &backend);
                         let status = resp.status();
+                        if retry::status_blames_backend(status) {
+                            backend_failed(&self.upstream, &backend);
+                        }
                         // Kept (not logged) in case a retry answers instead.
                         let log = self.log.take();
                         let resp = self.respond(resp, in_flight, &backend);
@@ -967,9 +969,15 @@ fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
 }
 
 /// Counts a request the backend failed (connect error, timeout, broken
-/// connection), in its totals and against its passive health.
+/// connection), in its totals and against its passive health. As nginx
+/// does for a group of one server, a lone backend is never taken out
+/// (there is nowhere else to send): what counts is the current set, which
+/// DNS discovery may shrink or grow.
 fn backend_failed(upstream: &Upstream, backend: &Backend) {
     backend.record_failure();
+    if upstream.backends.load().len() < 2 {
+        return;
+    }
     let policy = &upstream.config.passive;
     if backend.health.record_failure(policy) {
         tracing::warn!(
