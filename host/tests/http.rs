@@ -341,3 +341,107 @@ async fn a_clients_connection_list_never_removes_the_fields_the_proxy_forwards()
         }
     }
 }
+
+/// An HTTP/2 client (prior knowledge, cleartext), its requests built by
+/// the test.
+fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `method /path` with `fields` and `body` over HTTP/2: the status,
+/// within 10 s.
+async fn h2_send(proxy: SocketAddr, method: &str, fields: &[(String, String)], body: &str) -> u16 {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}/h2"));
+    for (name, value) in fields {
+        req = req.header(name, value);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let send = async {
+        let resp = h2_client().request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        Reply::read(resp).await.expect("body").status
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), send)
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_crumbs_reach_the_backend_as_one_line_and_too_many_fields_get_431() {
+    let (backend, heads) = recording_backend().await;
+    let (_fx, proxy) = proxy_to(backend.addr).await;
+    let addr = proxy.addr();
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    let cookies = [
+        pair("cookie", "a=1"),
+        pair("x-a", "1"),
+        pair("cookie", "b=2"),
+    ];
+    for (method, body) in [("GET", ""), ("POST", "hello")] {
+        assert_eq!(h2_send(addr, method, &cookies, body).await, 200, "{method}");
+        let head = heads
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("forwarded");
+        assert!(
+            head.starts_with(&format!("{method} /h2 HTTP/1.1\r\n")),
+            "{head}"
+        );
+        assert_eq!(
+            raw_fields(&head, "cookie"),
+            ["a=1; b=2"],
+            "{method}: {head}"
+        );
+        assert_eq!(raw_fields(&head, "x-a"), ["1"], "{method}: {head}");
+    }
+    // Crumbs count as the one field they become.
+    let crumbs: Vec<_> = (0..150)
+        .map(|i| pair("cookie", &format!("c{i}=v")))
+        .collect();
+    assert_eq!(h2_send(addr, "GET", &crumbs, "").await, 200);
+    let head = heads
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("forwarded");
+    let joined: Vec<_> = (0..150).map(|i| format!("c{i}=v")).collect();
+    assert_eq!(raw_fields(&head, "cookie"), [joined.join("; ")]);
+
+    // As over HTTP/1.1: 100 fields are served, 101 are refused before any
+    // backend.
+    let fields = |n: usize| -> Vec<_> { (0..n).map(|i| pair(&format!("x-f{i}"), "v")).collect() };
+    assert_eq!(h2_send(addr, "GET", &fields(100), "").await, 200);
+    let forwarded = heads.lock().expect("lock").len();
+    for (method, body) in [("GET", ""), ("POST", "hello")] {
+        assert_eq!(
+            h2_send(addr, method, &fields(101), body).await,
+            431,
+            "{method}"
+        );
+    }
+    let mut h1 = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let many: String = (0..100).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let h1_answer = raw_exchange(
+        &mut h1,
+        &format!("GET /h1 HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+    )
+    .await;
+    assert!(h1_answer.starts_with("HTTP/1.1 431"), "{h1_answer}");
+    assert_eq!(
+        heads.lock().expect("lock").len(),
+        forwarded,
+        "nothing more reached the backend"
+    );
+}

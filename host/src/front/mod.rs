@@ -22,7 +22,7 @@
 //! `chunked`, or on HTTP/1.0, HTTP/1.1 without `Host` or with two, obs-fold
 //! and other malformed lines, invalid chunk sizes and extensions (400);
 //! targets over [`MAX_URI`] (414); heads over [`MAX_HEAD`] or with more than
-//! [`MAX_HEADERS`] fields (431); bodies over `client.max-body-size` (413);
+//! [`MAX_HEADERS`] fields (431, HTTP/2 too); bodies over `client.max-body-size` (413);
 //! heads not complete within `client.header-timeout` and bodies silent for
 //! `client.body-timeout` (408).
 
@@ -33,9 +33,9 @@ pub mod h1;
 pub use self::framer::{Fed, Framer, RefusedAt};
 pub use self::guard::{Admitted, Conn, Guard, Protocol, Tracked};
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, COOKIE, Entry, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
-use http::{StatusCode, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 32 * 1024;
@@ -184,8 +184,16 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Checks a request head hyper parsed itself (HTTP/2; HTTP/1 heads were
-/// checked raw by the [`Guard`]).
+/// checked raw by the [`Guard`]), with the same limits: more than
+/// [`MAX_HEADERS`] fields is 431 (its `cookie` crumbs counted as the one
+/// field [`join_cookies`] makes of them).
 pub fn check(parts: &Parts) -> Result<(), Refusal> {
+    if parts.headers.len() > MAX_HEADERS {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        ));
+    }
     check_fields(
         parts.version,
         target_len(&parts.uri),
@@ -196,6 +204,29 @@ pub fn check(parts: &Parts) -> Result<(), Refusal> {
         None,
     )
     .map(drop)
+}
+
+/// Joins the `cookie` fields an HTTP/2 client split into crumbs into the
+/// one `Cookie` field an HTTP/1.1 backend expects, with `"; "` between
+/// them (RFC 9113 8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let Entry::Occupied(mut cookies) = headers.entry(COOKIE) else {
+        return;
+    };
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, crumb) in cookies.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        cookies.insert(value);
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +339,41 @@ mod tests {
             fields(Version::HTTP_10, &[], None).is_ok(),
             "1.0 needs no Host"
         );
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_field_and_other_fields_stay() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!((h.len(), &h["x-a"]), (2, &HeaderValue::from_static("1")));
+        let one = h.clone();
+        join_cookies(&mut h);
+        assert_eq!(h, one, "one field is left as it is");
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn an_http2_head_with_more_than_max_headers_fields_gets_431() {
+        let head = |n: usize| {
+            let mut req = http::Request::builder()
+                .version(Version::HTTP_2)
+                .uri("http://a/");
+            for i in 0..n {
+                req = req.header(format!("x-{i}"), "v");
+            }
+            req.body(()).expect("request").into_parts().0
+        };
+        assert_eq!(check(&head(MAX_HEADERS)), Ok(()));
+        let refusal = check(&head(MAX_HEADERS + 1)).expect_err("too many");
+        assert_eq!(refusal.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
     #[test]
