@@ -164,6 +164,35 @@ async fn least_conn_avoids_backends_with_requests_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_breaks_ties_by_weight_like_nginx() {
+    let be = backends(2).await;
+    let fx = Fixture::new(&[("least-conn", LEAST_CONN)]);
+    let servers = format!(
+        "[\"{}\", {{ address = \"{}\", weight = 2 }}]",
+        be[0].addr, be[1].addr
+    );
+    // One worker: ties rotate per worker thread (each has its own
+    // instance, as each nginx worker process has its own weights).
+    fx.write_config(&format!(
+        "workers = 1\n[[upstream]]\nname = \"app\"\nstrategy = \"least-conn\"\nservers = {servers}\n"
+    ));
+    let proxy = fx.start().await;
+    let client = client();
+    let mut replies = Vec::new();
+    // One at a time: every pick finds both backends idle, a tie.
+    for _ in 0..30 {
+        replies.push(get(&client, proxy.addr(), "/").await);
+    }
+    assert!(replies.iter().all(|r| r.status == 200));
+    let counts = tally(&replies);
+    assert_eq!(counts.get(&1), Some(&10), "{counts:?}");
+    assert_eq!(counts.get(&2), Some(&20), "{counts:?}");
+    // Smooth, as nginx's order for 1:2 is b a b.
+    let first: Vec<usize> = replies.iter().take(6).filter_map(Reply::backend).collect();
+    assert_eq!(first, vec![2, 1, 2, 2, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_pins_a_client_and_spreads_many() {
     let be = backends(3).await;
     let fx = Fixture::new(&[("ip-hash", IP_HASH)]);

@@ -5,6 +5,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
@@ -212,4 +213,235 @@ async fn upstreams_are_chosen_by_host_then_longest_path_prefix() {
             .expect("request");
         assert_eq!(r.backend(), Some(expected), "{host}{path}: {r:?}");
     }
+}
+
+/// A backend that keeps the head of every request it reads, as it arrived,
+/// and answers `200 ok`.
+async fn recording_backend() -> (common::raw::Raw, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    let raw = common::raw::Raw::start(move |asked| {
+        seen.lock().expect("lock").push(asked.head.clone());
+        vec![common::raw::write(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )]
+    })
+    .await;
+    (raw, heads)
+}
+
+/// A proxy over `backend` alone (round robin).
+async fn proxy_to(backend: SocketAddr) -> (Fixture, switchyard::Proxy) {
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"recorded\"\nservers = [\"{backend}\"]\n"
+    ));
+    let proxy = fx.start().await;
+    (fx, proxy)
+}
+
+/// The values of every `name` line of a raw head (names in any case), in
+/// order.
+fn raw_fields<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
+}
+
+/// Writes `request` on `s` and reads one response: its head and its body
+/// (by Content-Length); fails the test after 10 s.
+async fn raw_exchange(s: &mut tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut byte).await.expect("read");
+            assert_eq!(n, 1, "closed mid-head: {}", String::from_utf8_lossy(&got));
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).into_owned();
+        let length = raw_fields(&head, "content-length")
+            .first()
+            .map_or(0, |v| v.parse::<usize>().expect("length"));
+        let mut body = vec![0; length];
+        s.read_exact(&mut body).await.expect("body");
+        head + &String::from_utf8_lossy(&body)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_connection_list_never_removes_the_fields_the_proxy_forwards() {
+    let (backend, heads) = recording_backend().await;
+    let (_fx, proxy) = proxy_to(backend.addr).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    // Bodiless GETs take the front's own HTTP/1.1 server; a POST with a
+    // body, hyper's.
+    let lists = [
+        "Connection: Host, X-Real-IP, X-Forwarded-For\r\n",
+        "Connection: keep-alive, HOST, x-real-ip, X-Forwarded-For, X-Forwarded-Proto, X-Private\r\n",
+        "Connection: Keep-Alive\r\nConnection: host ,x-forwarded-for\r\nKeep-Alive: timeout=5\r\n",
+    ];
+    let mut asked = 0;
+    for list in lists {
+        for body in ["", "hello"] {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let length = if body.is_empty() {
+                String::new()
+            } else {
+                format!("Content-Length: {}\r\n", body.len())
+            };
+            let request = format!(
+                "{method} /x HTTP/1.1\r\nHost: app.example:8080\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                 X-Private: secret\r\n{list}{length}\r\n{body}"
+            );
+            let response = raw_exchange(&mut s, &request).await;
+            assert!(
+                response.starts_with("HTTP/1.1 200"),
+                "{request}: {response}"
+            );
+            assert!(response.ends_with("\r\n\r\nok"), "{request}: {response}");
+            asked += 1;
+            let head = heads.lock().expect("lock").last().cloned();
+            let head = head.expect("the request reached the backend");
+            assert_eq!(heads.lock().expect("lock").len(), asked, "{request}");
+            assert!(
+                head.starts_with(&format!("{method} /x HTTP/1.1\r\n")),
+                "{head}"
+            );
+            let field = |name| raw_fields(&head, name);
+            assert_eq!(field("host"), ["app.example:8080"], "{request}: {head}");
+            assert_eq!(field("x-real-ip"), ["127.0.0.1"], "{request}: {head}");
+            assert_eq!(
+                field("x-forwarded-for"),
+                ["203.0.113.7, 127.0.0.1"],
+                "{request}: {head}"
+            );
+            assert_eq!(field("x-forwarded-proto"), ["http"], "{request}: {head}");
+            // What else the list names is still not passed on.
+            if list.contains("X-Private") {
+                assert!(field("x-private").is_empty(), "{request}: {head}");
+            } else {
+                assert_eq!(field("x-private"), ["secret"], "{request}: {head}");
+            }
+            for gone in ["connection", "keep-alive"] {
+                assert!(field(gone).is_empty(), "{gone}: {request}: {head}");
+            }
+            assert_eq!(field("content-length").len(), usize::from(!body.is_empty()));
+        }
+    }
+}
+
+/// An HTTP/2 client (prior knowledge, cleartext), its requests built by
+/// the test.
+fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `method /path` with `fields` and `body` over HTTP/2: the status,
+/// within 10 s.
+async fn h2_send(proxy: SocketAddr, method: &str, fields: &[(String, String)], body: &str) -> u16 {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}/h2"));
+    for (name, value) in fields {
+        req = req.header(name, value);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let send = async {
+        let resp = h2_client().request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        Reply::read(resp).await.expect("body").status
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), send)
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_crumbs_reach_the_backend_as_one_line_and_too_many_fields_get_431() {
+    let (backend, heads) = recording_backend().await;
+    let (_fx, proxy) = proxy_to(backend.addr).await;
+    let addr = proxy.addr();
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    let cookies = [
+        pair("cookie", "a=1"),
+        pair("x-a", "1"),
+        pair("cookie", "b=2"),
+    ];
+    for (method, body) in [("GET", ""), ("POST", "hello")] {
+        assert_eq!(h2_send(addr, method, &cookies, body).await, 200, "{method}");
+        let head = heads
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("forwarded");
+        assert!(
+            head.starts_with(&format!("{method} /h2 HTTP/1.1\r\n")),
+            "{head}"
+        );
+        assert_eq!(
+            raw_fields(&head, "cookie"),
+            ["a=1; b=2"],
+            "{method}: {head}"
+        );
+        assert_eq!(raw_fields(&head, "x-a"), ["1"], "{method}: {head}");
+    }
+    // Crumbs count as the one field they become.
+    let crumbs: Vec<_> = (0..150)
+        .map(|i| pair("cookie", &format!("c{i}=v")))
+        .collect();
+    assert_eq!(h2_send(addr, "GET", &crumbs, "").await, 200);
+    let head = heads
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("forwarded");
+    let joined: Vec<_> = (0..150).map(|i| format!("c{i}=v")).collect();
+    assert_eq!(raw_fields(&head, "cookie"), [joined.join("; ")]);
+
+    // As over HTTP/1.1: 100 fields are served, 101 are refused before any
+    // backend.
+    let fields = |n: usize| -> Vec<_> { (0..n).map(|i| pair(&format!("x-f{i}"), "v")).collect() };
+    assert_eq!(h2_send(addr, "GET", &fields(100), "").await, 200);
+    let forwarded = heads.lock().expect("lock").len();
+    for (method, body) in [("GET", ""), ("POST", "hello")] {
+        assert_eq!(
+            h2_send(addr, method, &fields(101), body).await,
+            431,
+            "{method}"
+        );
+    }
+    let mut h1 = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let many: String = (0..100).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let h1_answer = raw_exchange(
+        &mut h1,
+        &format!("GET /h1 HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+    )
+    .await;
+    assert!(h1_answer.starts_with("HTTP/1.1 431"), "{h1_answer}");
+    assert_eq!(
+        heads.lock().expect("lock").len(),
+        forwarded,
+        "nothing more reached the backend"
+    );
 }

@@ -419,6 +419,46 @@ fn bad_input_is_a_clear_error_and_exit_code_1() {
     }
 }
 
+#[test]
+fn a_timestamp_with_a_multi_byte_offset_is_an_error_naming_the_line_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = "2026-01-01T00:00:00Z INFO access: access client=192.0.2.1 method=GET path=/ upstream=\"app\" duration_ms=1\n";
+    // Offsets of the six bytes the parser expects, but not six characters:
+    // a multi-byte letter, an Arabic-Indic and a fullwidth digit.
+    for (i, offset) in ["+0\u{e9}:0", "+00\u{e9}0", "+0\u{663}:0", "+\u{ff10}:0"]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(offset.len(), 6, "{offset}");
+        let timestamp = format!("2026-01-01T00:00:00{offset}");
+        let lines = [
+            format!(
+                "{timestamp} INFO access: access client=192.0.2.1 method=GET path=/ upstream=\"app\" duration_ms=1"
+            ),
+            format!(
+                r#"{{"timestamp":"{timestamp}","level":"INFO","fields":{{"message":"access","client":"192.0.2.1","method":"GET","path":"/","upstream":"app","duration_ms":1.0}},"target":"access"}}"#
+            ),
+        ];
+        for (kind, line) in ["text", "json"].into_iter().zip(lines) {
+            let trace = dir.path().join(format!("{kind}-{i}.log"));
+            std::fs::write(&trace, format!("{good}{line}\n")).expect("write");
+            let path = trace.display().to_string();
+            let (code, stdout, stderr) = simulate(&["--plugin", ROUND_ROBIN, "--trace", &path]);
+            assert_eq!(code, 1, "{kind} {offset}: {stdout}{stderr}");
+            assert!(!stderr.contains("panicked"), "{kind} {offset}: {stderr}");
+            let reason = if kind == "text" {
+                "not a trace line".to_owned()
+            } else {
+                format!("{timestamp:?} is not an RFC 3339 timestamp")
+            };
+            assert!(
+                stderr.starts_with(&format!("error: {path}:2: {reason}")),
+                "{kind} {offset}: {stderr}"
+            );
+        }
+    }
+}
+
 /// Access-log lines the proxy wrote so far (JSON or text).
 fn access_lines(proxy: &Running) -> usize {
     proxy

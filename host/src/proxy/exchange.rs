@@ -207,7 +207,11 @@ fn admit<'c>(
     // hyper parses itself, are checked here.
     let refused = match conn.refusal() {
         Some(refusal) => Err(refusal),
-        None if parts.version == Version::HTTP_2 => front::check(&parts),
+        None if parts.version == Version::HTTP_2 => {
+            // HTTP/1.1 allows one Cookie line (RFC 9113 8.2.3).
+            front::join_cookies(&mut parts.headers);
+            front::check(&parts)
+        }
         None => Ok(()),
     };
     if let Err(refusal) = refused {

@@ -273,10 +273,10 @@ fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
                 .into(),
         );
     }
-    let Some(at) = line.find(" access: ") else {
+    let Some((_, access)) = line.split_once(" access: ") else {
         return Ok(Line::Skip("other log lines"));
     };
-    let fields = text_fields(&line[at + " access: ".len()..]);
+    let fields = text_fields(access);
     let get = |key: &str| {
         fields
             .get(key)
@@ -298,20 +298,22 @@ fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
 }
 
 /// `key=value key="quoted \"value\""` as tracing's text format writes
-/// fields (strings quoted with Rust escapes, displayed values bare).
+/// fields (strings quoted with Rust escapes, displayed values bare). The
+/// text is untrusted: it is cut only where a character starts.
 fn text_fields(text: &str) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
     let mut rest = text.trim_start();
     while !rest.is_empty() {
         let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        let Some(eq) = rest[..word_end].find('=') else {
+        let (word, after_word) = rest.split_at_checked(word_end).unwrap_or((rest, ""));
+        let Some((key, _)) = word.split_once('=') else {
             // The message, or a word without a value.
-            rest = rest[word_end..].trim_start();
+            rest = after_word.trim_start();
             continue;
         };
-        let key = rest[..eq].to_owned();
-        let after = &rest[eq + 1..];
-        let (value, used) = if let Some(quoted) = after.strip_prefix('"') {
+        let after = rest.get(key.len() + 1..).unwrap_or_default();
+        let key = key.to_owned();
+        let (value, left) = if let Some(quoted) = after.strip_prefix('"') {
             let mut value = String::new();
             let mut chars = quoted.char_indices();
             let mut end = quoted.len();
@@ -330,13 +332,14 @@ fn text_fields(text: &str) -> BTreeMap<String, String> {
                     other => value.push(other),
                 }
             }
-            (value, 1 + end)
+            (value, quoted.get(end..).unwrap_or_default())
         } else {
             let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            (after[..end].to_owned(), end)
+            let (value, left) = after.split_at_checked(end).unwrap_or((after, ""));
+            (value.to_owned(), left)
         };
         fields.insert(key, value);
-        rest = after[used.min(after.len())..].trim_start();
+        rest = left.trim_start();
     }
     fields
 }
@@ -483,7 +486,9 @@ fn duration_ns(ms: f64, key: &str) -> Result<u64, String> {
 }
 
 /// An RFC 3339 timestamp (`2026-11-22T03:56:47.353354Z`, or with an offset
-/// such as `+01:00`) as nanoseconds since the Unix epoch.
+/// such as `+01:00`) as nanoseconds since the Unix epoch. The text is
+/// untrusted: its fixed places are read as bytes or with `get`, never by
+/// slicing where a character may not start.
 pub(crate) fn parse_timestamp(text: &str) -> Result<i128, String> {
     let bad = || format!("{text:?} is not an RFC 3339 timestamp");
     let bytes = text.as_bytes();
@@ -511,7 +516,7 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<i128, String> {
     if second > 60 {
         return Err(bad());
     }
-    let mut rest = &text[19..];
+    let mut rest = text.get(19..).ok_or_else(bad)?;
     let mut nanos: i128 = 0;
     if let Some(fraction) = rest.strip_prefix('.') {
         let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
@@ -524,17 +529,23 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<i128, String> {
             }
         }
         nanos *= 10i128.pow(9u32.saturating_sub(digits as u32));
-        rest = &fraction[digits..];
+        rest = fraction.get(digits..).ok_or_else(bad)?;
     }
-    let offset_s: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            let hours: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let minutes: i64 = rest[4..6].parse().map_err(|_| bad())?;
-            if &rest[3..4] != ":" {
+    // Two ASCII digits (a byte of a multi-byte character is never one).
+    let two = |tens: u8, ones: u8| {
+        (tens.is_ascii_digit() && ones.is_ascii_digit())
+            .then(|| i64::from(tens - b'0') * 10 + i64::from(ones - b'0'))
+    };
+    let offset_s: i64 = match *rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (Some(hours), Some(minutes)) = (two(h1, h2), two(m1, m2)) else {
+                return Err(bad());
+            };
+            if hours > 23 || minutes > 59 {
                 return Err(bad());
             }
+            let sign = if sign == b'-' { -1 } else { 1 };
             sign * (hours * 3600 + minutes * 60)
         }
         _ => return Err(bad()),
@@ -669,6 +680,82 @@ mod tests {
         ] {
             assert!(parse_timestamp(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn malformed_timestamps_are_errors_wherever_a_multi_byte_character_falls() {
+        let date = "2026-01-01T00:00:00";
+        let mut bad = Vec::new();
+        // Each character of the offset, and of the fraction before it,
+        // replaced by characters of 2, 3 and 4 bytes (a letter, an
+        // Arabic-Indic and a fullwidth digit, an emoji), keeping the length
+        // in bytes where the rest allows: the parser's fixed places then
+        // fall inside the character.
+        for tail in ["+01:00", ".5+01:00", "-12:30"] {
+            let chars: Vec<char> = tail.chars().collect();
+            for at in 0..chars.len() {
+                for wide in ['\u{e9}', '\u{663}', '\u{ff10}', '\u{1f600}'] {
+                    let covered = wide.len_utf8();
+                    let mut offset: String = chars[..at].iter().collect();
+                    offset.push(wide);
+                    offset.extend(chars.iter().skip(at + covered));
+                    bad.push(format!("{date}{offset}"));
+                    let mut inserted: String = chars[..at].iter().collect();
+                    inserted.push(wide);
+                    inserted.extend(&chars[at..]);
+                    bad.push(format!("{date}{inserted}"));
+                }
+            }
+        }
+        // And in the date and time.
+        for at in 0..date.len() {
+            let mut text = date.to_owned();
+            text.replace_range(at..=at, "\u{e9}");
+            bad.push(format!("{text}Z"));
+            text.pop();
+            bad.push(format!("{text}Z"));
+        }
+        // Two-digit fields that are not two digits, or out of range.
+        for offset in [
+            "+01:0", "+01:000", "+0100", "+01-00", "+-1:00", "++1:00", "+1:000", "+24:00",
+            "+01:60", "01:00", "Zz", ".", ".Z", ".5",
+        ] {
+            bad.push(format!("{date}{offset}"));
+        }
+        for text in &bad {
+            assert!(parse_timestamp(text).is_err(), "{text:?} was accepted");
+            let line = format!("{text} INFO access: access client=1.2.3.4");
+            let err = load(&line).expect_err(text);
+            assert!(
+                err.starts_with("t.log:1: not a trace line"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_timestamp("1970-01-01T00:00:00-00:30"),
+            Ok(1_800_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-01T00:00:00+23:59"),
+            Ok(-86_340_000_000_000)
+        );
+    }
+
+    #[test]
+    fn text_fields_with_multi_byte_characters_anywhere_are_read_whole() {
+        let fields = text_fields(
+            "access k\u{e9}=v\u{e9} q=\"\u{e9}\\\"\u{663}\" \u{ff10}=\u{1f600} open=\"\u{e9}",
+        );
+        assert_eq!(fields["k\u{e9}"], "v\u{e9}");
+        assert_eq!(fields["q"], "\u{e9}\"\u{663}");
+        assert_eq!(fields["\u{ff10}"], "\u{1f600}");
+        assert_eq!(fields["open"], "\u{e9}");
+        let line = "2026-01-01T00:00:00Z INFO access: access client=\u{e9} method=GET path=/ upstream=\"a\" duration_ms=1";
+        assert!(
+            load(line)
+                .expect_err("client")
+                .contains("t.log:1: client \"\u{e9}\"")
+        );
     }
 
     #[test]

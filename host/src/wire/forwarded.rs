@@ -101,6 +101,21 @@ pub fn says_close(connection: &[u8]) -> bool {
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, |_| false);
+}
+
+/// Whether `name` is a field the proxy forwards or sets itself on every
+/// request: `Host`, `X-Real-IP`, `X-Forwarded-For`, `X-Forwarded-Proto`.
+fn set_by_proxy(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == X_REAL_IP
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+}
+
+/// [`strip_hop_by_hop`], except that the fields `kept` says are not
+/// removed when `Connection` names them.
+fn strip(headers: &mut HeaderMap, kept: impl Fn(&HeaderName) -> bool) {
     // Which of them are present, in one pass over the names: most messages
     // carry none, or only `Connection: keep-alive`, and each removal hashes
     // its name.
@@ -128,6 +143,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 !token.eq_ignore_ascii_case("close") && hop_by_hop_index(token).is_none()
             })
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .filter(|name| !kept(name))
             .collect();
         for name in &named {
             headers.remove(name);
@@ -170,7 +186,9 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 /// Rewrites a request head for the backend: strips hop-by-hop headers, sets
 /// `X-Real-IP` to the client, appends the peer to `X-Forwarded-For` (keeping
 /// what came before, trusted or not), and sets `X-Forwarded-Proto` unless a
-/// trusted proxy already did.
+/// trusted proxy already did. A client's `Connection` cannot remove what
+/// the proxy forwards or sets itself (`Host` and those three): the backend
+/// would get HTTP/1.1 without `Host`, or a forwarding chain cut short.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     peer: &Peer,
@@ -178,7 +196,7 @@ pub fn rewrite_request(
     scheme: &'static str,
     proxies: &[IpNet],
 ) {
-    strip_hop_by_hop(headers);
+    strip(headers, set_by_proxy);
     let real_ip = if client == peer.ip {
         peer.value.clone()
     } else {
@@ -285,6 +303,40 @@ mod tests {
             h[&X_FORWARDED_PROTO], "http",
             "untrusted peer cannot set the scheme"
         );
+    }
+
+    #[test]
+    fn a_clients_connection_cannot_remove_what_the_proxy_forwards_or_sets() {
+        let proxies: Vec<IpNet> = vec!["127.0.0.0/8".parse().expect("net")];
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, HOST, X-Real-IP, x-private"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-forwarded-for , X-Forwarded-Proto"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(&X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let peer = Peer::new(ip("127.0.0.1"));
+        let client = client_ip(peer.ip(), &h, &proxies);
+        rewrite_request(&mut h, &peer, client, "http", &proxies);
+        assert_eq!(h[header::HOST], "example.com");
+        assert_eq!(h[&X_REAL_IP], "198.51.100.7");
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https", "set by a trusted proxy");
+        assert!(!h.contains_key("x-private") && !h.contains_key(header::CONNECTION));
+        // A response's `Connection` is not the client's: it still removes
+        // what it names.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-real-ip"));
+        h.insert(&X_REAL_IP, HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub fn write(text: &str) -> Step {
 pub struct Asked {
     pub method: String,
     pub target: String,
+    /// Its head as it arrived: the request line and every field line, each
+    /// ending in CRLF, and the empty line.
+    pub head: String,
     /// Its body (read by `Content-Length`).
     pub body: Vec<u8>,
 }
@@ -100,6 +103,7 @@ impl Raw {
                         let asked = Asked {
                             method: line.next().unwrap_or("").to_owned(),
                             target: line.next().unwrap_or("").to_owned(),
+                            head: head.clone(),
                             body,
                         };
                         for step in script(&asked) {

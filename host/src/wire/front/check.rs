@@ -1,9 +1,11 @@
 //! The checks every request head goes through (RFC 9112 6.1, 6.3, 3.2,
 //! 7.1), on its fields as sent: what the front refuses and why.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, COOKIE, Entry, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
-use http::{StatusCode, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
+
+use crate::wire::head::MAX_HEADERS;
 
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 32 * 1024;
@@ -150,8 +152,16 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Checks a request head hyper parsed itself (HTTP/2; HTTP/1 heads were
-/// checked raw by the [`Guard`]).
+/// checked raw by the [`Guard`]), with the same limits: more than
+/// [`MAX_HEADERS`] fields is 431 (its `cookie` crumbs counted as the one
+/// field [`join_cookies`] makes of them).
 pub fn check(parts: &Parts) -> Result<(), Refusal> {
+    if parts.headers.len() > MAX_HEADERS {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        ));
+    }
     check_fields(
         parts.version,
         target_len(&parts.uri),
@@ -162,6 +172,29 @@ pub fn check(parts: &Parts) -> Result<(), Refusal> {
         None,
     )
     .map(drop)
+}
+
+/// Joins the `cookie` fields an HTTP/2 client split into crumbs into the
+/// one `Cookie` field an HTTP/1.1 backend expects, with `"; "` between
+/// them (RFC 9113 8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let Entry::Occupied(mut cookies) = headers.entry(COOKIE) else {
+        return;
+    };
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, crumb) in cookies.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        cookies.insert(value);
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +307,41 @@ mod tests {
             fields(Version::HTTP_10, &[], None).is_ok(),
             "1.0 needs no Host"
         );
+    }
+
+    #[test]
+    fn cookie_crumbs_become_one_field_and_other_fields_stay() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!((h.len(), &h["x-a"]), (2, &HeaderValue::from_static("1")));
+        let one = h.clone();
+        join_cookies(&mut h);
+        assert_eq!(h, one, "one field is left as it is");
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn an_http2_head_with_more_than_max_headers_fields_gets_431() {
+        let head = |n: usize| {
+            let mut req = http::Request::builder()
+                .version(Version::HTTP_2)
+                .uri("http://a/");
+            for i in 0..n {
+                req = req.header(format!("x-{i}"), "v");
+            }
+            req.body(()).expect("request").into_parts().0
+        };
+        assert_eq!(check(&head(MAX_HEADERS)), Ok(()));
+        let refusal = check(&head(MAX_HEADERS + 1)).expect_err("too many");
+        assert_eq!(refusal.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! `chunked`, or on HTTP/1.0, HTTP/1.1 without `Host` or with two, obs-fold
 //! and other malformed lines, invalid chunk sizes and extensions (400);
 //! targets over [`MAX_URI`] (414); heads over [`MAX_HEAD`] or with more than
-//! [`MAX_HEADERS`](crate::wire::head::MAX_HEADERS) fields (431); bodies over `client.max-body-size` (413);
+//! [`MAX_HEADERS`](crate::wire::head::MAX_HEADERS) fields (431, HTTP/2 too); bodies over `client.max-body-size` (413);
 //! heads not complete within `client.header-timeout` and bodies silent for
 //! `client.body-timeout` (408).
 
@@ -32,8 +32,8 @@ mod guard;
 pub mod h1;
 
 pub use self::check::{
-    Checked, Framing, MAX_HEAD, MAX_URI, Refusal, check, check_fields, parse_length, refuse,
-    too_large,
+    Checked, Framing, MAX_HEAD, MAX_URI, Refusal, check, check_fields, join_cookies, parse_length,
+    refuse, too_large,
 };
 pub use self::framer::{Fed, Framer, RefusedAt};
 pub use self::guard::{Admitted, Conn, Guard, Protocol, Tracked};
