@@ -232,3 +232,109 @@ pub async fn probe(client: &ProbeClient, authority: &Authority, check: &ActiveCh
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::advance;
+
+    use super::*;
+
+    fn policy(max_fails: u32, fail_timeout_ms: u64) -> PassiveHealth {
+        PassiveHealth {
+            max_fails,
+            fail_timeout: Duration::from_millis(fail_timeout_ms),
+        }
+    }
+
+    fn check(fall: u32, rise: u32) -> ActiveCheck {
+        ActiveCheck {
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            fall,
+            rise,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_fails_within_the_window_take_a_backend_out_for_fail_timeout() {
+        let upstream = Arc::new(UpstreamHealth::default());
+        let health = Health::new(Arc::clone(&upstream));
+        let policy = policy(3, 10_000);
+        assert!(!health.record_failure(&policy));
+        advance(Duration::from_secs(9)).await;
+        assert!(!health.record_failure(&policy));
+        advance(Duration::from_secs(9)).await;
+        // The third within 10 s of the one before: out.
+        assert!(health.record_failure(&policy));
+        assert!(!health.healthy());
+        assert_eq!(upstream.down(), 1);
+        // Out for exactly `fail-timeout`.
+        advance(Duration::from_millis(9_999)).await;
+        assert!(!health.healthy());
+        advance(Duration::from_millis(1)).await;
+        assert!(health.healthy());
+        assert_eq!(upstream.down(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_after_the_window_starts_the_count_again() {
+        let health = Health::new(Arc::default());
+        let policy = policy(2, 1_000);
+        assert!(!health.record_failure(&policy));
+        advance(Duration::from_millis(1_001)).await;
+        // More than `fail-timeout` after the first: counted as the first.
+        assert!(!health.record_failure(&policy));
+        advance(Duration::from_millis(500)).await;
+        assert!(health.record_failure(&policy));
+        assert!(!health.passive_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_fails_zero_never_takes_a_backend_out() {
+        let health = Health::new(Arc::default());
+        for _ in 0..100 {
+            assert!(!health.record_failure(&policy(0, 1_000)));
+        }
+        assert!(health.healthy());
+    }
+
+    #[test]
+    fn active_checks_take_fall_failures_to_go_down_and_rise_passes_to_come_back() {
+        let upstream = Arc::new(UpstreamHealth::default());
+        let health = Health::new(Arc::clone(&upstream));
+        let check = check(2, 3);
+        assert_eq!(health.record_probe(false, &check), None);
+        // A pass in between resets the streak.
+        assert_eq!(health.record_probe(true, &check), None);
+        assert_eq!(health.record_probe(false, &check), None);
+        assert_eq!(health.record_probe(false, &check), Some(false));
+        assert!(!health.healthy());
+        assert_eq!(upstream.down(), 1);
+        let version = upstream.version();
+        assert_eq!(health.record_probe(true, &check), None);
+        assert_eq!(health.record_probe(true, &check), None);
+        assert_eq!(health.record_probe(true, &check), Some(true));
+        assert!(health.healthy());
+        assert_eq!(upstream.down(), 0);
+        assert!(upstream.version() > version);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_down_both_ways_comes_back_only_when_both_agree() {
+        let upstream = Arc::new(UpstreamHealth::default());
+        let health = Health::new(Arc::clone(&upstream));
+        let check = check(1, 1);
+        assert!(health.record_failure(&policy(1, 1_000)));
+        assert_eq!(health.record_probe(false, &check), Some(false));
+        // Counted once, though down for two reasons.
+        assert_eq!(upstream.down(), 1);
+        assert_eq!(health.record_probe(true, &check), Some(true));
+        assert!(!health.healthy(), "passive time-out still running");
+        advance(Duration::from_secs(1)).await;
+        assert!(health.healthy());
+        assert_eq!(upstream.down(), 0);
+    }
+}

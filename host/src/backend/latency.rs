@@ -128,4 +128,17 @@ mod tests {
         let idle = e.at(2 * SEC + 30 * SEC);
         assert!(idle < after_1s / 10 && idle > 0, "{idle}");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_estimate_decays_with_the_clock() {
+        let latency = ResponseLatency::default();
+        assert_eq!(latency.peak_ewma_ns(), 0, "never answered");
+        latency.record(20_000, clock::now());
+        assert_eq!(latency.peak_ewma_ns(), 20_000_000);
+        assert_eq!(latency.counts().iter().sum::<u64>(), 1);
+        // τ = 10 s: after 10 s idle, e^-1 of it is left.
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        let left = latency.peak_ewma_ns() as f64 / 20e6;
+        assert!((left - (-1f64).exp()).abs() < 1e-3, "{left}");
+    }
 }

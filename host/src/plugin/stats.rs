@@ -185,4 +185,38 @@ mod tests {
         assert_eq!(stats.open_until_ms.load(Ordering::Relaxed), 0);
         assert_eq!(stats.failed_in_a_row(), None);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_runs_out_on_its_own_and_doubles_up_to_the_cap() {
+        let stats = StrategyStats::default();
+        for _ in 1..BREAKER_AFTER {
+            stats.failed_in_a_row();
+        }
+        assert_eq!(stats.failed_in_a_row(), Some(BREAKER_MIN));
+        tokio::time::advance(BREAKER_MIN - Duration::from_millis(1)).await;
+        assert!(stats.paused());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!stats.paused(), "tried again once the pause is over");
+        // Failing again and again: the pause doubles, never past the cap.
+        let mut last = BREAKER_MIN;
+        for _ in 0..20 {
+            let pause = stats.failed_in_a_row().expect("paused");
+            assert!(pause >= last && pause <= BREAKER_MAX, "{pause:?}");
+            last = pause;
+        }
+        assert_eq!(last, BREAKER_MAX);
+        tokio::time::advance(BREAKER_MAX).await;
+        assert!(!stats.paused());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_logged_at_most_once_a_second() {
+        let stats = StrategyStats::default();
+        assert!(stats.should_log());
+        assert!(!stats.should_log());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!stats.should_log());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(stats.should_log());
+    }
 }
