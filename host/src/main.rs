@@ -13,9 +13,9 @@ use switchyard::plugin::builtin::BUILTIN;
 use switchyard::{Gateway, Options, Proxy};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-/// mimalloc's per-thread free lists: glibc's malloc and free were about 7%
-/// of the proxy's CPU under load. Built without transparent huge pages (see
-/// `host/Cargo.toml`).
+/// mimalloc's per-thread free lists: glibc's malloc and free were a large
+/// share of the proxy's CPU under load (examples/bench/HISTORY.md). Built
+/// without transparent huge pages (see `host/Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

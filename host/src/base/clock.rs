@@ -80,8 +80,8 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// Times short intervals with the CPU's time-stamp counter where it is
-/// invariant (two reads ~21 ns here, against ~57 for two OS clock reads),
-/// else with the OS's monotonic clock. Calibrated when made: make one off
+/// invariant (cheaper to read than the OS clock), else with the OS's
+/// monotonic clock. Calibrated when made: make one off
 /// the request path and keep it.
 #[derive(Debug, Clone)]
 pub struct Stopwatch(quanta::Clock);

@@ -190,7 +190,7 @@ impl Drop for Seat {
 /// Each new tokio timer that becomes the earliest of its runtime wakes the
 /// runtime's event loop with a write to its eventfd, even from the loop's own
 /// thread: with a fresh response timer per request that was a system call
-/// for about one request in four. A reused timer moved to a later deadline
+/// for many requests. A reused timer moved to a later deadline
 /// is only an atomic store. A dropped [`Timer`] goes back to its worker's
 /// spares (off the workers, it is simply dropped).
 pub fn timer(after: Duration) -> Timer {

@@ -114,8 +114,9 @@ impl Runtime {
     pub fn new() -> anyhow::Result<Arc<Self>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
-        // The host never runs guests concurrently within a store; without
-        // this a call costs ~5x more (wasmtime >= 43).
+        // The host never runs guests concurrently within a store; with
+        // concurrency support on, every call pays for it (wasmtime >= 43;
+        // the figure is in examples/bench/HISTORY.md).
         config.concurrency_support(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);

@@ -2,8 +2,8 @@
 //! what an upstream swaps in on reload; and the pick itself.
 //!
 //! Each worker thread keeps its own `Store` + instance per live strategy
-//! (a `Store` is single-threaded; one behind a lock measured 0.5-0.85x of a
-//! single thread, one per thread scales). Instances are created lazily from
+//! (a `Store` is single-threaded; one shared behind a lock was slower with
+//! two threads than one, one per thread scales). Instances are created lazily from
 //! the strategy's shared `InstancePre` and live until their strategy is
 //! replaced or they fail. Global truth (sequence, in-flight, health) comes
 //! from the host, so per-thread instances still make global decisions.

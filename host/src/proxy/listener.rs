@@ -377,8 +377,8 @@ impl Accepting {
             }
             _ => {
                 // Spawned as is, not inside an `async` block that awaits it:
-                // that would keep two copies of the connection's state
-                // (4 KiB instead of 2 per idle client).
+                // that would keep two copies of the connection's state per
+                // idle client.
                 served.tracker.spawn(connection(
                     http,
                     drain,

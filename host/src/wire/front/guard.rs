@@ -325,8 +325,8 @@ impl<I> Guard<I> {
 }
 
 /// A connection's reusable timer. Every request moves the keep-alive
-/// deadline later, and resetting and polling a tokio `Sleep` each time was
-/// about 1% of the proxy's instructions per request; so a later deadline is
+/// deadline later, and resetting and polling a tokio `Sleep` each time
+/// showed in the instructions per request; so a later deadline is
 /// only applied when the earlier one set goes off, and the timer is not
 /// polled again while it is registered with the same task.
 #[derive(Debug)]
@@ -405,8 +405,8 @@ impl<I: AsyncRead + Unpin> Guard<I> {
     /// hyper-util's automatic server reads the first 24 bytes itself and
     /// hands them to hyper alone: hyper then receives a head in two reads
     /// and grows its read buffer from 8 to 16 KiB, copying it, for the
-    /// connection's whole life (about 4 KiB more resident memory per idle
-    /// client). Here the whole first head reaches hyper in its first read.
+    /// connection's whole life (more resident memory per idle client).
+    /// Here the whole first head reaches hyper in its first read.
     pub fn poll_protocol(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
         if self.framer.is_undecided() && self.queued.is_empty() && self.then == Then::Read {
             // The framer decides on the first bytes (a partial preface is
