@@ -703,10 +703,10 @@ impl Exchange<'_> {
                         }
                     }
                     sender => {
-                        let mut sender = match sender {
-                            Sender::Hyper(sender) => sender,
+                        let (mut sender, socket) = match sender {
+                            Sender::Hyper(sender, socket) => (sender, socket),
                             Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
-                                Ok(sender) => sender,
+                                Ok(hyper) => hyper,
                                 Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                             },
                         };
@@ -722,8 +722,8 @@ impl Exchange<'_> {
                         };
                         match answer {
                             Ok(resp) => {
-                                let resp =
-                                    resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender)));
+                                let resp = resp
+                                    .map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
                                 let again = replay.map(Replay::request);
                                 return self.answered(backend, started, resp, in_flight, again);
                             }

@@ -21,7 +21,9 @@
 //! the body runs until the backend closes. Interim responses (100, 103) are
 //! skipped. A connection goes back to the pool only after a response read
 //! to its exact end, on HTTP/1.1 without `Connection: close`, with no stray
-//! byte after it.
+//! byte after it in its buffer; bytes that come later are looked for on the
+//! socket (one `recv(MSG_PEEK)`) when the pool hands the connection to its
+//! next request, and close it (see [`crate::pool`]).
 
 use std::future::poll_fn;
 use std::io;
@@ -81,8 +83,10 @@ impl H1Conn {
     }
 
     /// Whether the backend closed the idle connection (or sent something
-    /// unasked, which makes it unusable too). No system call unless the
-    /// event loop saw the socket become readable.
+    /// unasked, which makes it unusable too), as far as the event loop has
+    /// seen: no system call unless it saw the socket become readable. For
+    /// checkin and the pool's sweep; checkout looks at the socket itself
+    /// (see [`crate::pool`]).
     pub fn is_closed(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
@@ -93,6 +97,11 @@ impl H1Conn {
                 !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// The socket, for the pool's check before the connection is reused.
+    pub fn socket(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&self.stream)
     }
 
     /// The socket, for hyper's client (a request this client does not
