@@ -1,7 +1,9 @@
 //! Bodies crossing the proxy: the response body it sends (the backend's body
 //! streamed through, holding the backend's [`Lease`] until it ends, or a
 //! short body the proxy made itself), and the client's request body on its
-//! way upstream.
+//! way upstream. A backend's body read by hyper's client is bounded by the
+//! upstream's `read-timeout` as the own client's is (see
+//! [`Lease::poll_silence`]).
 
 // pin-project-lite cannot carry doc comments on variant fields.
 #![allow(missing_docs)]
@@ -18,7 +20,7 @@ use pin_project_lite::pin_project;
 
 use crate::head::{CarriesFields, RawFields};
 use crate::upstream::Lease;
-use crate::upstream_h1::H1Body;
+use crate::upstream_h1::{self, H1Body};
 
 /// A response body's error, whichever client read it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,12 +97,31 @@ impl Body for ProxyBody {
                 // every frame, not only at `None`.
                 let ended = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let Some(lease) = lease {
+                            lease.heard();
+                        }
+                        inner.is_end_stream()
+                    }
                     Poll::Ready(Some(Err(_))) => {
                         lease.take();
                         false
                     }
-                    Poll::Pending => false,
+                    // Waiting for the backend: `read-timeout` runs (the
+                    // lease's timer) until a frame comes. When it runs out
+                    // the lease ends uncleanly, which closes the connection,
+                    // and the client's response is cut.
+                    Poll::Pending => {
+                        if lease
+                            .as_mut()
+                            .is_some_and(|l| l.poll_silence(cx).is_ready())
+                            && let Some(lease) = lease.take()
+                        {
+                            let error = upstream_h1::Error::ReadTimeout(lease.timed_out());
+                            return Poll::Ready(Some(Err(error.into())));
+                        }
+                        false
+                    }
                 };
                 if ended && let Some(lease) = lease.take() {
                     lease.release(true);

@@ -632,7 +632,10 @@ impl Exchange<'_> {
             let in_flight = backend.start_request();
             let started = Instant::now();
             let settings = &self.upstream.pool;
-            let timeout = self.upstream.config.response_timeout;
+            // `read-timeout` bounds the wait for the head too, as nginx's
+            // `proxy_read_timeout` does: the shorter of the two applies.
+            let config = &self.upstream.config;
+            let timeout = config.response_timeout.min(config.read_timeout);
             let own = upstream_h1::handles(&request, self.upgrade.is_some());
             let idempotent = retry::idempotent(request.method());
             // A pooled connection that turns out to be closing hands the request
@@ -808,12 +811,12 @@ impl Exchange<'_> {
             log.answered(Some(&backend.address), parts.status.as_u16(), retries);
             log
         });
-        let pool = self.upstream.pool;
+        let upstream = Arc::clone(&self.upstream);
         let body = match answer {
             Answer::Hyper(body, sender) => {
-                ProxyBody::upstream(body, Lease::new(in_flight, Some(sender), pool, log))
+                ProxyBody::upstream(body, Lease::new(in_flight, Some(sender), upstream, log))
             }
-            Answer::H1(body) => body.hold(Lease::new(in_flight, None, pool, log)).into(),
+            Answer::H1(body) => body.hold(Lease::new(in_flight, None, upstream, log)).into(),
         };
         Response::from_parts(parts, body)
     }
@@ -848,7 +851,7 @@ impl Exchange<'_> {
         let tunnel = Tunnel {
             client: upgrade.on,
             backend: backend_io,
-            lease: Lease::new(in_flight, None, self.upstream.pool, log),
+            lease: Lease::new(in_flight, None, Arc::clone(&self.upstream), log),
             idle_timeout: self.upstream.config.tunnel_idle_timeout,
             guard: upgrade.tunnels.open(),
             upstream: self.upstream.name().to_owned(),
@@ -962,8 +965,9 @@ fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
 }
 
 /// Counts a request the backend failed (connect error, timeout, broken
-/// connection), in its totals and against its passive health.
-fn backend_failed(upstream: &Upstream, backend: &Backend) {
+/// connection, `read-timeout` in the body), in its totals and against its
+/// passive health.
+pub(crate) fn backend_failed(upstream: &Upstream, backend: &Backend) {
     backend.record_failure();
     let policy = &upstream.config.passive;
     if backend.health.record_failure(policy) {

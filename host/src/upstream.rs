@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 
-use crate::access;
 use crate::config::{NATIVE_STRATEGY, ServerConfig, UpstreamConfig};
 use crate::discovery::Discovered;
 use crate::health::{Health, UpstreamHealth};
@@ -24,6 +24,7 @@ use crate::plugin::{Shadow, Strategy};
 use crate::pool::{ConnPool, PoolSettings, Sender};
 use crate::retry::RetryBudget;
 use crate::stats::{Histogram, LATENCY_BOUNDS_US, StatusClasses, Window};
+use crate::{access, proxy, workers};
 
 /// One backend server and its live, global figures.
 #[derive(Debug)]
@@ -255,14 +256,22 @@ impl Drop for InFlight {
 }
 
 /// What a proxied response holds until its body has been sent: the
-/// backend's in-flight count and the connection it came on.
+/// backend's in-flight count and the connection it came on, and the
+/// upstream's `read-timeout` while the body is read.
 #[derive(Debug)]
 pub struct Lease {
     in_flight: InFlight,
     conn: Option<Sender>,
-    settings: PoolSettings,
+    /// Its pool settings, `read-timeout` and passive health.
+    upstream: Arc<Upstream>,
     /// Written when the lease ends.
     log: Option<Box<access::Entry>>,
+    /// The body's read timer: taken from the worker's spares at the first
+    /// read that has to wait, moved at each later one (see
+    /// [`Lease::poll_silence`]).
+    silence: Option<workers::Timer>,
+    /// Whether `silence` runs for the wait now on.
+    waiting: bool,
 }
 
 impl Lease {
@@ -271,14 +280,16 @@ impl Lease {
     pub fn new(
         in_flight: InFlight,
         conn: Option<Sender>,
-        settings: PoolSettings,
+        upstream: Arc<Upstream>,
         log: Option<Box<access::Entry>>,
     ) -> Self {
         Self {
             in_flight,
             conn,
-            settings,
+            upstream,
             log,
+            silence: None,
+            waiting: false,
         }
     }
 
@@ -294,12 +305,53 @@ impl Lease {
     pub fn release(mut self, clean: bool) {
         if clean {
             if let Some(sender) = self.conn.take() {
-                self.in_flight.0.pool.checkin(sender, &self.settings);
+                self.in_flight.0.pool.checkin(sender, &self.upstream.pool);
             }
             if let Some(log) = &mut self.log {
                 log.completed();
             }
         }
+    }
+
+    /// Called by a response body whose read of the backend has to wait
+    /// (`Poll::Pending`): Ready once the backend has sent nothing for the
+    /// upstream's `read-timeout` since the wait began. No timer until a
+    /// read waits (a body that came with its head never needs one); then
+    /// one per request, moved to the new deadline at each wait. The body
+    /// calls [`Lease::heard`] after every read that got something.
+    pub fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let after = self.upstream.config.read_timeout;
+        if !self.waiting {
+            self.waiting = true;
+            match &mut self.silence {
+                Some(timer) => timer.reset(after),
+                None => self.silence = Some(workers::timer(after)),
+            }
+        }
+        match &mut self.silence {
+            Some(timer) => std::pin::Pin::new(timer).poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The backend sent something: the wait (if any) is over.
+    pub fn heard(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The upstream's `read-timeout` ran out in the response body: counts a
+    /// failure of the backend (passive health), logs it, and ends the lease
+    /// uncleanly (its connection, if it holds one, is closed; the access
+    /// log line says the response was cut). Returns the timeout.
+    pub fn timed_out(self) -> Duration {
+        let (upstream, backend) = (&self.upstream, &self.in_flight.0);
+        let after = upstream.config.read_timeout;
+        proxy::backend_failed(upstream, backend);
+        tracing::warn!(
+            upstream = upstream.name(), backend = %backend.address,
+            "backend sent nothing for {after:?} in the response body (read-timeout): response cut, connection closed"
+        );
+        after
     }
 }
 

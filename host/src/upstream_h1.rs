@@ -23,13 +23,17 @@
 //! to its exact end, on HTTP/1.1 without `Connection: close`, with no stray
 //! byte after it in its buffer; bytes that come later are looked for on the
 //! socket (one `recv(MSG_PEEK)`) when the pool hands the connection to its
-//! next request, and close it (see [`crate::pool`]).
+//! next request, and close it (see [`crate::pool`]). While the body is
+//! read, each wait on the backend is bounded by the upstream's
+//! `read-timeout` ([`Lease::poll_silence`]): past it the connection is
+//! closed, the body fails and the backend is counted as failed.
 
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
@@ -158,6 +162,10 @@ pub enum Error {
     /// The chunked body is not valid.
     #[error("invalid chunked response body: {0}")]
     Chunked(&'static str),
+    /// The backend sent nothing for this long (`read-timeout`) in the
+    /// middle of the body.
+    #[error("the backend sent nothing for {0:?} in the response body (read-timeout)")]
+    ReadTimeout(Duration),
 }
 
 impl Error {
@@ -541,6 +549,14 @@ impl H1Body {
         }
     }
 
+    /// The backend went silent for `read-timeout`: counted against it
+    /// ([`Lease::timed_out`]), its connection closed, the body failed (the
+    /// client's response is cut, never made to look whole).
+    fn timed_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let after = self.lease.take().map_or(Duration::ZERO, Lease::timed_out);
+        self.fail(Error::ReadTimeout(after))
+    }
+
     /// The body failed: the connection is closed and the lease ends
     /// uncleanly.
     fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -589,7 +605,22 @@ impl H1Body {
                 },
                 _ => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            // Waiting for the backend: `read-timeout` runs (the lease's
+            // timer) until a read gets something.
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    let silent = self.lease.as_mut().map(|l| l.poll_silence(cx));
+                    return match silent {
+                        Some(Poll::Ready(())) => self.timed_out(),
+                        _ => Poll::Pending,
+                    };
+                }
+            };
+            if let Some(lease) = &mut self.lease {
+                lease.heard();
+            }
+            match filled {
                 Ok(0) if self.framing == Framing::Close => {
                     // The end; the connection is done too.
                     self.keep_alive = false;
