@@ -21,7 +21,13 @@
 //! the body runs until the backend closes. Interim responses (100, 103) are
 //! skipped. A connection goes back to the pool only after a response read
 //! to its exact end, on HTTP/1.1 without `Connection: close`, with no stray
-//! byte after it.
+//! byte after it in its buffer; bytes that come later are looked for on the
+//! socket (one `recv(MSG_PEEK)`) when the pool hands the connection to its
+//! next request, and close it (see [`crate::backend::pool`]). While the body is
+//! read, each wait on the backend is bounded by the upstream's
+//! `read-timeout`, kept by whoever holds the body
+//! ([`crate::backend::Lease::poll_silence`]): past it the connection is
+//! closed, the body fails and the backend is counted as failed.
 
 use std::future::poll_fn;
 use std::io;
@@ -77,8 +83,10 @@ impl H1Conn {
     }
 
     /// Whether the backend closed the idle connection (or sent something
-    /// unasked, which makes it unusable too). No system call unless the
-    /// event loop saw the socket become readable.
+    /// unasked, which makes it unusable too), as far as the event loop has
+    /// seen: no system call unless it saw the socket become readable. For
+    /// checkin and the pool's sweep; checkout looks at the socket itself
+    /// (see [`crate::backend::pool`]).
     pub fn is_closed(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
@@ -89,6 +97,11 @@ impl H1Conn {
                 !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// The socket, for the pool's check before the connection is reused.
+    pub fn socket(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&self.stream)
     }
 
     /// The socket, for hyper's client (a request this client does not
@@ -191,6 +204,7 @@ pub async fn send<B>(
                         stripped: head.stripped,
                         raw: head.raw,
                         end: None,
+                        heard: false,
                     };
                     if body.framing == Framing::Length(0) {
                         // No body: the exchange is over already.
@@ -495,6 +509,8 @@ pub struct H1Body {
     raw: Option<RawFields>,
     /// How the body ended, until taken.
     end: Option<End>,
+    /// Whether a read got something since [`H1Body::take_heard`].
+    heard: bool,
 }
 
 /// How a response body ended.
@@ -520,6 +536,20 @@ impl H1Body {
     /// head is parsed).
     pub fn hop_by_hop_stripped(&self) -> bool {
         self.stripped
+    }
+
+    /// Whether a read from the backend got something since the last call:
+    /// the holder's `read-timeout` counts silence between reads, not
+    /// between frames (a chunk-size line may take several reads).
+    pub fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
+    }
+
+    /// Gives up on the body (the holder's `read-timeout` ran out): the
+    /// connection is closed.
+    pub fn abandon(&mut self) {
+        self.conn = None;
+        self.end = Some(End::Failed);
     }
 
     /// How the body ended, once it has (taken once).
@@ -584,7 +614,11 @@ impl H1Body {
                 },
                 _ => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = ready!(conn.poll_fill(cx));
+            // The backend sent something (or closed): for `read-timeout`,
+            // whoever holds the body (see [`H1Body::take_heard`]).
+            self.heard = true;
+            match filled {
                 Ok(0) if self.framing == Framing::Close => {
                     // The end; the connection is done too.
                     self.keep_alive = false;

@@ -24,6 +24,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::Authority;
 
@@ -33,6 +35,7 @@ use self::pool::{ConnPool, PoolSettings, Sender};
 use crate::base::access;
 use crate::base::config::ServerConfig;
 use crate::base::stats::{StatusClasses, Window};
+use crate::base::workers;
 
 /// One backend server and its live, global figures.
 #[derive(Debug)]
@@ -155,15 +158,43 @@ impl Drop for InFlight {
     }
 }
 
+/// What a lease needs from the upstream it was taken for. The upstream
+/// lives in a layer above ([`crate::gateway::upstream::Upstream`]) and
+/// hands itself over as this.
+pub trait Terms: Send + Sync + std::fmt::Debug {
+    /// The upstream's name, for the log.
+    fn name(&self) -> &str;
+    /// How the upstream keeps its backend connections.
+    fn pool(&self) -> &PoolSettings;
+    /// `read-timeout`: the longest silence of a backend in a response body.
+    fn read_timeout(&self) -> Duration;
+    /// Counts a failure of `backend` in its totals and, as the upstream's
+    /// passive health says, against its health.
+    fn backend_failed(&self, backend: &Backend);
+}
+
+/// A backend's silence in a response body ran past `read-timeout`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the backend sent nothing for {0:?} in the response body (read-timeout)")]
+pub struct ReadTimeout(pub Duration);
+
 /// What a proxied response holds until its body has been sent: the
-/// backend's in-flight count and the connection it came on.
+/// backend's in-flight count and the connection it came on, and the
+/// upstream's `read-timeout` while the body is read.
 #[derive(Debug)]
 pub struct Lease {
     in_flight: InFlight,
     conn: Option<Sender>,
-    settings: PoolSettings,
+    /// Its pool settings, `read-timeout` and passive health.
+    terms: Arc<dyn Terms>,
     /// Written when the lease ends.
     log: Option<Box<access::Entry>>,
+    /// The body's read timer: taken from the worker's spares at the first
+    /// read that has to wait, moved at each later one (see
+    /// [`Lease::poll_silence`]).
+    silence: Option<workers::Timer>,
+    /// Whether `silence` runs for the wait now on.
+    waiting: bool,
 }
 
 impl Lease {
@@ -172,14 +203,16 @@ impl Lease {
     pub fn new(
         in_flight: InFlight,
         conn: Option<Sender>,
-        settings: PoolSettings,
+        terms: Arc<dyn Terms>,
         log: Option<Box<access::Entry>>,
     ) -> Self {
         Self {
             in_flight,
             conn,
-            settings,
+            terms,
             log,
+            silence: None,
+            waiting: false,
         }
     }
 
@@ -205,12 +238,53 @@ impl Lease {
     pub fn release(mut self, clean: bool) {
         if clean {
             if let Some(sender) = self.conn.take() {
-                self.in_flight.0.pool.checkin(sender, &self.settings);
+                self.in_flight.0.pool.checkin(sender, self.terms.pool());
             }
             if let Some(log) = &mut self.log {
                 log.completed();
             }
         }
+    }
+
+    /// Called by a response body whose read of the backend has to wait
+    /// (`Poll::Pending`): Ready once the backend has sent nothing for the
+    /// upstream's `read-timeout` since the wait began. No timer until a
+    /// read waits (a body that came with its head never needs one); then
+    /// one per request, moved to the new deadline at each wait. The body
+    /// calls [`Lease::heard`] after every read that got something.
+    pub fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let after = self.terms.read_timeout();
+        if !self.waiting {
+            self.waiting = true;
+            match &mut self.silence {
+                Some(timer) => timer.reset(after),
+                None => self.silence = Some(workers::timer(after)),
+            }
+        }
+        match &mut self.silence {
+            Some(timer) => std::pin::Pin::new(timer).poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The backend sent something: the wait (if any) is over.
+    pub fn heard(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The upstream's `read-timeout` ran out in the response body: counts a
+    /// failure of the backend (passive health), logs it, and ends the lease
+    /// uncleanly (its connection, if it holds one, is closed; the access
+    /// log line says the response was cut).
+    pub fn timed_out(self) -> ReadTimeout {
+        let (terms, backend) = (&self.terms, &self.in_flight.0);
+        let after = terms.read_timeout();
+        terms.backend_failed(backend);
+        tracing::warn!(
+            upstream = terms.name(), backend = %backend.address,
+            "backend sent nothing for {after:?} in the response body (read-timeout): response cut, connection closed"
+        );
+        ReadTimeout(after)
     }
 }
 

@@ -19,18 +19,41 @@
 //! A request that never left (the pooled connection was already closing)
 //! comes back intact and can go elsewhere, whatever its method and body
 //! (hyper's `try_send_request`, or a write that failed at its first byte).
-//! Idle connections the backend closed are skipped at checkout (hyper's
-//! task notices the close; for the own client, the event loop's readiness
-//! says so without a system call); ones idle longer than `idle-timeout`
-//! are dropped at checkout and by [`ConnPool::sweep`].
+//! Ones idle longer than `idle-timeout` are dropped at checkout and by
+//! [`ConnPool::sweep`].
+//!
+//! What is checked before an idle connection is reused:
+//!
+//! - at checkin and in [`ConnPool::sweep`], without a system call: for the
+//!   own client, the event loop's readiness (a read only if it saw the
+//!   socket become readable); for hyper's, whether its task has ended
+//!   (it reads an idle connection, and ends it on EOF or on any byte);
+//! - at checkout, of the connection about to be reused (and of any closed
+//!   one skipped on the way), one non-blocking `recv(MSG_PEEK)` of a byte
+//!   on its socket, whichever client it belongs to: a byte (a backend that
+//!   wrote a body after a HEAD, 204 or 304 answer, or more than its
+//!   `Content-Length`, a moment after the response) or the connection's
+//!   end (FIN, reset) closes it, and the request takes another or a new
+//!   one. The readiness and hyper's task only know what the event loop's
+//!   last turn saw; bytes that came since (while the worker parsed the
+//!   request and ran the strategy) would be read as the next request's
+//!   response, often another client's. A reused connection costs this one
+//!   system call; a new one none.
+//!
+//! Bytes that come after the check (the backend writes them as the request
+//! goes out) cannot be told from the response to it, by this proxy or any
+//! other that reuses connections.
 
 use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use socket2::{SockRef, Socket};
 use tokio::net::TcpStream;
 
 use crate::backend::h1::H1Conn;
@@ -44,8 +67,10 @@ pub enum Sender {
     /// a connection moves with each request through the response and its
     /// body, and a pointer is cheaper to move than the socket and buffers.
     H1(Box<H1Conn>),
-    /// The sending half of a hyper client connection.
-    Hyper(http1::SendRequest<ClientBody>),
+    /// The sending half of a hyper client connection, and its socket (a
+    /// duplicate of the descriptor its task reads, for the check at
+    /// checkout; see [`handshake`]).
+    Hyper(http1::SendRequest<ClientBody>, Socket),
 }
 
 /// What an idle connection can do for a request now.
@@ -56,19 +81,20 @@ enum State {
     /// Nothing now (a response just ended, or the connection belongs to
     /// another worker's event loop); may later.
     Busy,
-    /// Nothing ever: the backend closed it.
+    /// Nothing ever: the backend closed it, or sent something unasked.
     Closed,
 }
 
 impl Sender {
+    /// Its state at checkout: a connection that could take a request is
+    /// looked at on its socket (one system call; see the module's doc).
     fn state(&self) -> State {
         match self {
             Sender::H1(conn) if !conn.usable_here() => State::Busy,
-            Sender::H1(conn) if conn.is_closed() => State::Closed,
-            Sender::H1(_) => State::Ready,
-            Sender::Hyper(sender) if sender.is_closed() => State::Closed,
-            Sender::Hyper(sender) if sender.is_ready() => State::Ready,
-            Sender::Hyper(_) => State::Busy,
+            Sender::H1(conn) => quiet(conn.socket()),
+            Sender::Hyper(sender, _) if sender.is_closed() => State::Closed,
+            Sender::Hyper(sender, socket) if sender.is_ready() => quiet(SockRef::from(socket)),
+            Sender::Hyper(..) => State::Busy,
         }
     }
 
@@ -77,8 +103,21 @@ impl Sender {
     fn closed_anywhere(&self) -> bool {
         match self {
             Sender::H1(conn) => conn.usable_here() && conn.is_closed(),
-            Sender::Hyper(sender) => sender.is_closed(),
+            Sender::Hyper(sender, _) => sender.is_closed(),
         }
+    }
+}
+
+/// Ready if nothing waits on an idle connection's socket; Closed if a byte
+/// does (one the backend should not have sent) or its end (FIN, reset).
+/// One non-blocking `recv(MSG_PEEK)` (the socket is non-blocking, as every
+/// tokio socket): it sees what reached the socket up to now, not what the
+/// event loop last saw.
+fn quiet(socket: SockRef<'_>) -> State {
+    let mut byte = [MaybeUninit::uninit()];
+    match socket.peek(&mut byte) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => State::Ready,
+        _ => State::Closed,
     }
 }
 
@@ -233,9 +272,17 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Connec
     })
 }
 
-/// Hands `stream` (a new or idle connection) to hyper's client.
-pub async fn handshake(stream: TcpStream) -> Result<http1::SendRequest<ClientBody>, ConnectError> {
+/// Hands `stream` (a new or idle connection) to hyper's client; returns
+/// its sending half and a duplicate of its socket's descriptor (one `dup`
+/// per connection), which the pool peeks at before each reuse. The
+/// duplicate keeps the connection open until it is dropped too: it goes
+/// with the sending half, in the pool or in the request using it (one
+/// whose task ended is dropped at the next checkout or sweep).
+pub async fn handshake(
+    stream: TcpStream,
+) -> Result<(http1::SendRequest<ClientBody>, Socket), ConnectError> {
     let addr = stream.peer_addr().ok();
+    let socket = SockRef::from(&stream).try_clone()?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
@@ -246,5 +293,5 @@ pub async fn handshake(stream: TcpStream) -> Result<http1::SendRequest<ClientBod
             tracing::debug!(?addr, "backend connection ended: {e}");
         }
     });
-    Ok(sender)
+    Ok((sender, socket))
 }

@@ -150,8 +150,13 @@ pub struct UpstreamConfig {
     pub path_prefix: String,
     /// Budget for opening a TCP connection to a backend.
     pub connect_timeout: Duration,
-    /// Budget from sending the request to receiving the response head.
+    /// Budget from sending the request to receiving the response head
+    /// (the shorter of it and `read_timeout` applies).
     pub response_timeout: Duration,
+    /// Longest silence of the backend while its response is read (nginx's
+    /// `proxy_read_timeout`): between two reads of the body, and, as the
+    /// shorter bound with `response_timeout`, before the head.
+    pub read_timeout: Duration,
     /// How long a backend connection may sit idle in the pool.
     pub idle_timeout: Duration,
     /// How long an upgraded connection (WebSocket) may pass no byte either
@@ -525,6 +530,8 @@ struct RawUpstream {
     connect_timeout: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     response_timeout: Duration,
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    read_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     idle_timeout: Duration,
     #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
@@ -641,6 +648,12 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// nginx's `proxy_read_timeout`, and what HAProxy's `timeout server` is
+/// usually set to.
+fn default_read_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -1069,6 +1082,7 @@ impl Validator<'_> {
         for (k, d) in [
             ("connect-timeout", u.connect_timeout),
             ("response-timeout", u.response_timeout),
+            ("read-timeout", u.read_timeout),
             ("idle-timeout", u.idle_timeout),
             ("tunnel-idle-timeout", u.tunnel_idle_timeout),
             ("fail-timeout", u.fail_timeout),
@@ -1135,6 +1149,7 @@ impl Validator<'_> {
             path_prefix: u.path_prefix,
             connect_timeout: u.connect_timeout,
             response_timeout: u.response_timeout,
+            read_timeout: u.read_timeout,
             idle_timeout: u.idle_timeout,
             tunnel_idle_timeout: u.tunnel_idle_timeout,
             keepalive: u.keepalive,
@@ -1280,6 +1295,7 @@ servers = ["127.0.0.1:5001", "127.0.0.1:5002", "127.0.0.1:5003"]
         assert!(u.hosts.is_empty());
         assert_eq!(u.connect_timeout, Duration::from_secs(5));
         assert_eq!(u.response_timeout, Duration::from_secs(60));
+        assert_eq!(u.read_timeout, Duration::from_secs(60));
         assert_eq!(u.tunnel_idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.tls, None);
         assert_eq!(
@@ -1394,6 +1410,14 @@ health-check = { interval = "500ms" }
             (
                 format!("{MINIMAL}response-timeout = \"400days\"\n"),
                 "`upstream[0].response-timeout`",
+            ),
+            (
+                format!("{MINIMAL}read-timeout = \"400days\"\n"),
+                "`upstream[0].read-timeout`",
+            ),
+            (
+                format!("{MINIMAL}read-timeout = \"0s\"\n"),
+                "`upstream[0].read-timeout`",
             ),
             (
                 MINIMAL.replace(

@@ -194,10 +194,7 @@ impl Drop for Seat {
 /// is only an atomic store. A dropped [`Timer`] goes back to its worker's
 /// spares (off the workers, it is simply dropped).
 pub fn timer(after: Duration) -> Timer {
-    let now = Instant::now();
-    let deadline = now
-        .checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+    let deadline = deadline(after);
     let spare = current().and_then(|_| SPARE_TIMERS.with(|spares| spares.borrow_mut().pop()));
     let sleep = match spare {
         Some(mut sleep) => {
@@ -209,10 +206,28 @@ pub fn timer(after: Duration) -> Timer {
     Timer(Some(sleep))
 }
 
+/// `after` from now, or 30 years for a timeout too long for the clock.
+fn deadline(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// A request's timer (see [`timer`]); a future that completes at its
 /// deadline.
 #[derive(Debug)]
 pub struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// Moves the deadline to `after` from now: one timer for a request's
+    /// successive waits (a later deadline is an atomic store, as for a
+    /// spare reused by [`timer`]).
+    pub fn reset(&mut self, after: Duration) {
+        if let Some(sleep) = &mut self.0 {
+            sleep.as_mut().reset(deadline(after));
+        }
+    }
+}
 
 impl Future for Timer {
     type Output = ();

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
 
-use crate::backend::BackendSet;
 use crate::backend::discovery::{self, Discovered};
 use crate::backend::pool::PoolSettings;
 use crate::backend::retry::RetryBudget;
+use crate::backend::{Backend, BackendSet, Terms};
 use crate::base::clock::Instant;
 use crate::base::config::{NATIVE_STRATEGY, UpstreamConfig};
 use crate::base::stats::StatusClasses;
@@ -104,6 +105,40 @@ impl Upstream {
     /// The next global pick number.
     pub fn next_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Terms for Upstream {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn pool(&self) -> &PoolSettings {
+        &self.pool
+    }
+
+    fn read_timeout(&self) -> Duration {
+        self.config.read_timeout
+    }
+
+    /// Counts a request the backend failed (connect error, timeout, broken
+    /// connection, `read-timeout` in the body), in its totals and against
+    /// its passive health. As nginx does for a group of one server, a lone
+    /// backend is never taken out (there is nowhere else to send): what
+    /// counts is the current set, which DNS discovery may shrink or grow.
+    fn backend_failed(&self, backend: &Backend) {
+        backend.record_failure();
+        if self.backends.load().len() < 2 {
+            return;
+        }
+        let policy = &self.config.passive;
+        if backend.health.record_failure(policy) {
+            tracing::warn!(
+                upstream = self.name(), backend = %backend.address,
+                "backend taken out for {:?} after {} failure(s) (max-fails)",
+                policy.fail_timeout, policy.max_fails
+            );
+        }
     }
 }
 

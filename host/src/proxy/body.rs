@@ -1,6 +1,9 @@
 //! The response body the proxy sends: a backend's body streamed through,
 //! holding the backend's [`Lease`] until it ends, or a short body the proxy
-//! made itself.
+//! made itself. Whichever client reads a backend's body, each wait on the
+//! backend is bounded by the upstream's `read-timeout`
+//! ([`Lease::poll_silence`]): past it the response is cut (never made to
+//! look whole), the connection closed and the backend counted as failed.
 
 // pin-project-lite cannot carry doc comments on variant fields.
 #![allow(missing_docs)]
@@ -19,6 +22,9 @@ use crate::wire::head::{CarriesFields, RawFields};
 
 /// A response body's error, whichever client read it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What [`Body::poll_frame`] answers.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 pin_project! {
     /// A proxied or locally generated response body.
@@ -54,7 +60,7 @@ impl ProxyBody {
     }
 
     /// The (empty) body of a backend's `101 Switching Protocols`: the
-    /// tunnel that follows holds the lease (see [`crate::proxy::exchange::tunnel`]).
+    /// tunnel that follows holds the lease (see [`crate::proxy::tunnel`]).
     pub fn switched(inner: Incoming) -> Self {
         ProxyBody::Upstream { inner, lease: None }
     }
@@ -97,10 +103,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.project() {
             ProxyBodyProj::Upstream { mut inner, lease } => {
                 let polled = inner.as_mut().poll_frame(cx);
@@ -109,12 +112,22 @@ impl Body for ProxyBody {
                 // every frame, not only at `None`.
                 let ended = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let Some(lease) = lease {
+                            lease.heard();
+                        }
+                        inner.is_end_stream()
+                    }
                     Poll::Ready(Some(Err(_))) => {
                         lease.take();
                         false
                     }
-                    Poll::Pending => false,
+                    Poll::Pending => {
+                        if let Some(cut) = silence(lease, cx) {
+                            return cut;
+                        }
+                        false
+                    }
                 };
                 if ended && let Some(lease) = lease.take() {
                     lease.release(true);
@@ -123,10 +136,21 @@ impl Body for ProxyBody {
             }
             ProxyBodyProj::H1 { inner, lease } => {
                 let polled = inner.poll_frame(cx);
+                if inner.take_heard()
+                    && let Some(lease) = lease
+                {
+                    lease.heard();
+                }
                 if let Some(end) = inner.take_end()
                     && let Some(lease) = lease.take()
                 {
                     lease.settle(end);
+                }
+                if polled.is_pending()
+                    && let Some(cut) = silence(lease, cx)
+                {
+                    inner.abandon();
+                    return cut;
                 }
                 polled.map_err(Into::into)
             }
@@ -160,4 +184,16 @@ impl CarriesFields for ProxyBody {
             ProxyBody::Upstream { .. } | ProxyBody::Full { .. } => None,
         }
     }
+}
+
+/// A read of the backend has to wait: `read-timeout` runs (the lease's
+/// timer) until something comes. When it runs out the lease ends uncleanly
+/// (the connection is closed, the backend counted as failed) and the
+/// body fails, which cuts the client's response.
+fn silence(lease: &mut Option<Lease>, cx: &mut Context<'_>) -> Option<Polled> {
+    if lease.as_mut()?.poll_silence(cx).is_pending() {
+        return None;
+    }
+    let timed_out = lease.take()?.timed_out();
+    Some(Poll::Ready(Some(Err(timed_out.into()))))
 }

@@ -25,7 +25,7 @@ use super::tunnel::{self, Tunnel};
 use crate::backend::h1::{self, H1Body};
 use crate::backend::pool::{self, Conn, ConnectError, Sender};
 use crate::backend::retry::{self, Replay, RetryToken};
-use crate::backend::{Backend, BackendSet, InFlight, Lease};
+use crate::backend::{Backend, BackendSet, InFlight, Lease, Terms};
 use crate::base::access;
 use crate::base::clock::{self, Instant};
 use crate::base::config::FailurePolicy;
@@ -507,7 +507,7 @@ impl Exchange<'_> {
                         };
                         let status = resp.status();
                         if retry::status_blames_backend(status) {
-                            backend_failed(&self.upstream, &backend);
+                            self.upstream.backend_failed(&backend);
                         }
                         // Kept (not logged) in case a retry answers instead.
                         let log = self.log.take();
@@ -643,7 +643,10 @@ impl Exchange<'_> {
             let in_flight = backend.start_request();
             let started = clock::now();
             let settings = &self.upstream.pool;
-            let timeout = self.upstream.config.response_timeout;
+            // `read-timeout` bounds the wait for the head too, as nginx's
+            // `proxy_read_timeout` does: the shorter of the two applies.
+            let config = &self.upstream.config;
+            let timeout = config.response_timeout.min(config.read_timeout);
             let own = h1::handles(&request, self.upgrade.is_some());
             let idempotent = retry::idempotent(request.method());
             // A pooled connection that turns out to be closing hands the request
@@ -714,10 +717,10 @@ impl Exchange<'_> {
                         }
                     }
                     sender => {
-                        let mut sender = match sender {
-                            Sender::Hyper(sender) => sender,
+                        let (mut sender, socket) = match sender {
+                            Sender::Hyper(sender, socket) => (sender, socket),
                             Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
-                                Ok(sender) => sender,
+                                Ok(hyper) => hyper,
                                 Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                             },
                         };
@@ -733,8 +736,8 @@ impl Exchange<'_> {
                         };
                         match answer {
                             Ok(resp) => {
-                                let resp =
-                                    resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender)));
+                                let resp = resp
+                                    .map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
                                 let again = replay.map(Replay::request);
                                 return self.answered(backend, started, resp, in_flight, again);
                             }
@@ -819,12 +822,12 @@ impl Exchange<'_> {
             log.answered(Some(&backend.address), parts.status.as_u16(), retries);
             log
         });
-        let pool = self.upstream.pool;
+        let terms: Arc<dyn Terms> = Arc::clone(&self.upstream) as _;
         let body = match answer {
             Answer::Hyper(body, sender) => {
-                ProxyBody::upstream(body, Lease::new(in_flight, Some(sender), pool, log))
+                ProxyBody::upstream(body, Lease::new(in_flight, Some(sender), terms, log))
             }
-            Answer::H1(body) => ProxyBody::h1(body, Lease::new(in_flight, None, pool, log)),
+            Answer::H1(body) => ProxyBody::h1(body, Lease::new(in_flight, None, terms, log)),
         };
         Response::from_parts(parts, body)
     }
@@ -859,7 +862,7 @@ impl Exchange<'_> {
         let tunnel = Tunnel {
             client: upgrade.on,
             backend: backend_io,
-            lease: Lease::new(in_flight, None, self.upstream.pool, log),
+            lease: Lease::new(in_flight, None, Arc::clone(&self.upstream) as _, log),
             idle_timeout: self.upstream.config.tunnel_idle_timeout,
             guard: upgrade.tunnels.open(),
             upstream: self.upstream.name().to_owned(),
@@ -873,7 +876,7 @@ impl Exchange<'_> {
     /// A 101 to a request that did not ask to upgrade, or without
     /// `Upgrade`: the backend's fault.
     fn switched_unasked(&self, backend: &Backend) -> Response<ProxyBody> {
-        backend_failed(&self.upstream, backend);
+        self.upstream.backend_failed(backend);
         tracing::warn!(
             upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
             method = %self.method, path = self.uri.path(),
@@ -922,7 +925,7 @@ impl Exchange<'_> {
     /// Counts and logs a failed try; `then` says what happens next.
     fn failed(&self, backend: &Backend, failure: &Failure, then: &str) {
         if failure.blames_backend() {
-            backend_failed(&self.upstream, backend);
+            self.upstream.backend_failed(backend);
         }
         let (status, what) = failure.status();
         tracing::warn!(
@@ -970,26 +973,6 @@ fn closing(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
-}
-
-/// Counts a request the backend failed (connect error, timeout, broken
-/// connection), in its totals and against its passive health. As nginx
-/// does for a group of one server, a lone backend is never taken out
-/// (there is nowhere else to send): what counts is the current set, which
-/// DNS discovery may shrink or grow.
-fn backend_failed(upstream: &Upstream, backend: &Backend) {
-    backend.record_failure();
-    if upstream.backends.load().len() < 2 {
-        return;
-    }
-    let policy = &upstream.config.passive;
-    if backend.health.record_failure(policy) {
-        tracing::warn!(
-            upstream = upstream.name(), backend = %backend.address,
-            "backend taken out for {:?} after {} failure(s) (max-fails)",
-            policy.fail_timeout, policy.max_fails
-        );
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -48,6 +48,8 @@ pub struct Raw {
     pub connections: Arc<AtomicUsize>,
     /// Request heads read, over all connections.
     pub requests: Arc<AtomicUsize>,
+    /// Connections the proxy closed (a read or write found them ended).
+    pub closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -66,12 +68,18 @@ impl Raw {
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let script: Arc<Script> = Arc::new(script);
-        let (conns, reqs) = (Arc::clone(&connections), Arc::clone(&requests));
+        let (conns, reqs, ended) = (
+            Arc::clone(&connections),
+            Arc::clone(&requests),
+            Arc::clone(&closed),
+        );
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (script, reqs) = (Arc::clone(&script), Arc::clone(&reqs));
+                let (script, reqs, ended) =
+                    (Arc::clone(&script), Arc::clone(&reqs), Arc::clone(&ended));
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     'requests: loop {
@@ -80,6 +88,7 @@ impl Raw {
                         })
                         .await
                         else {
+                            ended.fetch_add(1, Ordering::SeqCst);
                             return;
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -95,6 +104,7 @@ impl Raw {
                         })
                         .await
                         else {
+                            ended.fetch_add(1, Ordering::SeqCst);
                             return;
                         };
                         let body = buf.drain(..length).collect();
@@ -110,6 +120,7 @@ impl Raw {
                             match step {
                                 Step::Write(bytes) => {
                                     if stream.write_all(&bytes).await.is_err() {
+                                        ended.fetch_add(1, Ordering::SeqCst);
                                         return;
                                     }
                                 }
@@ -126,6 +137,7 @@ impl Raw {
             addr,
             connections,
             requests,
+            closed,
             task,
         }
     }
