@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use super::body::ProxyBody;
 use super::tunnel::{self, Tunnel};
 use crate::backend::h1::{self, H1Body};
-use crate::backend::pool::{self, Conn, ConnectError, Sender};
+use crate::backend::pool::{self, ConnectError, Sender};
 use crate::backend::retry::{self, Replay, RetryToken};
 use crate::backend::{Backend, BackendSet, InFlight, Lease, Terms};
 use crate::base::access;
@@ -31,6 +31,7 @@ use crate::base::clock::{self, Instant};
 use crate::base::config::FailurePolicy;
 use crate::base::workers::{self, Tunnels};
 use crate::gateway::Gateway;
+use crate::gateway::router::RouteTable;
 use crate::gateway::upstream::Upstream;
 use crate::plugin::{Choice, PickInput, fallback};
 use crate::wire::body::ClientBody;
@@ -203,115 +204,21 @@ fn admit<'c>(
             parts.uri.clone(),
         )
     });
-    // A head the front refused arrives as a stand-in; HTTP/2 heads, which
-    // hyper parses itself, are checked here.
-    let refused = match conn.refusal() {
-        Some(refusal) => Err(refusal),
-        None if parts.version == Version::HTTP_2 => {
-            // HTTP/1.1 allows one Cookie line (RFC 9113 8.2.3).
-            front::join_cookies(&mut parts.headers);
-            front::check(&parts)
-        }
-        None => Ok(()),
-    };
-    if let Err(refusal) = refused {
-        tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
-        if let Some(log) = &mut log {
-            log.answered(None, refusal.status.as_u16(), 0);
-            log.completed();
-        }
-        return Admission::Answered(closing(local_response(refusal.status, refusal.reason)));
+    if let Some(resp) = refused(conn, &mut parts, peer) {
+        return Admission::Answered(answered_here(resp, log));
     }
-    if parts.method == Method::CONNECT {
-        // A reverse proxy has nothing to tunnel to (and HTTP/2's extended
-        // CONNECT for WebSockets is not offered).
-        tracing::info!(%peer, "CONNECT refused: 405");
-        if let Some(log) = &mut log {
-            log.answered(None, 405, 0);
-            log.completed();
-        }
-        let mut resp = local_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported by this reverse proxy",
+    let upgrade = upgrade_asked(&mut parts, gateway);
+    let Some((upstream, client_ip)) = route(&table, client, &mut parts, &mut log) else {
+        let resp = local_response(
+            StatusCode::NOT_FOUND,
+            "no upstream serves this host and path",
         );
-        resp.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
-        );
-        return Admission::Answered(resp);
-    }
-    // An upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`; the
-    // client's connection is taken from hyper if the backend answers 101.
-    // hyper only offers that for a head with `Upgrade` (the own server
-    // takes none), so the fields are not looked at otherwise.
-    let upgrade = match parts.extensions.remove::<OnUpgrade>() {
-        Some(on) => tunnel::requested(&parts).map(|protocol| ClientUpgrade {
-            protocol,
-            on,
-            tunnels: Arc::clone(gateway.tunnels()),
-        }),
-        None => None,
+        return Admission::Answered(answered_here(resp, log));
     };
-
-    let (upstream, set, client_ip) = {
-        let Some(upstream) = table.route(&parts) else {
-            tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(&parts), "no upstream matches: 404");
-            if let Some(log) = &mut log {
-                log.answered(None, 404, 0);
-                log.completed();
-            }
-            return Admission::Answered(local_response(
-                StatusCode::NOT_FOUND,
-                "no upstream serves this host and path",
-            ));
-        };
-        let client_ip = forwarded::client_ip(peer.ip(), &parts.headers, &table.trusted_proxies);
-        if let Some(log) = &mut log {
-            log.client(client_ip);
-            log.upstream(upstream.name());
-        }
-        forwarded::rewrite_request(
-            &mut parts.headers,
-            &client.forwarded,
-            client_ip,
-            client.scheme.as_str(),
-            &table.trusted_proxies,
-        );
-        (
-            Arc::clone(upstream),
-            upstream.backends.load_full(),
-            client_ip,
-        )
-    };
+    let set = upstream.backends.load_full();
     // Not held across the awaits below: a reload may retire this table.
     drop(table);
-
-    // HTTP/2 clients send `:authority` instead of Host; backends get Host,
-    // and the request target in origin form.
-    if let Some(authority) = parts.uri.authority()
-        && !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-    }
-    parts.version = http::Version::HTTP_11;
-    if let Some(upgrade) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, upgrade.protocol.clone());
-    }
+    to_backend_form(&mut parts, upgrade.as_ref());
 
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = match body {
@@ -334,6 +241,129 @@ fn admit<'c>(
         upgrade,
     };
     Admission::Forward(exchange, parts, body)
+}
+
+/// The proxy's own answer to a request it refuses before routing: a head
+/// the front refused (it arrives as a stand-in), an HTTP/2 head that fails
+/// the front's checks (hyper parses those itself), or CONNECT.
+fn refused(
+    conn: &front::Admitted,
+    parts: &mut Parts,
+    peer: SocketAddr,
+) -> Option<Response<ProxyBody>> {
+    let refused = match conn.refusal() {
+        Some(refusal) => Err(refusal),
+        None if parts.version == Version::HTTP_2 => {
+            // HTTP/1.1 allows one Cookie line (RFC 9113 8.2.3).
+            front::join_cookies(&mut parts.headers);
+            front::check(parts)
+        }
+        None => Ok(()),
+    };
+    if let Err(refusal) = refused {
+        tracing::info!(%peer, method = %parts.method, status = refusal.status.as_u16(), "refused request: {}", refusal.reason);
+        return Some(closing(local_response(refusal.status, refusal.reason)));
+    }
+    if parts.method == Method::CONNECT {
+        // A reverse proxy has nothing to tunnel to (and HTTP/2's extended
+        // CONNECT for WebSockets is not offered).
+        tracing::info!(%peer, "CONNECT refused: 405");
+        let mut resp = local_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported by this reverse proxy",
+        );
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+        return Some(resp);
+    }
+    None
+}
+
+/// `resp`, answered by the proxy before any backend was tried, with its
+/// access log line written.
+fn answered_here(
+    resp: Response<ProxyBody>,
+    log: Option<Box<access::Entry>>,
+) -> Response<ProxyBody> {
+    if let Some(mut log) = log {
+        log.answered(None, resp.status().as_u16(), 0);
+        log.completed();
+    }
+    resp
+}
+
+/// The client's upgrade request (WebSocket), if it is one the proxy passes
+/// on: `Connection: upgrade` and `Upgrade` are kept, and the client's
+/// connection is taken from hyper if the backend answers 101. hyper only
+/// offers that for a head with `Upgrade` (the own server takes none), so
+/// the fields are not looked at otherwise.
+fn upgrade_asked(parts: &mut Parts, gateway: &Gateway) -> Option<ClientUpgrade> {
+    let on = parts.extensions.remove::<OnUpgrade>()?;
+    tunnel::requested(parts).map(|protocol| ClientUpgrade {
+        protocol,
+        on,
+        tunnels: Arc::clone(gateway.tunnels()),
+    })
+}
+
+/// The upstream that serves the request (None: no upstream does, 404), and
+/// the client's address; the forwarding fields are rewritten for it.
+fn route(
+    table: &RouteTable,
+    client: &Client,
+    parts: &mut Parts,
+    log: &mut Option<Box<access::Entry>>,
+) -> Option<(Arc<Upstream>, IpAddr)> {
+    let peer = client.peer;
+    let Some(upstream) = table.route(parts) else {
+        tracing::info!(%peer, method = %parts.method, path = parts.uri.path(), host = host_of(parts), "no upstream matches: 404");
+        return None;
+    };
+    let client_ip = forwarded::client_ip(peer.ip(), &parts.headers, &table.trusted_proxies);
+    if let Some(log) = log {
+        log.client(client_ip);
+        log.upstream(upstream.name());
+    }
+    forwarded::rewrite_request(
+        &mut parts.headers,
+        &client.forwarded,
+        client_ip,
+        client.scheme.as_str(),
+        &table.trusted_proxies,
+    );
+    Some((Arc::clone(upstream), client_ip))
+}
+
+/// The request as a backend gets it: HTTP/1.1, `Host` (HTTP/2 clients send
+/// `:authority` instead), the target in origin form, and an upgrade's
+/// `Connection` and `Upgrade`.
+fn to_backend_form(parts: &mut Parts, upgrade: Option<&ClientUpgrade>) {
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    parts.version = http::Version::HTTP_11;
+    if let Some(upgrade) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, upgrade.protocol.clone());
+    }
 }
 
 /// One client request on its way through an upstream: its tries, and what
@@ -375,6 +405,28 @@ enum Tried {
     NotSent(Request<ClientBody>, Failure),
     /// The request was (at least partly) sent, then the exchange failed.
     Sent(Failure, Option<Request<ClientBody>>),
+}
+
+/// How one send on one connection ended.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per send and taken apart at once; a box would be an allocation per request"
+)]
+enum Sent {
+    /// A response head came; the request too, if it may be sent again.
+    Answered(Response<Answer>, Option<Request<ClientBody>>),
+    /// The try is over.
+    Over(Tried),
+    /// The request comes back to go on another connection.
+    Again(Request<ClientBody>, Retake),
+}
+
+/// Which connection a request that comes back goes on.
+enum Retake {
+    /// Another pooled one, if any (this one was closing).
+    Pooled,
+    /// A new one (a kept connection closed with no answer).
+    New,
 }
 
 /// A backend's response body, with what the client that read its head
@@ -626,7 +678,10 @@ impl Exchange<'_> {
 
     /// Sends `request` to `backend` on a pooled or new connection: a
     /// bodiless request that is not an upgrade through the own client
-    /// ([`upstream_h1`]), any other through hyper's.
+    /// ([`h1`], [`Exchange::send_own`]), any other through hyper's
+    /// ([`Exchange::send_hyper`]). A pooled connection that turns out to be
+    /// closing hands the request back unsent; after a few of those, a new
+    /// connection.
     ///
     /// (Not an `async fn`, for the reason given at [`handle`].)
     #[allow(
@@ -643,14 +698,7 @@ impl Exchange<'_> {
             let in_flight = backend.start_request();
             let started = clock::now();
             let settings = &self.upstream.pool;
-            // `read-timeout` bounds the wait for the head too, as nginx's
-            // `proxy_read_timeout` does: the shorter of the two applies.
-            let config = &self.upstream.config;
-            let timeout = config.response_timeout.min(config.read_timeout);
             let own = h1::handles(&request, self.upgrade.is_some());
-            let idempotent = retry::idempotent(request.method());
-            // A pooled connection that turns out to be closing hands the request
-            // back unsent; after a few of those, a new connection.
             let mut stale = 0;
             loop {
                 let pooled = if stale < MAX_STALE {
@@ -658,113 +706,157 @@ impl Exchange<'_> {
                 } else {
                     None
                 };
-                let Conn { sender, reused } = match pooled {
+                let conn = match pooled {
                     Some(conn) => conn,
                     None => match pool::connect(backend.addr, settings.connect_timeout).await {
                         Ok(conn) => conn,
                         Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                     },
                 };
-                // The worker's reused timer: a new one per request costs a wake-up
-                // of the event loop (see `workers::timer`).
-                let deadline = workers::timer(timeout);
-                match sender {
-                    Sender::H1(conn) if own => {
-                        let answer = tokio::select! {
-                            biased;
-                            answer = h1::send(conn, &request) => answer,
-                            () = deadline => {
-                                return Tried::Sent(Failure::Timeout(timeout), resendable.then_some(request));
-                            }
-                        };
-                        match answer {
-                            Ok(resp) => {
-                                let resp = resp.map(Answer::H1);
-                                return self.answered(
-                                    backend,
-                                    started,
-                                    resp,
-                                    in_flight,
-                                    resendable.then_some(request),
-                                );
-                            }
-                            // Nothing reached the backend: on a reused
-                            // connection, most likely closing as it was picked.
-                            Err(h1::Error::Unsent(_)) if reused => {
-                                stale += 1;
-                                continue;
-                            }
-                            // The backend closed a kept connection with no
-                            // answer, most likely as the request went out: an
-                            // idempotent request is sent again, once, on a new
-                            // connection (RFC 9110 §9.2.2; nginx does the same
-                            // for a cached connection). Once: a request that
-                            // makes the backend crash reaches it at most twice.
-                            Err(e) if reused && e.no_response() && idempotent => {
-                                tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
-                                stale = MAX_STALE;
-                                continue;
-                            }
-                            Err(e @ h1::Error::Unsent(_)) => {
-                                let error = Broken::H1(e);
-                                return Tried::NotSent(request, Failure::Broken { error, reused });
-                            }
-                            Err(e) => {
-                                let error = Broken::H1(e);
-                                let again = resendable.then_some(request);
-                                return Tried::Sent(Failure::Broken { error, reused }, again);
-                            }
-                        }
+                let sent = match conn.sender {
+                    Sender::H1(h1) if own => {
+                        self.send_own(h1, conn.reused, request, resendable, backend)
+                            .await
                     }
                     sender => {
-                        let (mut sender, socket) = match sender {
-                            Sender::Hyper(sender, socket) => (sender, socket),
-                            Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
-                                Ok(hyper) => hyper,
-                                Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
-                            },
-                        };
-                        // hyper's client takes the request: a copy, if it may
-                        // have to be sent again.
-                        let replay = resendable.then(|| Replay::of(&request));
-                        let answer = tokio::select! {
-                            biased;
-                            answer = sender.try_send_request(request) => answer,
-                            () = deadline => {
-                                return Tried::Sent(Failure::Timeout(timeout), replay.map(Replay::request));
-                            }
-                        };
-                        match answer {
-                            Ok(resp) => {
-                                let resp = resp
-                                    .map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
-                                let again = replay.map(Replay::request);
-                                return self.answered(backend, started, resp, in_flight, again);
-                            }
-                            Err(mut e) => {
-                                let unsent = e.take_message();
-                                let error = Broken::Hyper(e.into_error());
-                                match unsent {
-                                    Some(unsent) if reused => {
-                                        request = unsent;
-                                        stale += 1;
-                                        continue;
-                                    }
-                                    Some(unsent) => {
-                                        return Tried::NotSent(
-                                            unsent,
-                                            Failure::Broken { error, reused },
-                                        );
-                                    }
-                                    None => {
-                                        let again = replay.map(Replay::request);
-                                        return Tried::Sent(
-                                            Failure::Broken { error, reused },
-                                            again,
-                                        );
-                                    }
-                                }
-                            }
+                        self.send_hyper(sender, conn.reused, request, resendable)
+                            .await
+                    }
+                };
+                match sent {
+                    Sent::Answered(resp, again) => {
+                        return self.answered(backend, started, resp, in_flight, again);
+                    }
+                    Sent::Over(tried) => return tried,
+                    Sent::Again(unsent, Retake::Pooled) => {
+                        request = unsent;
+                        stale += 1;
+                    }
+                    Sent::Again(unsent, Retake::New) => {
+                        request = unsent;
+                        stale = MAX_STALE;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The wait for a response head: `response-timeout`, or `read-timeout`
+    /// when shorter (as nginx's `proxy_read_timeout` bounds the head too).
+    fn head_timeout(&self) -> Duration {
+        let config = &self.upstream.config;
+        config.response_timeout.min(config.read_timeout)
+    }
+
+    /// Sends a bodiless request on `conn` with the own client, which only
+    /// borrows it: it comes back with the response if it may be sent again
+    /// (`resendable`), or to go on another connection.
+    ///
+    /// (Not an `async fn`, for the reason given at [`handle`].)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn send_own(
+        &self,
+        conn: Box<h1::H1Conn>,
+        reused: bool,
+        request: Request<ClientBody>,
+        resendable: bool,
+        backend: &Backend,
+    ) -> impl Future<Output = Sent> {
+        async move {
+            let timeout = self.head_timeout();
+            // The worker's reused timer: a new one per request costs a
+            // wake-up of the event loop (see `workers::timer`).
+            let deadline = workers::timer(timeout);
+            let answer = tokio::select! {
+                biased;
+                answer = h1::send(conn, &request) => answer,
+                () = deadline => {
+                    let again = resendable.then_some(request);
+                    return Sent::Over(Tried::Sent(Failure::Timeout(timeout), again));
+                }
+            };
+            match answer {
+                Ok(resp) => Sent::Answered(resp.map(Answer::H1), resendable.then_some(request)),
+                // Nothing reached the backend: on a reused connection, most
+                // likely closing as it was picked.
+                Err(h1::Error::Unsent(_)) if reused => Sent::Again(request, Retake::Pooled),
+                // The backend closed a kept connection with no answer, most
+                // likely as the request went out: an idempotent request is
+                // sent again, once, on a new connection (RFC 9110 §9.2.2;
+                // nginx does the same for a cached connection). Once: a
+                // request that makes the backend crash reaches it at most
+                // twice.
+                Err(e) if reused && e.no_response() && retry::idempotent(request.method()) => {
+                    tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
+                    Sent::Again(request, Retake::New)
+                }
+                Err(e @ h1::Error::Unsent(_)) => {
+                    let error = Broken::H1(e);
+                    Sent::Over(Tried::NotSent(request, Failure::Broken { error, reused }))
+                }
+                Err(e) => {
+                    let error = Broken::H1(e);
+                    let again = resendable.then_some(request);
+                    Sent::Over(Tried::Sent(Failure::Broken { error, reused }, again))
+                }
+            }
+        }
+    }
+
+    /// Sends `request` through hyper's client on `sender` (an own-client
+    /// connection is handed to hyper first, and stays with it). hyper takes
+    /// the request: a copy is kept if it may be sent again.
+    ///
+    /// (Not an `async fn`, for the reason given at [`handle`].)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn send_hyper(
+        &self,
+        sender: Sender,
+        reused: bool,
+        request: Request<ClientBody>,
+        resendable: bool,
+    ) -> impl Future<Output = Sent> {
+        async move {
+            let (mut sender, socket) = match sender {
+                Sender::Hyper(sender, socket) => (sender, socket),
+                Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
+                    Ok(hyper) => hyper,
+                    Err(e) => return Sent::Over(Tried::NotSent(request, Failure::Connect(e))),
+                },
+            };
+            let timeout = self.head_timeout();
+            let deadline = workers::timer(timeout);
+            let replay = resendable.then(|| Replay::of(&request));
+            let answer = tokio::select! {
+                biased;
+                answer = sender.try_send_request(request) => answer,
+                () = deadline => {
+                    let again = replay.map(Replay::request);
+                    return Sent::Over(Tried::Sent(Failure::Timeout(timeout), again));
+                }
+            };
+            match answer {
+                Ok(resp) => {
+                    let resp = resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
+                    Sent::Answered(resp, replay.map(Replay::request))
+                }
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = Broken::Hyper(e.into_error());
+                    match unsent {
+                        Some(unsent) if reused => Sent::Again(unsent, Retake::Pooled),
+                        Some(unsent) => {
+                            Sent::Over(Tried::NotSent(unsent, Failure::Broken { error, reused }))
+                        }
+                        None => {
+                            let again = replay.map(Replay::request);
+                            Sent::Over(Tried::Sent(Failure::Broken { error, reused }, again))
                         }
                     }
                 }
