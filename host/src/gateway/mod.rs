@@ -97,18 +97,24 @@ pub enum BuildError {
         error: PluginError,
     },
     /// The wasmtime engine could not be created.
-    #[error("plugin runtime: {0}")]
-    Runtime(String),
+    #[error("plugin runtime: {0:#}")]
+    Runtime(anyhow::Error),
     /// The `[tls]` certificate or key was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The `plugins` directory does not exist or is not a directory.
-    #[error("plugins directory `{}`: {reason}", path.display())]
-    PluginsDir {
+    /// The `plugins` directory cannot be read.
+    #[error("plugins directory `{}`: {error}", path.display())]
+    PluginsDirUnreadable {
         /// The directory, as configured.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// Why its metadata could not be read (it does not exist, ...).
+        error: std::io::Error,
+    },
+    /// The `plugins` path names something other than a directory.
+    #[error("plugins directory `{}`: not a directory", path.display())]
+    PluginsNotADirectory {
+        /// The path, as configured.
+        path: PathBuf,
     },
 }
 
@@ -142,7 +148,7 @@ pub enum PluginReload {
         /// The plugin file.
         path: PathBuf,
         /// The reason, naming the file.
-        error: String,
+        error: PluginError,
     },
 }
 
@@ -151,7 +157,7 @@ impl Gateway {
     /// generation. Blocking.
     pub fn build(config: Config) -> Result<Arc<Self>, BuildError> {
         let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
-        let runtime = Runtime::new().map_err(|e| BuildError::Runtime(format!("{e:#}")))?;
+        let runtime = Runtime::new().map_err(BuildError::Runtime)?;
         let mut compiled = HashMap::new();
         let table = build_table(&runtime, &config, &mut compiled, None)?;
         // Fixed at start, like the worker threads.
@@ -345,13 +351,12 @@ impl Gateway {
                 };
             }
             Err(error) => {
-                let error = PluginError::Read {
-                    path: path.to_owned(),
-                    error,
-                };
                 return PluginReload::Rejected {
                     path: path.to_owned(),
-                    error: error.to_string(),
+                    error: PluginError::Read {
+                        path: path.to_owned(),
+                        error,
+                    },
                 };
             }
         };
@@ -366,10 +371,10 @@ impl Gateway {
         }
         let compiled = match self.runtime.compile_bytes(path, &bytes) {
             Ok(c) => c,
-            Err(e) => {
+            Err(error) => {
                 return PluginReload::Rejected {
                     path: path.to_owned(),
-                    error: e.to_string(),
+                    error,
                 };
             }
         };
@@ -394,10 +399,10 @@ impl Gateway {
                 },
             ) {
                 Ok(strategy) => prepared.push((upstream, shadow, strategy)),
-                Err(e) => {
+                Err(error) => {
                     return PluginReload::Rejected {
                         path: path.to_owned(),
-                        error: e.to_string(),
+                        error,
                     };
                 }
             }
@@ -468,15 +473,16 @@ fn compile_plugin(
 /// directory (the reloader watches it). Checked for every generation, so
 /// `check`, start-up (watching or not) and config reloads agree.
 fn check_plugins_dir(dir: &Path) -> Result<(), BuildError> {
-    let reason = match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => "not a directory".to_owned(),
-        Err(e) => e.to_string(),
-    };
-    Err(BuildError::PluginsDir {
-        path: dir.to_owned(),
-        reason,
-    })
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(BuildError::PluginsNotADirectory {
+            path: dir.to_owned(),
+        }),
+        Err(error) => Err(BuildError::PluginsDirUnreadable {
+            path: dir.to_owned(),
+            error,
+        }),
+    }
 }
 
 /// Builds a routing generation for `config`, reusing what `previous` has

@@ -26,8 +26,8 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Gateway, PluginReload};
-use crate::base::config::Config;
+use super::{BuildError, Gateway, PluginReload};
+use crate::base::config::{Config, ConfigError};
 use crate::wire::tls::TlsReload;
 
 /// Quiet time before a burst of file events is acted on (the debouncer may
@@ -301,11 +301,23 @@ pub fn reload_tls(gateway: &Gateway) {
     }
 }
 
+/// Why a changed config file was not applied.
+#[derive(Debug, thiserror::Error)]
+enum ConfigReloadError {
+    /// The file did not read, parse or validate.
+    #[error(transparent)]
+    Load(#[from] ConfigError),
+    /// The new generation could not be built (a plugin, the certificate,
+    /// the plugins directory).
+    #[error(transparent)]
+    Apply(#[from] BuildError),
+}
+
 /// Re-reads the config file and applies it. Returns whether it changed.
 pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
     let applied = Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| gateway.apply_config(config).map_err(|e| e.to_string()));
+        .map_err(ConfigReloadError::from)
+        .and_then(|config| Ok(gateway.apply_config(config)?));
     match applied {
         Ok(false) => {
             tracing::debug!(file = %path.display(), "config unchanged");
@@ -324,7 +336,7 @@ pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
         }
         Err(e) => {
             tracing::error!("config reload rejected; the previous config keeps serving: {e}");
-            gateway.record_reload("config", path, "error", e, Vec::new());
+            gateway.record_reload("config", path, "error", e.to_string(), Vec::new());
             false
         }
     }
@@ -356,7 +368,7 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
         }
         PluginReload::Rejected { path, error } => {
             tracing::error!("plugin rejected; the previous build keeps serving: {error}");
-            gateway.record_reload("plugin", path, "error", error.clone(), Vec::new());
+            gateway.record_reload("plugin", path, "error", error.to_string(), Vec::new());
         }
     }
 }
