@@ -324,8 +324,8 @@ impl Collector for Metrics {
         )?;
         for ((kind, result), n) in gateway.reload_counts() {
             let labels: Labels<'_> = vec![
-                ("kind", Cow::Borrowed(kind)),
-                ("result", Cow::Borrowed(result)),
+                ("kind", Cow::Borrowed(kind.as_str())),
+                ("result", Cow::Borrowed(result.as_str())),
             ];
             counter(&mut m, &labels, n)?;
         }

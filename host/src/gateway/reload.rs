@@ -26,7 +26,7 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{BuildError, Gateway, PluginReload};
+use super::{BuildError, Gateway, PluginReload, ReloadKind, ReloadResult};
 use crate::base::config::{Config, ConfigError};
 use crate::wire::tls::TlsReload;
 
@@ -287,7 +287,7 @@ pub fn reload_tls(gateway: &Gateway) {
         TlsReload::Swapped { chain } => {
             tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded ({chain} certificate(s) in the chain); new connections get it");
             let detail = format!("certificate reloaded ({chain} in the chain)");
-            gateway.record_reload("tls", &cert, "ok", detail, Vec::new());
+            gateway.record_reload(ReloadKind::Tls, &cert, ReloadResult::Ok, detail, Vec::new());
         }
         TlsReload::Unchanged => {
             tracing::debug!(cert = %cert.display(), "TLS certificate unchanged");
@@ -296,7 +296,13 @@ pub fn reload_tls(gateway: &Gateway) {
             tracing::error!(
                 "TLS certificate reload rejected; the previous certificate keeps serving: {e}"
             );
-            gateway.record_reload("tls", &cert, "error", e.to_string(), Vec::new());
+            gateway.record_reload(
+                ReloadKind::Tls,
+                &cert,
+                ReloadResult::Error,
+                e.to_string(),
+                Vec::new(),
+            );
         }
     }
 }
@@ -331,12 +337,24 @@ pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
                 .into_iter()
                 .map(|u| u.name)
                 .collect();
-            gateway.record_reload("config", path, "ok", "config reloaded".into(), upstreams);
+            gateway.record_reload(
+                ReloadKind::Config,
+                path,
+                ReloadResult::Ok,
+                "config reloaded".into(),
+                upstreams,
+            );
             true
         }
         Err(e) => {
             tracing::error!("config reload rejected; the previous config keeps serving: {e}");
-            gateway.record_reload("config", path, "error", e.to_string(), Vec::new());
+            gateway.record_reload(
+                ReloadKind::Config,
+                path,
+                ReloadResult::Error,
+                e.to_string(),
+                Vec::new(),
+            );
             false
         }
     }
@@ -347,7 +365,13 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
         PluginReload::Swapped { path, upstreams } => {
             tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded");
             let detail = format!("now serving {}", upstreams.join(", "));
-            gateway.record_reload("plugin", path, "ok", detail, upstreams.clone());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Ok,
+                detail,
+                upstreams.clone(),
+            );
         }
         PluginReload::Unchanged { path } => {
             // A second event for one copy, or a touch: not a reload.
@@ -356,7 +380,13 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
         PluginReload::Unused { path } => {
             tracing::info!(file = %path.display(), "plugin compiled; no upstream uses it");
             let detail = "compiled; no upstream uses it".into();
-            gateway.record_reload("plugin", path, "unused", detail, Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Unused,
+                detail,
+                Vec::new(),
+            );
         }
         PluginReload::Removed { path } => {
             tracing::warn!(
@@ -364,11 +394,23 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
                 "plugin file removed; upstreams keep the build they loaded"
             );
             let detail = "file removed; upstreams keep the build they loaded".into();
-            gateway.record_reload("plugin", path, "removed", detail, Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Removed,
+                detail,
+                Vec::new(),
+            );
         }
         PluginReload::Rejected { path, error } => {
             tracing::error!("plugin rejected; the previous build keeps serving: {error}");
-            gateway.record_reload("plugin", path, "error", error.to_string(), Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Error,
+                error.to_string(),
+                Vec::new(),
+            );
         }
     }
 }
