@@ -221,10 +221,9 @@ async fn check(path: &Path) -> anyhow::Result<()> {
                 "warning: {upstream}: `{}` resolves to no address now; it is looked up again every resolve-interval",
                 name.address
             ),
-            Err(e) => println!(
-                "warning: {upstream}: `{}` does not resolve now ({e}); it is looked up again every resolve-interval",
-                name.address
-            ),
+            Err(e) => {
+                println!("warning: {upstream}: {e}; it is looked up again every resolve-interval")
+            }
         }
     }
     println!(

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use switchyard::gateway::{ReloadKind, ReloadResult};
 use tokio::sync::Mutex;
 
 /// Every reply with the time it arrived.
@@ -356,7 +357,7 @@ async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         counts(),
-        vec![(("config", "ok"), 1)],
+        vec![((ReloadKind::Config, ReloadResult::Ok), 1)],
         "one edit, one reload"
     );
 }

@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
+use switchyard::gateway::{ReloadKind, ReloadResult};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
@@ -287,7 +288,7 @@ async fn a_new_certificate_is_served_without_a_restart_and_a_broken_one_is_ignor
             .gateway()
             .reload_history()
             .iter()
-            .filter(|r| r.kind == "tls" && r.result == "error")
+            .filter(|r| r.kind == ReloadKind::Tls && r.result == ReloadResult::Error)
             .count()
     };
     let before = errors();

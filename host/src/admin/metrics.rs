@@ -2,22 +2,27 @@
 //! (which Prometheus scrapes), encoded by `prometheus-client` from a
 //! collector that reads the live atomics at scrape time: nothing is
 //! registered or looked up on the request path.
+//!
+//! The families are one table, [`FAMILIES`]: a name, a help text, a unit
+//! and a function from one [`Scrape`] (the route table and counters read
+//! once) to the family's labelled values, whose type is the family's type.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::backend::Backend;
 use crate::base::clock::unix_ms;
 use crate::base::stats::{CLASSES, Histogram};
-use crate::gateway::Gateway;
+use crate::gateway::router::RouteTable;
+use crate::gateway::upstream::Upstream;
+use crate::gateway::{Gateway, ReloadKind, ReloadResult};
 use crate::plugin::{Strategy, StrategyStats};
 
 /// The content type of the exposition.
@@ -35,321 +40,411 @@ pub fn render(gateway: &Arc<Gateway>) -> Result<String, Error> {
 #[derive(Debug)]
 struct Metrics(Arc<Gateway>);
 
-type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
-
-fn counter<S: EncodeLabelSet>(
-    enc: &mut MetricEncoder<'_>,
-    labels: &S,
-    v: u64,
-) -> Result<(), Error> {
-    enc.encode_family(labels)?
-        .encode_counter::<S, _, f64>(&v, None::<&Exemplar<S, f64>>)
-}
-
-fn gauge<S: EncodeLabelSet>(enc: &mut MetricEncoder<'_>, labels: &S, v: i64) -> Result<(), Error> {
-    enc.encode_family(labels)?.encode_gauge(&v)
-}
-
-/// A histogram with buckets in `unit_per_second` units, as seconds.
-fn histogram<S: EncodeLabelSet, const N: usize>(
-    enc: &mut MetricEncoder<'_>,
-    labels: &S,
-    h: &Histogram<N>,
-    unit_per_second: f64,
-) -> Result<(), Error> {
-    // Per-bucket counts: the encoder makes them cumulative.
-    let counts = h.counts();
-    let buckets: Vec<(f64, u64)> = counts
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let bound = h
-                .bounds()
-                .get(i)
-                .map_or(f64::INFINITY, |&b| b as f64 / unit_per_second);
-            (bound, c)
-        })
-        .collect();
-    enc.encode_family(labels)?.encode_histogram::<S>(
-        h.sum() as f64 / unit_per_second,
-        counts.iter().sum(),
-        &buckets,
-        None,
-    )
-}
-
-/// An upstream's name, its strategy's configured name, and the strategy.
-type StrategyRow = (String, String, Arc<Strategy>);
-
-fn plugin_labels((upstream, plugin, _): &StrategyRow) -> Labels<'_> {
-    vec![
-        ("upstream", Cow::Borrowed(upstream.as_str())),
-        ("plugin", Cow::Borrowed(plugin.as_str())),
-    ]
-}
-
-/// A counter family with one sample per strategy and `(value, counter)`
-/// pair that `counts` lists, labelled `label="value"` (no extra label when
-/// `label` is `None`).
-fn strategy_counters<const N: usize>(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &'static str,
-    help: &str,
-    strategies: &[StrategyRow],
-    label: Option<&'static str>,
-    counts: impl Fn(&StrategyStats) -> [(&'static str, &AtomicU64); N],
-) -> Result<(), Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for row in strategies {
-        for (value, n) in counts(&row.2.stats) {
-            let mut labels = plugin_labels(row);
-            if let Some(label) = label {
-                labels.push((label, Cow::Borrowed(value)));
-            }
-            counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
-        }
-    }
-    Ok(())
-}
-
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), Error> {
-        let gateway = &self.0;
-        let table = gateway.routes();
-        let backends: Vec<_> = table
-            .upstreams
-            .iter()
-            .flat_map(|u| {
-                let set = u.backends.load_full();
-                (0..set.backends.len())
-                    .map(move |i| (u.name().to_owned(), Arc::clone(&set.backends[i])))
-            })
-            .collect();
-        let backend_labels = |(u, b): &(String, Arc<crate::backend::Backend>)| -> Labels<'static> {
-            vec![
-                ("upstream", Cow::Owned(u.clone())),
-                ("backend", Cow::Owned(b.address.clone())),
-            ]
-        };
+        let scrape = Scrape::new(&self.0);
+        for family in FAMILIES {
+            family.encode(&mut enc, &scrape)?;
+        }
+        Ok(())
+    }
+}
 
-        let mut m = enc.encode_descriptor(
-            "requests",
-            "Requests (tries) sent to a backend.",
-            None,
-            MetricType::Counter,
-        )?;
-        for ub in &backends {
-            counter(&mut m, &backend_labels(ub), ub.1.requests())?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "responses",
-            "Responses by status class; backend=\"\" for answers the proxy made itself (no backend answered).",
-            None,
-            MetricType::Counter,
-        )?;
-        for ub in &backends {
-            for (class, n) in CLASSES.iter().zip(ub.1.responses.counts()) {
-                let mut labels = backend_labels(ub);
-                labels.push(("class", Cow::Borrowed(*class)));
-                counter(&mut m, &labels, n)?;
-            }
-        }
-        for u in &table.upstreams {
-            for (class, n) in CLASSES.iter().zip(u.local_responses.counts()) {
-                let labels: Labels<'_> = vec![
-                    ("upstream", Cow::Borrowed(u.name())),
-                    ("backend", Cow::Borrowed("")),
-                    ("class", Cow::Borrowed(*class)),
-                ];
-                counter(&mut m, &labels, n)?;
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
-            "backend_failures",
-            "Tries that failed: connect error, timeout, broken connection.",
-            None,
-            MetricType::Counter,
-        )?;
-        for ub in &backends {
-            counter(&mut m, &backend_labels(ub), ub.1.failures())?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "upstream_response",
-            "Time from sending a request to a backend to its response head.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for ub in &backends {
-            histogram(&mut m, &backend_labels(ub), &ub.1.latency, 1e6)?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "backend_in_flight",
-            "Requests in flight to a backend.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ub in &backends {
-            gauge(&mut m, &backend_labels(ub), i64::from(ub.1.in_flight()))?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "backend_up",
-            "1 when health checking lets the backend take traffic.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ub in &backends {
-            gauge(&mut m, &backend_labels(ub), i64::from(ub.1.healthy()))?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "retries",
-            "Tries after the first, on another backend.",
-            None,
-            MetricType::Counter,
-        )?;
-        for u in &table.upstreams {
-            let labels: Labels<'_> = vec![("upstream", Cow::Borrowed(u.name()))];
-            counter(&mut m, &labels, u.retries.load(Ordering::Relaxed))?;
-        }
-
-        let strategies: Vec<_> = table
-            .upstreams
-            .iter()
-            .map(|u| {
-                (
-                    u.name().to_owned(),
-                    u.config.strategy.clone(),
-                    u.strategy.load_full(),
-                )
-            })
-            .collect();
-        let mut m = enc.encode_descriptor(
-            "plugin_pick",
-            "Time one pick took, plugin call and fallback included.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for us in &strategies {
-            histogram(&mut m, &plugin_labels(us), &us.2.stats.pick_ns, 1e9)?;
-        }
-        strategy_counters(
-            &mut enc,
-            "plugin_picks",
-            "Picks answered by the plugin.",
-            &strategies,
-            None,
-            |st| [("", &st.picks)],
-        )?;
-        strategy_counters(
-            &mut enc,
-            "plugin_failures",
-            "Plugin failures by kind; each such pick was served by the fallback or answered 503.",
-            &strategies,
-            Some("kind"),
-            |st| {
+/// Every metric family, in the order of the exposition: adding a metric is
+/// adding an entry. Names are without the `switchyard_` prefix and the
+/// suffixes the encoder adds (`_total` for counters, `_seconds` for
+/// [`Unit::Seconds`]).
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "requests",
+        help: "Requests (tries) sent to a backend.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.requests())),
+    },
+    Family {
+        name: "responses",
+        help: "Responses by status class; backend=\"\" for answers the proxy made itself (no backend answered).",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            let answered = s.backends.iter().flat_map(|row| {
+                let counts = CLASSES.iter().zip(row.backend.responses.counts());
+                counts.map(|(class, n)| (with(row.labels(), "class", class), n))
+            });
+            let local = s.table.upstreams.iter().flat_map(|u| {
+                let counts = CLASSES.iter().zip(u.local_responses.counts());
+                counts.map(|(class, n)| {
+                    let pairs = [("upstream", u.name()), ("backend", ""), ("class", class)];
+                    (labels(pairs), n)
+                })
+            });
+            answered.chain(local).collect()
+        }),
+    },
+    Family {
+        name: "backend_failures",
+        help: "Tries that failed: connect error, timeout, broken connection.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.failures())),
+    },
+    Family {
+        name: "upstream_response",
+        help: "Time from sending a request to a backend to its response head.",
+        unit: Some(Unit::Seconds),
+        samples: Samples::Histogram(|s| s.per_backend(|b| Buckets::of(&b.latency, 1e6))),
+    },
+    Family {
+        name: "backend_in_flight",
+        help: "Requests in flight to a backend.",
+        unit: None,
+        samples: Samples::Gauge(|s| s.per_backend(|b| i64::from(b.in_flight()))),
+    },
+    Family {
+        name: "backend_up",
+        help: "1 when health checking lets the backend take traffic.",
+        unit: None,
+        samples: Samples::Gauge(|s| s.per_backend(|b| i64::from(b.healthy()))),
+    },
+    Family {
+        name: "retries",
+        help: "Tries after the first, on another backend.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            let retries = |u: &Arc<Upstream>| u.retries.load(Ordering::Relaxed);
+            s.table
+                .upstreams
+                .iter()
+                .map(|u| (labels([("upstream", u.name())]), retries(u)))
+                .collect()
+        }),
+    },
+    Family {
+        name: "plugin_pick",
+        help: "Time one pick took, plugin call and fallback included.",
+        unit: Some(Unit::Seconds),
+        samples: Samples::Histogram(|s| {
+            let pick = |row: &StrategyRow| Buckets::of(&row.strategy.stats.pick_ns, 1e9);
+            s.strategies
+                .iter()
+                .map(|row| (row.labels(), pick(row)))
+                .collect()
+        }),
+    },
+    Family {
+        name: "plugin_picks",
+        help: "Picks answered by the plugin.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_strategy(None, |st| [("", &st.picks)])),
+    },
+    Family {
+        name: "plugin_failures",
+        help: "Plugin failures by kind; each such pick was served by the fallback or answered 503.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.per_strategy(Some("kind"), |st| {
                 [
                     ("trap", &st.traps),
                     ("timeout", &st.timeouts),
                     ("bad_answer", &st.bad_answers),
                     ("instantiate", &st.instantiate_failures),
                 ]
-            },
-        )?;
-        strategy_counters(
-            &mut enc,
-            "plugin_skipped_picks",
-            "Picks served by the host's round robin without calling the plugin, paused after failing again and again.",
-            &strategies,
-            None,
-            |st| [("", &st.skipped)],
-        )?;
-        strategy_counters(
-            &mut enc,
-            "plugin_handovers",
-            "Worker threads whose instance of a new plugin version continued from their instance of the previous one (`state` export), by result.",
-            &strategies,
-            Some("result"),
-            |st| [("ok", &st.handovers), ("failed", &st.handover_failures)],
-        )?;
+            })
+        }),
+    },
+    Family {
+        name: "plugin_skipped_picks",
+        help: "Picks served by the host's round robin without calling the plugin, paused after failing again and again.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_strategy(None, |st| [("", &st.skipped)])),
+    },
+    Family {
+        name: "plugin_handovers",
+        help: "Worker threads whose instance of a new plugin version continued from their instance of the previous one (`state` export), by result.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.per_strategy(Some("result"), |st| {
+                [("ok", &st.handovers), ("failed", &st.handover_failures)]
+            })
+        }),
+    },
+    Family {
+        name: "shadow_picks",
+        help: "Picks of the upstream's shadow strategy, by whether it agreed with the live strategy.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.table
+                .upstreams
+                .iter()
+                .filter_map(|u| Some((u.name(), u.shadow.as_ref()?)))
+                .flat_map(|(upstream, shadow)| {
+                    let counts = [
+                        ("agree", &shadow.stats.agreements),
+                        ("disagree", &shadow.stats.disagreements),
+                        ("failed", &shadow.stats.failures),
+                    ];
+                    counts.map(|(result, n)| {
+                        let pairs = [
+                            ("upstream", upstream),
+                            ("plugin", shadow.name.as_str()),
+                            ("result", result),
+                        ];
+                        (labels(pairs), n.load(Ordering::Relaxed))
+                    })
+                })
+                .collect()
+        }),
+    },
+    Family {
+        name: "shadow_backend_picks",
+        help: "Picks the upstream's shadow strategy would have sent to a backend.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.backends
+                .iter()
+                .filter(|row| row.upstream.shadow.is_some())
+                .map(|row| (row.labels(), row.backend.shadow_picks()))
+                .collect()
+        }),
+    },
+    Family {
+        name: "reloads",
+        help: "Plugin and config reloads by result.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            let label = |(kind, result): (ReloadKind, ReloadResult)| {
+                labels([("kind", kind.as_str()), ("result", result.as_str())])
+            };
+            s.reloads.iter().map(|&(key, n)| (label(key), n)).collect()
+        }),
+    },
+    Family {
+        name: "client_connections",
+        help: "Client connections open now, by the worker thread serving them.",
+        unit: None,
+        samples: Samples::Gauge(|s| {
+            let label = |worker: usize| vec![("worker", Cow::Owned(worker.to_string()))];
+            let open = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            s.connections
+                .iter()
+                .enumerate()
+                .map(|(worker, &n)| (label(worker), open(n)))
+                .collect()
+        }),
+    },
+    Family {
+        name: "start_time",
+        help: "When the proxy started, in seconds since the Unix epoch.",
+        unit: Some(Unit::Seconds),
+        samples: Samples::Gauge(|s| {
+            let version = labels([("version", env!("CARGO_PKG_VERSION"))]);
+            vec![(version, s.started)]
+        }),
+    },
+];
 
-        let shadows: Vec<_> = table
-            .upstreams
-            .iter()
-            .filter_map(|u| u.shadow.as_ref().map(|s| (u, s)))
-            .collect();
-        let mut m = enc.encode_descriptor(
-            "shadow_picks",
-            "Picks of the upstream's shadow strategy, by whether it agreed with the live strategy.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (u, s) in &shadows {
-            for (result, n) in [
-                ("agree", &s.stats.agreements),
-                ("disagree", &s.stats.disagreements),
-                ("failed", &s.stats.failures),
-            ] {
-                let labels: Labels<'_> = vec![
-                    ("upstream", Cow::Borrowed(u.name())),
-                    ("plugin", Cow::Borrowed(s.name.as_str())),
-                    ("result", Cow::Borrowed(result)),
-                ];
-                counter(&mut m, &labels, n.load(Ordering::Relaxed))?;
+/// One metric family: its descriptor and where its samples come from.
+struct Family {
+    /// Without the `switchyard_` prefix and the encoder's suffixes.
+    name: &'static str,
+    /// The `# HELP` text.
+    help: &'static str,
+    /// `# UNIT`, also a suffix of the name.
+    unit: Option<Unit>,
+    /// The type, and the samples of one scrape.
+    samples: Samples,
+}
+
+/// A family's type (the `# TYPE` line) and how its labelled values are read
+/// from a [`Scrape`].
+enum Samples {
+    Counter(fn(&Scrape) -> Vec<(Labels<'_>, u64)>),
+    Gauge(fn(&Scrape) -> Vec<(Labels<'_>, i64)>),
+    Histogram(fn(&Scrape) -> Vec<(Labels<'_>, Buckets)>),
+}
+
+impl Family {
+    fn encode(&self, enc: &mut DescriptorEncoder<'_>, scrape: &Scrape) -> Result<(), Error> {
+        let metric_type = match self.samples {
+            Samples::Counter(_) => MetricType::Counter,
+            Samples::Gauge(_) => MetricType::Gauge,
+            Samples::Histogram(_) => MetricType::Histogram,
+        };
+        let mut m = enc.encode_descriptor(self.name, self.help, self.unit.as_ref(), metric_type)?;
+        match self.samples {
+            Samples::Counter(samples) => {
+                for (labels, v) in samples(scrape) {
+                    m.encode_family(&labels)?
+                        .encode_counter::<Labels<'_>, _, f64>(&v, None)?;
+                }
+            }
+            Samples::Gauge(samples) => {
+                for (labels, v) in samples(scrape) {
+                    m.encode_family(&labels)?.encode_gauge(&v)?;
+                }
+            }
+            Samples::Histogram(samples) => {
+                for (labels, h) in samples(scrape) {
+                    m.encode_family(&labels)?
+                        .encode_histogram::<Labels<'_>>(h.sum, h.count, &h.buckets, None)?;
+                }
             }
         }
-        let mut m = enc.encode_descriptor(
-            "shadow_backend_picks",
-            "Picks the upstream's shadow strategy would have sent to a backend.",
-            None,
-            MetricType::Counter,
-        )?;
-        let shadowed: HashSet<&str> = shadows.iter().map(|(u, _)| u.name()).collect();
-        for ub in backends
-            .iter()
-            .filter(|ub| shadowed.contains(ub.0.as_str()))
-        {
-            counter(&mut m, &backend_labels(ub), ub.1.shadow_picks())?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "reloads",
-            "Plugin and config reloads by result.",
-            None,
-            MetricType::Counter,
-        )?;
-        for ((kind, result), n) in gateway.reload_counts() {
-            let labels: Labels<'_> = vec![
-                ("kind", Cow::Borrowed(kind)),
-                ("result", Cow::Borrowed(result)),
-            ];
-            counter(&mut m, &labels, n)?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "client_connections",
-            "Client connections open now, by the worker thread serving them.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (worker, n) in gateway.connections().open().into_iter().enumerate() {
-            let labels: Labels<'_> = vec![("worker", Cow::Owned(worker.to_string()))];
-            gauge(&mut m, &labels, i64::try_from(n).unwrap_or(i64::MAX))?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "start_time",
-            "When the proxy started, in seconds since the Unix epoch.",
-            Some(&Unit::Seconds),
-            MetricType::Gauge,
-        )?;
-        let labels: Labels<'_> = vec![("version", Cow::Borrowed(env!("CARGO_PKG_VERSION")))];
-        let started = i64::try_from(unix_ms(gateway.started()) / 1000).unwrap_or(i64::MAX);
-        gauge(&mut m, &labels, started)?;
         Ok(())
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+/// `name="value"` pairs as a label set.
+fn labels<'a, const N: usize>(pairs: [(&'static str, &'a str); N]) -> Labels<'a> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| (name, Cow::Borrowed(value)))
+        .collect()
+}
+
+/// `labels` and one more.
+fn with<'a>(mut labels: Labels<'a>, name: &'static str, value: &'a str) -> Labels<'a> {
+    labels.push((name, Cow::Borrowed(value)));
+    labels
+}
+
+/// A histogram's sample: per-bucket counts (the encoder makes them
+/// cumulative) with their upper bounds, and the sum, in seconds.
+struct Buckets {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Buckets {
+    /// `h`, whose bounds and sum are in `unit_per_second` units.
+    fn of<const N: usize>(h: &Histogram<N>, unit_per_second: f64) -> Buckets {
+        let counts = h.counts();
+        let buckets = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let bound = h
+                    .bounds()
+                    .get(i)
+                    .map_or(f64::INFINITY, |&b| b as f64 / unit_per_second);
+                (bound, c)
+            })
+            .collect();
+        Buckets {
+            sum: h.sum() as f64 / unit_per_second,
+            count: counts.iter().sum(),
+            buckets,
+        }
+    }
+}
+
+/// What one scrape reads, gathered once so that every family sees the same
+/// routing generation and the same strategies.
+struct Scrape {
+    table: Arc<RouteTable>,
+    /// Every backend, upstream by upstream.
+    backends: Vec<BackendRow>,
+    /// Every upstream's live strategy.
+    strategies: Vec<StrategyRow>,
+    /// Reloads since start by `(kind, result)`.
+    reloads: Vec<((ReloadKind, ReloadResult), u64)>,
+    /// Client connections open on each worker.
+    connections: Vec<usize>,
+    /// When the proxy started, in seconds since the Unix epoch.
+    started: i64,
+}
+
+/// A backend and the upstream it serves.
+struct BackendRow {
+    upstream: Arc<Upstream>,
+    backend: Arc<Backend>,
+}
+
+impl BackendRow {
+    /// `upstream="...",backend="<address>"`.
+    fn labels(&self) -> Labels<'_> {
+        labels([
+            ("upstream", self.upstream.name()),
+            ("backend", self.backend.address.as_str()),
+        ])
+    }
+}
+
+/// An upstream and its live strategy.
+struct StrategyRow {
+    upstream: Arc<Upstream>,
+    strategy: Arc<Strategy>,
+}
+
+impl StrategyRow {
+    /// `upstream="...",plugin="<strategy as configured>"`.
+    fn labels(&self) -> Labels<'_> {
+        labels([
+            ("upstream", self.upstream.name()),
+            ("plugin", self.upstream.config.strategy.as_str()),
+        ])
+    }
+}
+
+impl Scrape {
+    fn new(gateway: &Gateway) -> Scrape {
+        let table = arc_swap::Guard::into_inner(gateway.routes());
+        let backends = table
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                let set = u.backends.load_full();
+                (0..set.backends.len()).map(move |i| BackendRow {
+                    upstream: Arc::clone(u),
+                    backend: Arc::clone(&set.backends[i]),
+                })
+            })
+            .collect();
+        let strategies = table
+            .upstreams
+            .iter()
+            .map(|u| StrategyRow {
+                upstream: Arc::clone(u),
+                strategy: u.strategy.load_full(),
+            })
+            .collect();
+        Scrape {
+            backends,
+            strategies,
+            table,
+            reloads: gateway.reload_counts(),
+            connections: gateway.connections().open(),
+            started: i64::try_from(unix_ms(gateway.started()) / 1000).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// One sample per backend, labelled with its upstream and address.
+    fn per_backend<V>(&self, value: impl Fn(&Backend) -> V) -> Vec<(Labels<'_>, V)> {
+        let backends = self.backends.iter();
+        backends
+            .map(|row| (row.labels(), value(&row.backend)))
+            .collect()
+    }
+
+    /// One sample per strategy and `(value, counter)` pair that `counts`
+    /// lists, labelled with the upstream, the plugin and `label="value"`
+    /// (no extra label when `label` is `None`).
+    fn per_strategy<const N: usize>(
+        &self,
+        label: Option<&'static str>,
+        counts: impl Fn(&StrategyStats) -> [(&'static str, &AtomicU64); N],
+    ) -> Vec<(Labels<'_>, u64)> {
+        let mut samples = Vec::new();
+        for row in &self.strategies {
+            for (value, n) in counts(&row.strategy.stats) {
+                let labels = match label {
+                    Some(label) => with(row.labels(), label, value),
+                    None => row.labels(),
+                };
+                samples.push((labels, n.load(Ordering::Relaxed)));
+            }
+        }
+        samples
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -97,15 +98,43 @@ pub fn resolver(server: Option<SocketAddr>) -> anyhow::Result<TokioResolver> {
     Ok(builder.build()?)
 }
 
+/// Why a host name of the config did not resolve. The message names the
+/// server as configured (`host:port`).
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The resolver did not answer within [`LOOKUP_TIMEOUT`].
+    #[error("`{address}` does not resolve: no answer within {after:?}")]
+    Timeout {
+        /// The server as configured (`host:port`).
+        address: String,
+        /// How long the lookup waited.
+        after: Duration,
+    },
+    /// The resolver answered with an error (no such name, refused, ...).
+    #[error("`{address}` does not resolve: {error}")]
+    Failed {
+        /// The server as configured (`host:port`).
+        address: String,
+        /// What the resolver said.
+        error: NetError,
+    },
+}
+
 /// The addresses `name` resolves to now, sorted.
 pub async fn lookup(
     resolver: &TokioResolver,
     name: &NamedServer,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, LookupError> {
     let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(name.host.as_str()))
         .await
-        .map_err(|_| format!("no answer within {LOOKUP_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| LookupError::Timeout {
+            address: name.address.clone(),
+            after: LOOKUP_TIMEOUT,
+        })?
+        .map_err(|error| LookupError::Failed {
+            address: name.address.clone(),
+            error,
+        })?;
     let mut addrs: Vec<SocketAddr> = lookup
         .iter()
         .map(|ip| SocketAddr::new(ip, name.port))
@@ -157,7 +186,7 @@ pub async fn resolve(
             Err(e) => tracing::warn!(
                 upstream = config.name,
                 server = name.address,
-                "cannot resolve ({e}); keeping the last known addresses"
+                "{e}; keeping the last known addresses"
             ),
         }
         discovered.at = Some(clock::now());

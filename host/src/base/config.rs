@@ -1017,7 +1017,7 @@ impl Validator<'_> {
                     format!("{} is out of range (expected 1..={MAX_WEIGHT})", s.weight),
                 ));
             }
-            match parse_server(&s.address).map_err(|why| self.err(skey.clone(), why))? {
+            match parse_server(&s.address).map_err(|why| self.err(skey.clone(), why.to_string()))? {
                 Target::Ip(addr) => {
                     let id = s.id.unwrap_or_else(|| s.address.clone());
                     if servers.iter().any(|p| p.id == id) {
@@ -1237,17 +1237,58 @@ enum Target {
     Name(String, u16),
 }
 
+/// Why a server address was refused (the message of
+/// [`ConfigError::Invalid`] for `upstream[i].servers[j]`).
+#[derive(Debug, thiserror::Error)]
+enum AddressError {
+    /// No `:port` at all.
+    #[error("`{address}` has no port ({SERVER_FORMS})")]
+    NoPort {
+        /// The address as written.
+        address: String,
+    },
+    /// The part after the last `:` is not a port.
+    #[error("`{address}`: `{port}` is not a port (1..=65535; {SERVER_FORMS})")]
+    BadPort {
+        /// The address as written.
+        address: String,
+        /// What stands where the port should.
+        port: String,
+    },
+    /// The part before the port is neither an IP address nor a host name.
+    #[error("`{address}`: `{host}` is not an IP address or a host name ({SERVER_FORMS})")]
+    BadHost {
+        /// The address as written.
+        address: String,
+        /// What stands where the host should.
+        host: String,
+    },
+}
+
+/// What a server address may look like, for messages.
+const SERVER_FORMS: &str = "expected \"ip:port\" or \"hostname:port\", e.g. \"127.0.0.1:5001\"";
+
 /// `ip:port`, or `host:port` with a syntactically valid host name (it is
 /// resolved later, by the proxy).
-fn parse_server(address: &str) -> Result<Target, String> {
+fn parse_server(address: &str) -> Result<Target, AddressError> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
         return Ok(Target::Ip(addr));
     }
-    let expected = "expected \"ip:port\" or \"hostname:port\", e.g. \"127.0.0.1:5001\"";
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(format!("`{address}` has no port ({expected})"));
+    // An IPv6 address alone has colons but no port.
+    let (Some((host, port)), false) = (
+        address.rsplit_once(':'),
+        address.parse::<std::net::IpAddr>().is_ok(),
+    ) else {
+        return Err(AddressError::NoPort {
+            address: address.to_owned(),
+        });
     };
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0);
+    let Some(port) = port.parse::<u16>().ok().filter(|p| *p != 0) else {
+        return Err(AddressError::BadPort {
+            address: address.to_owned(),
+            port: port.to_owned(),
+        });
+    };
     let valid_host = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -1257,10 +1298,13 @@ fn parse_server(address: &str) -> Result<Target, String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
-    match port {
-        Some(port) if valid_host => Ok(Target::Name(host.to_ascii_lowercase(), port)),
-        _ => Err(format!("`{address}` is not a valid address ({expected})")),
+    if !valid_host {
+        return Err(AddressError::BadHost {
+            address: address.to_owned(),
+            host: host.to_owned(),
+        });
     }
+    Ok(Target::Name(host.to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]

@@ -59,20 +59,88 @@ pub const HISTORY: usize = 50;
 #[derive(Default)]
 struct History {
     recent: VecDeque<ReloadRecord>,
-    counts: BTreeMap<(&'static str, &'static str), u64>,
+    counts: BTreeMap<(ReloadKind, ReloadResult), u64>,
 }
 
-/// One reload (a plugin file or the config), as the admin API shows it.
+/// What a reload read again. Serialised (admin JSON, the `kind` label of
+/// `/metrics`) as its lowercase name.
+///
+/// The variants are in the alphabetical order of their names, so that
+/// [`Gateway::reload_counts`] lists them as it did when they were strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadKind {
+    /// The config file.
+    Config,
+    /// A plugin file.
+    Plugin,
+    /// The `[tls]` certificate and key.
+    Tls,
+}
+
+impl ReloadKind {
+    /// `config`, `plugin` or `tls`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReloadKind::Config => "config",
+            ReloadKind::Plugin => "plugin",
+            ReloadKind::Tls => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a reload ended. Serialised (admin JSON, the `result` label of
+/// `/metrics`) as its lowercase name; in alphabetical order like
+/// [`ReloadKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    /// Rejected; what was serving keeps serving.
+    Error,
+    /// Applied.
+    Ok,
+    /// A plugin file was removed; upstreams keep the build they have.
+    Removed,
+    /// A plugin file compiled, but no upstream uses it.
+    Unused,
+}
+
+impl ReloadResult {
+    /// `error`, `ok`, `removed` or `unused`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Error => "error",
+            ReloadResult::Ok => "ok",
+            ReloadResult::Removed => "removed",
+            ReloadResult::Unused => "unused",
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reload (a plugin file, the config or the certificate), as the admin
+/// API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadRecord {
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// `plugin`, `config` or `tls`.
-    pub kind: &'static str,
+    pub kind: ReloadKind,
     /// The file.
     pub target: String,
     /// `ok`, `error`, `unused` or `removed`.
-    pub result: &'static str,
+    pub result: ReloadResult,
     /// What happened, or why it was rejected.
     pub detail: String,
     /// Upstreams that switched.
@@ -97,18 +165,24 @@ pub enum BuildError {
         error: PluginError,
     },
     /// The wasmtime engine could not be created.
-    #[error("plugin runtime: {0}")]
-    Runtime(String),
+    #[error("plugin runtime: {0:#}")]
+    Runtime(anyhow::Error),
     /// The `[tls]` certificate or key was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The `plugins` directory does not exist or is not a directory.
-    #[error("plugins directory `{}`: {reason}", path.display())]
-    PluginsDir {
+    /// The `plugins` directory cannot be read.
+    #[error("plugins directory `{}`: {error}", path.display())]
+    PluginsDirUnreadable {
         /// The directory, as configured.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// Why its metadata could not be read (it does not exist, ...).
+        error: std::io::Error,
+    },
+    /// The `plugins` path names something other than a directory.
+    #[error("plugins directory `{}`: not a directory", path.display())]
+    PluginsNotADirectory {
+        /// The path, as configured.
+        path: PathBuf,
     },
 }
 
@@ -142,7 +216,7 @@ pub enum PluginReload {
         /// The plugin file.
         path: PathBuf,
         /// The reason, naming the file.
-        error: String,
+        error: PluginError,
     },
 }
 
@@ -151,7 +225,7 @@ impl Gateway {
     /// generation. Blocking.
     pub fn build(config: Config) -> Result<Arc<Self>, BuildError> {
         let tls = config.tls.as_ref().map(Tls::new).transpose()?.map(Arc::new);
-        let runtime = Runtime::new().map_err(|e| BuildError::Runtime(format!("{e:#}")))?;
+        let runtime = Runtime::new().map_err(BuildError::Runtime)?;
         let mut compiled = HashMap::new();
         let table = build_table(&runtime, &config, &mut compiled, None)?;
         // Fixed at start, like the worker threads.
@@ -192,9 +266,9 @@ impl Gateway {
     /// Notes a reload for the admin API and its subscribers.
     pub fn record_reload(
         &self,
-        kind: &'static str,
+        kind: ReloadKind,
         target: &Path,
-        result: &'static str,
+        result: ReloadResult,
         detail: String,
         upstreams: Vec<String>,
     ) {
@@ -225,7 +299,7 @@ impl Gateway {
     }
 
     /// Reloads since start by `(kind, result)`.
-    pub fn reload_counts(&self) -> Vec<((&'static str, &'static str), u64)> {
+    pub fn reload_counts(&self) -> Vec<((ReloadKind, ReloadResult), u64)> {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         history.counts.iter().map(|(k, v)| (*k, *v)).collect()
     }
@@ -345,13 +419,12 @@ impl Gateway {
                 };
             }
             Err(error) => {
-                let error = PluginError::Read {
-                    path: path.to_owned(),
-                    error,
-                };
                 return PluginReload::Rejected {
                     path: path.to_owned(),
-                    error: error.to_string(),
+                    error: PluginError::Read {
+                        path: path.to_owned(),
+                        error,
+                    },
                 };
             }
         };
@@ -366,10 +439,10 @@ impl Gateway {
         }
         let compiled = match self.runtime.compile_bytes(path, &bytes) {
             Ok(c) => c,
-            Err(e) => {
+            Err(error) => {
                 return PluginReload::Rejected {
                     path: path.to_owned(),
-                    error: e.to_string(),
+                    error,
                 };
             }
         };
@@ -394,10 +467,10 @@ impl Gateway {
                 },
             ) {
                 Ok(strategy) => prepared.push((upstream, shadow, strategy)),
-                Err(e) => {
+                Err(error) => {
                     return PluginReload::Rejected {
                         path: path.to_owned(),
-                        error: e.to_string(),
+                        error,
                     };
                 }
             }
@@ -468,15 +541,16 @@ fn compile_plugin(
 /// directory (the reloader watches it). Checked for every generation, so
 /// `check`, start-up (watching or not) and config reloads agree.
 fn check_plugins_dir(dir: &Path) -> Result<(), BuildError> {
-    let reason = match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => "not a directory".to_owned(),
-        Err(e) => e.to_string(),
-    };
-    Err(BuildError::PluginsDir {
-        path: dir.to_owned(),
-        reason,
-    })
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(BuildError::PluginsNotADirectory {
+            path: dir.to_owned(),
+        }),
+        Err(error) => Err(BuildError::PluginsDirUnreadable {
+            path: dir.to_owned(),
+            error,
+        }),
+    }
 }
 
 /// Builds a routing generation for `config`, reusing what `previous` has
@@ -575,4 +649,55 @@ fn build_table(
         trusted_proxies: config.trusted_proxies.clone(),
         access_log: config.access_log,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [ReloadKind; 3] = [ReloadKind::Config, ReloadKind::Plugin, ReloadKind::Tls];
+    const RESULTS: [ReloadResult; 4] = [
+        ReloadResult::Error,
+        ReloadResult::Ok,
+        ReloadResult::Removed,
+        ReloadResult::Unused,
+    ];
+
+    #[test]
+    fn reload_kinds_and_results_serialise_as_their_lowercase_names_in_their_order() {
+        for kind in KINDS {
+            let json = serde_json::to_value(kind).expect("serialises");
+            assert_eq!(json, kind.as_str());
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        for result in RESULTS {
+            let json = serde_json::to_value(result).expect("serialises");
+            assert_eq!(json, result.as_str());
+            assert_eq!(result.to_string(), result.as_str());
+        }
+        // `reload_counts` (and the `reloads` family of /metrics) lists them
+        // in this order, as it did when they were strings.
+        assert!(KINDS.is_sorted() && KINDS.is_sorted_by_key(|k| k.as_str()));
+        assert!(RESULTS.is_sorted() && RESULTS.is_sorted_by_key(|r| r.as_str()));
+        let names: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["config", "plugin", "tls"]);
+        let names: Vec<&str> = RESULTS.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["error", "ok", "removed", "unused"]);
+    }
+
+    #[test]
+    fn a_record_serialises_with_the_same_fields_and_strings() {
+        let record = ReloadRecord {
+            at_ms: 7,
+            kind: ReloadKind::Plugin,
+            target: "plugins/a.wasm".into(),
+            result: ReloadResult::Unused,
+            detail: "compiled; no upstream uses it".into(),
+            upstreams: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&record).expect("serialises"),
+            r#"{"at_ms":7,"kind":"plugin","target":"plugins/a.wasm","result":"unused","detail":"compiled; no upstream uses it","upstreams":[]}"#
+        );
+    }
 }

@@ -26,8 +26,8 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Gateway, PluginReload};
-use crate::base::config::Config;
+use super::{BuildError, Gateway, PluginReload, ReloadKind, ReloadResult};
+use crate::base::config::{Config, ConfigError};
 use crate::wire::tls::TlsReload;
 
 /// Quiet time before a burst of file events is acted on (the debouncer may
@@ -287,7 +287,7 @@ pub fn reload_tls(gateway: &Gateway) {
         TlsReload::Swapped { chain } => {
             tracing::info!(cert = %cert.display(), key = %key.display(), "TLS certificate reloaded ({chain} certificate(s) in the chain); new connections get it");
             let detail = format!("certificate reloaded ({chain} in the chain)");
-            gateway.record_reload("tls", &cert, "ok", detail, Vec::new());
+            gateway.record_reload(ReloadKind::Tls, &cert, ReloadResult::Ok, detail, Vec::new());
         }
         TlsReload::Unchanged => {
             tracing::debug!(cert = %cert.display(), "TLS certificate unchanged");
@@ -296,16 +296,34 @@ pub fn reload_tls(gateway: &Gateway) {
             tracing::error!(
                 "TLS certificate reload rejected; the previous certificate keeps serving: {e}"
             );
-            gateway.record_reload("tls", &cert, "error", e.to_string(), Vec::new());
+            gateway.record_reload(
+                ReloadKind::Tls,
+                &cert,
+                ReloadResult::Error,
+                e.to_string(),
+                Vec::new(),
+            );
         }
     }
+}
+
+/// Why a changed config file was not applied.
+#[derive(Debug, thiserror::Error)]
+enum ConfigReloadError {
+    /// The file did not read, parse or validate.
+    #[error(transparent)]
+    Load(#[from] ConfigError),
+    /// The new generation could not be built (a plugin, the certificate,
+    /// the plugins directory).
+    #[error(transparent)]
+    Apply(#[from] BuildError),
 }
 
 /// Re-reads the config file and applies it. Returns whether it changed.
 pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
     let applied = Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| gateway.apply_config(config).map_err(|e| e.to_string()));
+        .map_err(ConfigReloadError::from)
+        .and_then(|config| Ok(gateway.apply_config(config)?));
     match applied {
         Ok(false) => {
             tracing::debug!(file = %path.display(), "config unchanged");
@@ -319,12 +337,24 @@ pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
                 .into_iter()
                 .map(|u| u.name)
                 .collect();
-            gateway.record_reload("config", path, "ok", "config reloaded".into(), upstreams);
+            gateway.record_reload(
+                ReloadKind::Config,
+                path,
+                ReloadResult::Ok,
+                "config reloaded".into(),
+                upstreams,
+            );
             true
         }
         Err(e) => {
             tracing::error!("config reload rejected; the previous config keeps serving: {e}");
-            gateway.record_reload("config", path, "error", e, Vec::new());
+            gateway.record_reload(
+                ReloadKind::Config,
+                path,
+                ReloadResult::Error,
+                e.to_string(),
+                Vec::new(),
+            );
             false
         }
     }
@@ -335,7 +365,13 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
         PluginReload::Swapped { path, upstreams } => {
             tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded");
             let detail = format!("now serving {}", upstreams.join(", "));
-            gateway.record_reload("plugin", path, "ok", detail, upstreams.clone());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Ok,
+                detail,
+                upstreams.clone(),
+            );
         }
         PluginReload::Unchanged { path } => {
             // A second event for one copy, or a touch: not a reload.
@@ -344,7 +380,13 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
         PluginReload::Unused { path } => {
             tracing::info!(file = %path.display(), "plugin compiled; no upstream uses it");
             let detail = "compiled; no upstream uses it".into();
-            gateway.record_reload("plugin", path, "unused", detail, Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Unused,
+                detail,
+                Vec::new(),
+            );
         }
         PluginReload::Removed { path } => {
             tracing::warn!(
@@ -352,11 +394,23 @@ fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
                 "plugin file removed; upstreams keep the build they loaded"
             );
             let detail = "file removed; upstreams keep the build they loaded".into();
-            gateway.record_reload("plugin", path, "removed", detail, Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Removed,
+                detail,
+                Vec::new(),
+            );
         }
         PluginReload::Rejected { path, error } => {
             tracing::error!("plugin rejected; the previous build keeps serving: {error}");
-            gateway.record_reload("plugin", path, "error", error.clone(), Vec::new());
+            gateway.record_reload(
+                ReloadKind::Plugin,
+                path,
+                ReloadResult::Error,
+                error.to_string(),
+                Vec::new(),
+            );
         }
     }
 }

@@ -92,6 +92,22 @@ struct Station {
     in_flight: Vec<InFlight>,
 }
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    /// The model does not describe every backend (a bug of the caller).
+    #[error("{models} backend models for {backends} backends")]
+    ModelCount { models: usize, backends: usize },
+    /// `--latency recorded` for a request whose trace line has no
+    /// `duration_ms`.
+    #[error("request {number} (from {client}) has no recorded duration for `--latency recorded`")]
+    NoRecordedDuration {
+        /// 1-based, in arrival order.
+        number: u64,
+        client: IpAddr,
+    },
+}
+
 /// Replays `requests` (in non-decreasing arrival order; an earlier time is
 /// taken as "now") against `set`, asking `pick(request, sequence)` for each.
 /// `rng` draws the service-time factors, one per request.
@@ -101,16 +117,16 @@ pub(crate) fn run<P>(
     model: Model<'_>,
     mut rng: Rng,
     mut pick: P,
-) -> Result<Outcome, String>
+) -> Result<Outcome, RunError>
 where
     P: FnMut(&TraceRequest, u64) -> Picked,
 {
     let n = set.len();
     if model.backends.len() != n {
-        return Err(format!(
-            "{} backend models for {n} backends",
-            model.backends.len()
-        ));
+        return Err(RunError::ModelCount {
+            models: model.backends.len(),
+            backends: n,
+        });
     }
     let mut outcome = Outcome {
         backends: vec![BackendOutcome::default(); n],
@@ -188,12 +204,9 @@ where
         let service = behaviour
             .latency
             .service_ns(unit, request.recorded_ns)
-            .ok_or_else(|| {
-                format!(
-                    "request {} (from {}) has no recorded duration for `--latency recorded`",
-                    sequence + 1,
-                    request.client
-                )
+            .ok_or(RunError::NoRecordedDuration {
+                number: sequence + 1,
+                client: request.client,
             })?;
         let station = &mut stations[index];
         let done = &mut outcome.backends[index];
@@ -393,6 +406,6 @@ mod tests {
             |_, _| Picked::Backend(0),
         )
         .expect_err("no recorded duration");
-        assert!(err.contains("request 1"), "{err}");
+        assert!(err.to_string().contains("request 1"), "{err}");
     }
 }

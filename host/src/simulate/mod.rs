@@ -60,10 +60,8 @@ fn simulate(args: &Args) -> anyhow::Result<Report> {
         &ids,
         Latency::Mean(std::time::Duration::from_millis(10)),
         model::parse_latency,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let slots = model::per_backend("--slots", &args.slots, &ids, None, model::parse_slots)
-        .map_err(anyhow::Error::msg)?;
+    )?;
+    let slots = model::per_backend("--slots", &args.slots, &ids, None, model::parse_slots)?;
     let behaviours: Vec<Behaviour> = latencies
         .iter()
         .zip(&slots)
@@ -111,8 +109,7 @@ fn simulate(args: &Args) -> anyhow::Result<Report> {
             service_rng,
             |r, seq| picker.pick(r, seq),
         ),
-    }
-    .map_err(anyhow::Error::msg)?;
+    }?;
     let wall = started.elapsed();
 
     Ok(Report::new(report::Inputs {

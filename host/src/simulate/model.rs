@@ -120,31 +120,55 @@ impl fmt::Display for Latency {
     }
 }
 
+/// Why a duration (`--latency`, `--pick-deadline`) does not parse; the
+/// message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DurationError {
+    /// No number in front.
+    #[error("`{text}` is not a duration (expected e.g. `20ms`, `1.5ms`, `2s`)")]
+    NotANumber { text: String },
+    /// A number without a unit.
+    #[error("`{text}` has no unit (expected e.g. `20ms`, `2s`)")]
+    NoUnit { text: String },
+    /// A unit that is not one of ours.
+    #[error("`{text}`: unknown unit `{unit}` (expected ns, us, ms, s or m)")]
+    UnknownUnit { text: String, unit: String },
+    /// Too large (or otherwise not a [`Duration`]).
+    #[error("`{text}` is not a usable duration")]
+    OutOfRange { text: String },
+}
+
 /// `20ms`, `1.5ms`, `250us`, `2s` (units `ns`, `us`/`µs`, `ms`, `s`, `m`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (expected e.g. `20ms`, `1.5ms`, `2s`)"))?;
+    let value: f64 = number.parse().map_err(|_| DurationError::NotANumber {
+        text: text.to_owned(),
+    })?;
     let scale = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
         "ms" => 1e-3,
         "s" => 1.0,
         "m" => 60.0,
-        "" => return Err(format!("`{text}` has no unit (expected e.g. `20ms`, `2s`)")),
+        "" => {
+            return Err(DurationError::NoUnit {
+                text: text.to_owned(),
+            });
+        }
         other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}` (expected ns, us, ms, s or m)"
-            ));
+            return Err(DurationError::UnknownUnit {
+                text: text.to_owned(),
+                unit: other.to_owned(),
+            });
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("`{text}` is not a usable duration"))
+    Duration::try_from_secs_f64(value * scale).map_err(|_| DurationError::OutOfRange {
+        text: text.to_owned(),
+    })
 }
 
 /// `20ms`, `1.5ms`, `2s`: the shortest exact-enough form for output.
@@ -157,22 +181,47 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Why a per-backend spec (`--latency`, `--slots`) was refused; the
+/// message starts with the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SpecError<E> {
+    /// A value does not parse.
+    #[error("{flag}: {error}")]
+    Value {
+        /// `--latency` or `--slots`.
+        flag: &'static str,
+        /// What is wrong with the value.
+        error: E,
+    },
+    /// `BACKEND=` names no backend.
+    #[error("{flag}: `{backend}` is not a backend (expected 1..={backends} or an id like `b1`)")]
+    Backend {
+        /// `--latency` or `--slots`.
+        flag: &'static str,
+        /// The name or number as given.
+        backend: String,
+        /// How many backends there are.
+        backends: usize,
+    },
+}
+
 /// Parses a per-backend spec: comma-separated items, each `VALUE` (every
 /// backend) or `BACKEND=VALUE`, where `BACKEND` is a 1-based number or an
 /// id (`b2`). Later items win. Returns one value per backend, starting from
 /// `default`.
-pub(crate) fn per_backend<T: Clone>(
-    flag: &str,
+pub(crate) fn per_backend<T: Clone, E>(
+    flag: &'static str,
     spec: &str,
     ids: &[String],
     default: T,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, SpecError<E>> {
+    let value_err = |error| SpecError::Value { flag, error };
     let mut values = vec![default; ids.len()];
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match item.split_once('=') {
             None => {
-                let value = parse(item).map_err(|e| format!("{flag}: {e}"))?;
+                let value = parse(item).map_err(value_err)?;
                 values.iter_mut().for_each(|v| *v = value.clone());
             }
             Some((backend, value)) => {
@@ -187,13 +236,12 @@ pub(crate) fn per_backend<T: Clone>(
                             .filter(|n| (1..=ids.len()).contains(n))
                             .map(|n| n - 1)
                     })
-                    .ok_or_else(|| {
-                        format!(
-                            "{flag}: `{backend}` is not a backend (expected 1..={} or an id like `b1`)",
-                            ids.len()
-                        )
+                    .ok_or_else(|| SpecError::Backend {
+                        flag,
+                        backend: backend.to_owned(),
+                        backends: ids.len(),
                     })?;
-                values[index] = parse(value.trim()).map_err(|e| format!("{flag}: {e}"))?;
+                values[index] = parse(value.trim()).map_err(value_err)?;
             }
         }
     }
@@ -201,23 +249,31 @@ pub(crate) fn per_backend<T: Clone>(
 }
 
 /// A `--latency` value: a duration or `recorded`.
-pub(crate) fn parse_latency(text: &str) -> Result<Latency, String> {
+pub(crate) fn parse_latency(text: &str) -> Result<Latency, DurationError> {
     if text == "recorded" {
         return Ok(Latency::Recorded);
     }
     parse_duration(text).map(Latency::Mean)
 }
 
+/// A `--slots` value that is not a positive count or `unlimited`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a slot count (expected a positive integer or `unlimited`)")]
+pub(crate) struct SlotsError {
+    /// The value as given.
+    text: String,
+}
+
 /// A `--slots` value: a positive count or `unlimited`.
-pub(crate) fn parse_slots(text: &str) -> Result<Option<u32>, String> {
+pub(crate) fn parse_slots(text: &str) -> Result<Option<u32>, SlotsError> {
     if text == "unlimited" || text == "inf" {
         return Ok(None);
     }
     match text.parse::<u32>() {
         Ok(n) if n > 0 => Ok(Some(n)),
-        _ => Err(format!(
-            "`{text}` is not a slot count (expected a positive integer or `unlimited`)"
-        )),
+        _ => Err(SlotsError {
+            text: text.to_owned(),
+        }),
     }
 }
 
@@ -310,7 +366,7 @@ mod tests {
         let slots = per_backend("--slots", "2=1", &ids(2), None, parse_slots);
         assert_eq!(slots, Ok(vec![None, Some(1)]));
         let bad = per_backend("--slots", "4=1", &ids(3), None, parse_slots);
-        assert!(bad.is_err_and(|e| e.contains("`4` is not a backend")));
+        assert!(bad.is_err_and(|e| e.to_string().contains("`4` is not a backend")));
         assert!(per_backend("--slots", "0", &ids(3), None, parse_slots).is_err());
     }
 

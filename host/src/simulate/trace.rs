@@ -79,15 +79,107 @@ pub(crate) enum TraceError {
         error: std::io::Error,
     },
     /// One line is malformed.
-    #[error("{path}:{line}: {reason}")]
+    #[error("{path}:{line}: {error}")]
     Line {
         path: PathBuf,
         line: usize,
-        reason: String,
+        error: LineError,
     },
     /// Nothing to replay.
-    #[error("{path}: no requests to replay{detail}")]
-    Empty { path: PathBuf, detail: String },
+    #[error("{path}: no requests to replay{}", skipped_summary(skipped))]
+    Empty {
+        path: PathBuf,
+        /// Lines not replayed, by reason.
+        skipped: BTreeMap<&'static str, u64>,
+    },
+}
+
+/// ` (skipped: 3 other log lines, ...)`, or nothing when no line was
+/// skipped.
+fn skipped_summary(skipped: &BTreeMap<&'static str, u64>) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let counts: Vec<String> = skipped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!(" (skipped: {})", counts.join(", "))
+}
+
+/// What is wrong with one line of a trace file ([`TraceError::Line`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LineError {
+    /// Starts with `{` but does not parse.
+    #[error("not valid JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON, but not an object.
+    #[error("expected a JSON object")]
+    NotAnObject,
+    /// A JSON object that is neither a log line nor a valid trace line.
+    #[error("not a trace line: {0}")]
+    TraceLine(serde_json::Error),
+    /// Neither JSON nor a log line.
+    #[error(
+        "not a trace line (expected a JSON object, or a log line starting with an RFC 3339 timestamp)"
+    )]
+    Unrecognised,
+    /// A JSON access-log line without a field the replay needs.
+    #[error("access-log line without `{0}`")]
+    MissingJsonField(&'static str),
+    /// A JSON access-log line whose `duration_ms` is missing or not a
+    /// number.
+    #[error("access-log line without a numeric `duration_ms`")]
+    NoDuration,
+    /// A text access-log line without a field the replay needs.
+    #[error("access-log line without `{0}=`")]
+    MissingTextField(&'static str),
+    /// A text access-log line whose `duration_ms=` is not a number.
+    #[error("`duration_ms={0}` is not a number")]
+    DurationNotANumber(String),
+    /// The access-log line's timestamp does not parse.
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+    /// `client` is not an IP address.
+    #[error("client {0:?} is not an IP address")]
+    Client(String),
+    /// `method` is not an HTTP method.
+    #[error("method {0:?} is not a method")]
+    Method(String),
+    /// `path` is not a request target.
+    #[error("path {text:?} is not a request target: {error}")]
+    Path {
+        text: String,
+        error: http::uri::InvalidUri,
+    },
+    /// A trace line's `host` cannot be a header value.
+    #[error("`host` {0:?} is not a valid header value")]
+    Host(String),
+    /// A trace line's `headers` names something that is not a header name.
+    #[error("`headers`: {0:?} is not a header name")]
+    HeaderName(String),
+    /// A trace line's `headers` has a value that cannot be a header value.
+    #[error("`headers.{name}`: {value:?} is not a valid header value")]
+    HeaderValue { name: String, value: String },
+    /// `at_ms` or `duration_ms` is negative, not finite or absurdly large.
+    #[error("`{key}` must be a non-negative number of milliseconds, not {ms}")]
+    Milliseconds { key: &'static str, ms: f64 },
+    /// Trace lines and access-log lines in one file.
+    #[error(
+        "mixes trace lines (`at_ms`) with access-log lines (line {other} is the other kind): their times cannot be compared"
+    )]
+    MixedClocks {
+        /// The first line of the other kind.
+        other: usize,
+    },
+    /// A trace line without `at_ms`, and no `--rate` to give it one.
+    #[error("no `at_ms`: give every trace line an arrival time, or re-time the trace with --rate")]
+    NoArrival,
+}
+
+/// A timestamp that is not RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an RFC 3339 timestamp")]
+pub(crate) struct TimestampError {
+    /// The text, as found.
+    text: String,
 }
 
 /// What was read from a trace file.
@@ -141,10 +233,10 @@ pub(crate) fn parse(text: &str, path: &Path, options: &ReadOptions) -> Result<Lo
     let mut clock: Option<(Clock, usize)> = None;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
-        let fail = |reason: String| TraceError::Line {
+        let fail = |error: LineError| TraceError::Line {
             path: path.to_owned(),
             line,
-            reason,
+            error,
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -162,16 +254,12 @@ pub(crate) fn parse(text: &str, path: &Path, options: &ReadOptions) -> Result<Lo
                 match clock {
                     None => clock = Some((request.clock, line)),
                     Some((first, first_line)) if first != request.clock => {
-                        return Err(fail(format!(
-                            "mixes trace lines (`at_ms`) with access-log lines (line {first_line} is the other kind): their times cannot be compared"
-                        )));
+                        return Err(fail(LineError::MixedClocks { other: first_line }));
                     }
                     Some(_) => {}
                 }
                 if request.at_ns.is_none() && !options.retimed {
-                    return Err(fail(
-                        "no `at_ms`: give every trace line an arrival time, or re-time the trace with --rate".into(),
-                    ));
+                    return Err(fail(LineError::NoArrival));
                 }
                 *loaded.kinds.entry(kind).or_insert(0) += 1;
                 parsed.push(*request);
@@ -179,22 +267,9 @@ pub(crate) fn parse(text: &str, path: &Path, options: &ReadOptions) -> Result<Lo
         }
     }
     if parsed.is_empty() {
-        let detail = if loaded.skipped.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (skipped: {})",
-                loaded
-                    .skipped
-                    .iter()
-                    .map(|(k, v)| format!("{v} {k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
         return Err(TraceError::Empty {
             path: path.to_owned(),
-            detail,
+            skipped: loaded.skipped,
         });
     }
     // Access logs are written in completion order: sort by arrival (stable,
@@ -217,11 +292,10 @@ enum Line {
 }
 
 /// A JSON line: an access-log line, another log line, or a trace line.
-fn parse_json_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+fn parse_json_line(line: &str, options: &ReadOptions) -> Result<Line, LineError> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(LineError::Json)?;
     let Some(object) = value.as_object() else {
-        return Err("expected a JSON object".into());
+        return Err(LineError::NotAnObject);
     };
     if let Some(target) = object.get("target") {
         if target != "access" {
@@ -230,22 +304,22 @@ fn parse_json_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
         let fields = object
             .get("fields")
             .and_then(|f| f.as_object())
-            .ok_or("access-log line without `fields`")?;
-        let text = |key: &str| -> Result<String, String> {
+            .ok_or(LineError::MissingJsonField("fields"))?;
+        let text = |key: &'static str| -> Result<String, LineError> {
             match fields.get(key) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
                 Some(other) => Ok(other.to_string()),
-                None => Err(format!("access-log line without `{key}`")),
+                None => Err(LineError::MissingJsonField(key)),
             }
         };
         let timestamp = object
             .get("timestamp")
             .and_then(|t| t.as_str())
-            .ok_or("access-log line without `timestamp`")?;
+            .ok_or(LineError::MissingJsonField("timestamp"))?;
         let duration_ms = fields
             .get("duration_ms")
             .and_then(serde_json::Value::as_f64)
-            .ok_or("access-log line without a numeric `duration_ms`")?;
+            .ok_or(LineError::NoDuration)?;
         let access = Access {
             timestamp,
             client: &text("client")?,
@@ -256,32 +330,28 @@ fn parse_json_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
         };
         return access.into_line("access-json", options);
     }
-    let line: TraceLine =
-        serde_json::from_value(value).map_err(|e| format!("not a trace line: {e}"))?;
+    let line: TraceLine = serde_json::from_value(value).map_err(LineError::TraceLine)?;
     line.into_parsed()
         .map(|p| Line::Request("trace", Box::new(p)))
 }
 
 /// A text log line: an access line is replayed, other log lines skipped,
 /// anything else is an error.
-fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
+fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, LineError> {
     let mut words = line.split_whitespace();
     let timestamp = words.next().unwrap_or_default();
     if parse_timestamp(timestamp).is_err() {
-        return Err(
-            "not a trace line (expected a JSON object, or a log line starting with an RFC 3339 timestamp)"
-                .into(),
-        );
+        return Err(LineError::Unrecognised);
     }
     let Some((_, access)) = line.split_once(" access: ") else {
         return Ok(Line::Skip("other log lines"));
     };
     let fields = text_fields(access);
-    let get = |key: &str| {
+    let get = |key: &'static str| {
         fields
             .get(key)
             .map(String::as_str)
-            .ok_or_else(|| format!("access-log line without `{key}=`"))
+            .ok_or(LineError::MissingTextField(key))
     };
     let duration = get("duration_ms")?;
     let access = Access {
@@ -292,7 +362,7 @@ fn parse_text_line(line: &str, options: &ReadOptions) -> Result<Line, String> {
         upstream: get("upstream")?,
         duration_ms: duration
             .parse()
-            .map_err(|_| format!("`duration_ms={duration}` is not a number"))?,
+            .map_err(|_| LineError::DurationNotANumber(duration.to_owned()))?,
     };
     access.into_line("access-text", options)
 }
@@ -376,7 +446,7 @@ struct Access<'a> {
 }
 
 impl Access<'_> {
-    fn into_line(self, kind: &'static str, options: &ReadOptions) -> Result<Line, String> {
+    fn into_line(self, kind: &'static str, options: &ReadOptions) -> Result<Line, LineError> {
         if self.upstream.is_empty() {
             return Ok(Line::Skip("requests without an upstream (404)"));
         }
@@ -423,18 +493,19 @@ struct TraceLine {
 }
 
 impl TraceLine {
-    fn into_parsed(self) -> Result<Parsed, String> {
+    fn into_parsed(self) -> Result<Parsed, LineError> {
         let mut headers = HeaderMap::new();
         if let Some(host) = &self.host {
-            let value = HeaderValue::from_str(host)
-                .map_err(|_| format!("`host` {host:?} is not a valid header value"))?;
+            let value = HeaderValue::from_str(host).map_err(|_| LineError::Host(host.clone()))?;
             headers.insert(http::header::HOST, value);
         }
         for (name, value) in &self.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("`headers`: {name:?} is not a header name"))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| format!("`headers.{name}`: {value:?} is not a valid header value"))?;
+                .map_err(|_| LineError::HeaderName(name.clone()))?;
+            let value = HeaderValue::from_str(value).map_err(|_| LineError::HeaderValue {
+                name: name.clone(),
+                value: value.clone(),
+            })?;
             headers.append(header, value);
         }
         let at_ns = self
@@ -459,28 +530,25 @@ impl TraceLine {
     }
 }
 
-fn parse_client(text: &str) -> Result<IpAddr, String> {
-    text.parse()
-        .map_err(|_| format!("client {text:?} is not an IP address"))
+fn parse_client(text: &str) -> Result<IpAddr, LineError> {
+    text.parse().map_err(|_| LineError::Client(text.to_owned()))
 }
 
-fn parse_method(text: &str) -> Result<Method, String> {
-    Method::from_bytes(text.as_bytes()).map_err(|_| format!("method {text:?} is not a method"))
+fn parse_method(text: &str) -> Result<Method, LineError> {
+    Method::from_bytes(text.as_bytes()).map_err(|_| LineError::Method(text.to_owned()))
 }
 
-fn parse_path(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| format!("path {text:?} is not a request target: {e}"))?;
-    Ok(uri)
+fn parse_path(text: &str) -> Result<Uri, LineError> {
+    text.parse().map_err(|error| LineError::Path {
+        text: text.to_owned(),
+        error,
+    })
 }
 
 /// Milliseconds (non-negative, finite) as nanoseconds.
-fn duration_ns(ms: f64, key: &str) -> Result<u64, String> {
+fn duration_ns(ms: f64, key: &'static str) -> Result<u64, LineError> {
     if !(ms.is_finite() && (0.0..1e12).contains(&ms)) {
-        return Err(format!(
-            "`{key}` must be a non-negative number of milliseconds, not {ms}"
-        ));
+        return Err(LineError::Milliseconds { key, ms });
     }
     Ok((ms * 1e6).round() as u64)
 }
@@ -489,10 +557,12 @@ fn duration_ns(ms: f64, key: &str) -> Result<u64, String> {
 /// such as `+01:00`) as nanoseconds since the Unix epoch. The text is
 /// untrusted: its fixed places are read as bytes or with `get`, never by
 /// slicing where a character may not start.
-pub(crate) fn parse_timestamp(text: &str) -> Result<i128, String> {
-    let bad = || format!("{text:?} is not an RFC 3339 timestamp");
+pub(crate) fn parse_timestamp(text: &str) -> Result<i128, TimestampError> {
+    let bad = || TimestampError {
+        text: text.to_owned(),
+    };
     let bytes = text.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+    let num = |range: std::ops::Range<usize>| -> Result<i64, TimestampError> {
         let part = text.get(range).ok_or_else(bad)?;
         if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());

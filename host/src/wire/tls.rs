@@ -30,41 +30,103 @@ use crate::base::config::TlsConfig;
 /// 10 s a request head may take).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which of the two `[tls]` files; shown as its config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// `tls.cert`, the certificate chain.
+    Cert,
+    /// `tls.key`, the private key.
+    Key,
+}
+
+impl std::fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFile::Cert => "tls.cert",
+            TlsFile::Key => "tls.key",
+        })
+    }
+}
+
 /// Why a certificate or key was not loaded. The message names the config
 /// key and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("`{key}`: cannot read {path}: {error}")]
+    #[error("`{file}`: cannot read {path}: {error}")]
     Read {
         /// `tls.cert` or `tls.key`.
-        key: &'static str,
+        file: TlsFile,
         /// The file.
         path: PathBuf,
         /// The I/O error.
         error: std::io::Error,
     },
     /// The file is not the PEM expected.
-    #[error("`{key}`: {path}: {message}")]
+    #[error("`{file}`: {path}: {problem}")]
     Pem {
         /// `tls.cert` or `tls.key`.
-        key: &'static str,
+        file: TlsFile,
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        problem: PemProblem,
     },
     /// rustls refused the pair (the key does not match the certificate, an
     /// unsupported key type).
-    #[error("`tls.cert`/`tls.key`: {cert} with {key}: {message}")]
+    #[error("`tls.cert`/`tls.key`: {cert} with {key}: {problem}")]
     Pair {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
         /// What is wrong.
-        message: String,
+        problem: PairProblem,
     },
+}
+
+/// What is wrong with a PEM file ([`TlsError::Pem`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PemProblem {
+    /// Not PEM, or a block is cut short.
+    #[error("invalid PEM: {}", pem_message(.0))]
+    Invalid(rustls_pki_types::pem::Error),
+    /// `tls.cert` holds no certificate block.
+    #[error("no certificate (expected \"-----BEGIN CERTIFICATE-----\" blocks, leaf first)")]
+    NoCertificate,
+    /// `tls.key` holds no private-key block.
+    #[error(
+        "no private key (expected a \"-----BEGIN PRIVATE KEY-----\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)"
+    )]
+    NoPrivateKey,
+}
+
+/// A PEM parser error in words: the parser's own message shows the marker
+/// it missed as a list of bytes.
+fn pem_message(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!("a \"-----BEGIN {label}-----\" block has no \"-----END {label}-----\" line")
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Why rustls refused a certificate and key ([`TlsError::Pair`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PairProblem {
+    /// The key is not the leaf certificate's.
+    #[error("the private key does not belong to the certificate")]
+    KeyMismatch,
+    /// Anything else rustls refused (an unsupported key type, no protocol
+    /// version).
+    #[error("{0}")]
+    Refused(rustls::Error),
 }
 
 /// A certificate and key read and checked, ready to serve.
@@ -84,9 +146,9 @@ impl Loaded {
     }
 }
 
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|error| TlsError::Read {
-        key,
+        file,
         path: path.to_owned(),
         error,
     })
@@ -96,50 +158,44 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// at least one certificate, the key must parse and match the leaf.
 /// Blocking.
 pub fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
-    let cert_pem = read("tls.cert", cert)?;
-    let key_pem = read("tls.key", key)?;
-    let pem_err = |k: &'static str, path: &Path, message: String| TlsError::Pem {
-        key: k,
+    let cert_pem = read(TlsFile::Cert, cert)?;
+    let key_pem = read(TlsFile::Key, key)?;
+    let pem_err = |file: TlsFile, path: &Path, problem: PemProblem| TlsError::Pem {
+        file,
         path: path.to_owned(),
-        message,
+        problem,
     };
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err("tls.cert", cert, format!("invalid PEM: {e}")))?;
+        .map_err(|e| pem_err(TlsFile::Cert, cert, PemProblem::Invalid(e)))?;
     if chain.is_empty() {
-        return Err(pem_err(
-            "tls.cert",
-            cert,
-            "no certificate (expected \"-----BEGIN CERTIFICATE-----\" blocks, leaf first)".into(),
-        ));
+        return Err(pem_err(TlsFile::Cert, cert, PemProblem::NoCertificate));
     }
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        let message = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => {
-                "no private key (expected a \"-----BEGIN PRIVATE KEY-----\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)".into()
-            }
-            e => format!("invalid PEM: {e}"),
+        let problem = match e {
+            rustls_pki_types::pem::Error::NoItemsFound => PemProblem::NoPrivateKey,
+            e => PemProblem::Invalid(e),
         };
-        pem_err("tls.key", key, message)
+        pem_err(TlsFile::Key, key, problem)
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pair_err = |message: String| TlsError::Pair {
+    let pair_err = |problem: PairProblem| TlsError::Pair {
         cert: cert.to_owned(),
         key: key.to_owned(),
-        message,
+        problem,
     };
     let len = chain.len();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| pair_err(e.to_string()))?
+        .map_err(|e| pair_err(PairProblem::Refused(e)))?
         .with_no_client_auth()
         // Checks that the key belongs to the leaf certificate.
         .with_single_cert(chain, private)
         .map_err(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                pair_err("the private key does not belong to the certificate".into())
+                pair_err(PairProblem::KeyMismatch)
             }
-            e => pair_err(e.to_string()),
+            e => pair_err(PairProblem::Refused(e)),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut hasher = DefaultHasher::new();
