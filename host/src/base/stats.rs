@@ -115,6 +115,12 @@ impl StatusClasses {
     pub fn counts(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
     }
+
+    /// Counters that go on from `counts` (a rebuilt upstream's, so that its
+    /// totals never go back).
+    pub fn from_counts(counts: [u64; 5]) -> Self {
+        Self(counts.map(AtomicU64::new))
+    }
 }
 
 /// What one backend's traffic looked like over the recent window.

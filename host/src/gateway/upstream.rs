@@ -61,8 +61,11 @@ impl Upstream {
                 max_idle: config.keepalive,
             },
             retry_budget: RetryBudget::default(),
-            retries: AtomicU64::new(0),
-            local_responses: StatusClasses::default(),
+            // A rebuilt upstream's totals go on from the previous one's.
+            retries: AtomicU64::new(previous.map_or(0, |p| p.retries.load(Ordering::Relaxed))),
+            local_responses: previous
+                .map(|p| StatusClasses::from_counts(p.local_responses.counts()))
+                .unwrap_or_default(),
             discovered: Mutex::new(discovered),
             native: config.strategy == NATIVE_STRATEGY,
             config,
