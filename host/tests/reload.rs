@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 /// Every reply with the time it arrived.
@@ -56,6 +58,27 @@ fn assert_no_failures(log: &[(Instant, Result<Reply, String>)]) {
         log.len(),
         &failed[..failed.len().min(5)]
     );
+}
+
+/// What `/status` shows of the running config: each upstream's name,
+/// strategy and plugin build, and its backends' addresses and weights.
+fn running_config(s: &Status) -> Vec<Value> {
+    (0..s.upstream_count())
+        .map(|u| {
+            let upstream = s.upstream(u);
+            let backends: Vec<Value> = s
+                .backends(u)
+                .iter()
+                .map(|b| json!([b["address"], b["weight"]]))
+                .collect();
+            json!({
+                "name": upstream["name"],
+                "strategy": upstream["strategy"]["name"],
+                "build": upstream["strategy"]["hash"],
+                "backends": backends,
+            })
+        })
+        .collect()
 }
 
 /// After `since`, how long until every reply came from `backend`.
@@ -143,7 +166,7 @@ async fn editing_the_config_switches_strategy_and_params() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_edit_keeps_the_old_config() {
     let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
-    let before = proxy.gateway().config();
+    let before = running_config(&status(&proxy).await);
 
     for broken in [
         upstream("round-robin", &be, "wieght = 3"), // unknown key
@@ -151,10 +174,18 @@ async fn a_broken_config_edit_keeps_the_old_config() {
         upstream("test-strategy", &be, "params = { mode = \"fail-init\" }"), // init refuses
         "[[upstream]\nname = ".to_string(),         // not TOML
     ] {
+        let counts = reload_counts(&proxy).await;
         fx.write_config(&broken);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        wait_reload(&proxy, &counts, "config", "error", Duration::from_secs(5)).await;
+        let now = status(&proxy).await;
+        let last = now.reloads().last().expect("the rejected reload");
         assert_eq!(
-            proxy.gateway().config(),
+            (&last["kind"], &last["result"]),
+            (&Value::from("config"), &Value::from("error")),
+            "{last}"
+        );
+        assert_eq!(
+            running_config(&now),
             before,
             "config must not change for:\n{broken}"
         );
@@ -189,20 +220,18 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_files_never_replace_the_working_one() {
     let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
-    let loaded = || {
-        proxy.gateway().routes().upstreams[0]
-            .strategy
-            .load()
-            .compiled
-            .hash
-    };
-    let original = loaded();
+    let original = status(&proxy).await.strategy_hash(0).to_owned();
     let client_loop = Loop::start(proxy.addr());
 
     for (what, bytes) in bad_files() {
+        let counts = reload_counts(&proxy).await;
         fx.write_plugin("round-robin", &bytes);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(loaded(), original, "{what} replaced the plugin");
+        wait_reload(&proxy, &counts, "plugin", "error", Duration::from_secs(5)).await;
+        assert_eq!(
+            status(&proxy).await.strategy_hash(0),
+            original,
+            "{what} replaced the plugin"
+        );
     }
     let log = client_loop.finish().await;
     assert_no_failures(&log);
@@ -341,22 +370,28 @@ async fn ten_reloads_in_a_row_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
     let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
-    let counts = || proxy.gateway().reload_counts();
+    let counts = || reload_counts(&proxy);
     for _ in 0..5 {
         let _ = std::fs::read(fx.config_path()).expect("read config");
         let _ = std::fs::read(fx.plugins().join("round-robin.wasm")).expect("read plugin");
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counts(), vec![], "reads are not changes");
+    assert_eq!(counts().await, BTreeMap::new(), "reads are not changes");
 
     fx.write_config(&upstream("test-strategy", &be, ""));
-    let applied = eventually(Duration::from_secs(5), || async { !counts().is_empty() }).await;
-    assert!(applied.is_some(), "the edit was applied");
+    wait_reload(
+        &proxy,
+        &BTreeMap::new(),
+        "config",
+        "ok",
+        Duration::from_secs(5),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        counts(),
-        vec![(("config", "ok"), 1)],
+        counts().await,
+        BTreeMap::from([(("config".to_owned(), "ok".to_owned()), 1)]),
         "one edit, one reload"
     );
 }

@@ -122,16 +122,7 @@ async fn a_5xx_is_passed_on_unless_retry_on_status_lists_it() {
 
 /// `healthy` of each backend of the first upstream, as `/status` shows it.
 async fn healthy(proxy: &switchyard::Proxy) -> Vec<bool> {
-    let admin = proxy.admin_addr().expect("admin is on");
-    let r = get(&client(), admin, "/status").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let status: serde_json::Value = serde_json::from_str(&r.body).expect("status is JSON");
-    status["upstreams"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| b["healthy"].as_bool().expect("healthy"))
-        .collect()
+    status(proxy).await.healthy(0)
 }
 
 /// As nginx (`proxy_next_upstream http_403 | http_404 | http_429`): a 403,
@@ -269,11 +260,7 @@ async fn one_of_three_killed_mid_load_a_get_client_sees_no_error() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let in_flight_on_2 = proxy.gateway().routes().upstreams[0]
-        .backends
-        .load()
-        .backends[1]
-        .in_flight();
+    let in_flight_on_2 = status(&proxy).await.in_flight(0)[1];
     assert!(in_flight_on_2 > 0, "requests must be cut mid-flight");
     be.remove(1); // killed: listener gone, open connections cut
     tokio::time::sleep(Duration::from_millis(700)).await;
