@@ -6,13 +6,21 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
 
 /// Every reply with the time it arrived.
 type Log = Vec<(Instant, Result<Reply, String>)>;
@@ -280,19 +288,118 @@ async fn bad_files_are_rejected_with_the_file_name_and_reason() {
     }
 }
 
+/// Backend `number`: answers every request with `Hello from backend N`,
+/// `GET /held` only once `gate` is open.
+async fn held_backend(number: usize, gate: watch::Receiver<bool>) -> (SocketAddr, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let mut gate = gate.clone();
+                    async move {
+                        if req.uri().path() == "/held" {
+                            // A closed channel lets it go too.
+                            let _ = gate.wait_for(|open| *open).await;
+                        }
+                        let body = format!("Hello from backend {number}\n");
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A request is routed once, by the build live when it arrives: a swap
+/// while requests are in flight neither breaks nor moves them, and the
+/// requests after it are routed by the new build. The old build is round
+/// robin, the new one sends everything to backend 1, so each reply says
+/// which routed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_on_the_old_plugin() {
-    let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
+    let (open, gate) = watch::channel(false);
+    let mut servers = Vec::new();
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        let (addr, task) = held_backend(n, gate.clone()).await;
+        servers.push(format!("\"{addr}\""));
+        tasks.push(task);
+    }
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nstrategy = \"round-robin\"\nservers = [{}]\n",
+        servers.join(", ")
+    ));
+    let proxy = fx.start().await;
     let addr = proxy.addr();
-    let slow: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(async move { get(&client(), addr, "/delay/800").await }))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Three requests held by the backends, each routed by round robin
+    // before the next is sent: one on each backend.
+    let mut held = Vec::new();
+    for k in 1..=3 {
+        held.push(tokio::spawn(async move {
+            // Held until the gate opens, after the waits below.
+            let uri = format!("http://{addr}/held").parse().expect("uri");
+            let resp = tokio::time::timeout(Duration::from_secs(30), client().get(uri))
+                .await
+                .expect("answered within 30 s")
+                .expect("response");
+            Reply::read(resp).await.expect("body")
+        }));
+        wait_status(
+            &proxy,
+            Duration::from_secs(5),
+            &format!("{k} held request(s) in flight"),
+            |s| s.in_flight(0).iter().sum::<u64>() == k,
+        )
+        .await;
+    }
+    assert_eq!(status(&proxy).await.in_flight(0), [1, 1, 1]);
+
+    // The swap, while they are held.
+    let new_build = std::fs::read(TEST_STRATEGY).expect("test strategy");
     fx.install("round-robin", TEST_STRATEGY);
-    for t in slow {
-        let r = t.await.expect("slow request");
+    let took = wait_for_build(&proxy, 0, &new_build, Duration::from_secs(10)).await;
+    eprintln!("swapped in {took:?} with 3 requests in flight");
+    let during = status(&proxy).await;
+    assert_eq!(
+        during.in_flight(0),
+        [1, 1, 1],
+        "still in flight after the swap"
+    );
+
+    // After it, the new build routes: round robin would spread these.
+    let client = client();
+    for i in 0..6 {
+        let r = get(&client, addr, "/").await;
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, Some(1)),
+            "request {i} after the swap: {r:?}"
+        );
+    }
+
+    // The held requests finish where the old build sent them.
+    open.send(true).expect("the backends wait on the gate");
+    let mut served = Vec::new();
+    for t in held {
+        let r = t.await.expect("held request");
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(r.body.contains("after 800 ms"), "{r:?}");
+        served.push(r.backend().expect("a greeting"));
+    }
+    served.sort_unstable();
+    assert_eq!(served, [1, 2, 3], "routed by round robin, the old build");
+    for t in tasks {
+        t.abort();
     }
 }
 
