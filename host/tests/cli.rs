@@ -203,13 +203,30 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     let mut proxy = Running::start(&fx, &[]);
     let addr = proxy.addr;
     let slow = tokio::spawn(async move { get(&client(), addr, "/delay/1000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = proxy.admin.expect("the admin API is on");
+    wait_status_at(
+        admin,
+        Duration::from_secs(5),
+        "the slow request reaches the backend",
+        |s| s.in_flight(0) == [1],
+    )
+    .await;
 
     proxy.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the listener closes on SIGTERM",
+        || async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(_) => Ok(()),
+                Ok(_) => Err("a new connection was accepted".to_owned()),
+            }
+        },
+    )
+    .await;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new connections while draining"
+        !slow.is_finished(),
+        "no new connections while draining: the listener closed only after the drain"
     );
     let r = slow.await.expect("slow request");
     assert_eq!(r.status, 200, "the in-flight request finished: {r:?}");

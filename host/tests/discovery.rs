@@ -82,9 +82,27 @@ async fn a_host_name_becomes_one_backend_per_address_and_follows_dns() {
         [ip(1), ip(2), ip(3)].map(|i| format!("{i}:{port}"))
     );
 
-    // A DNS failure keeps the last known addresses.
+    // A DNS failure keeps the last known addresses. The proxy has dealt
+    // with a failed lookup once the stub hears from it again a round later
+    // (rounds are 200 ms apart; the queries of one lookup go together).
     dns.fail();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "a failed lookup, then the next round",
+        || async {
+            let answered = dns.answered();
+            let failed = answered.iter().find(|(_, servfail)| *servfail);
+            match (failed, answered.last()) {
+                (Some((first, _)), Some((last, _)))
+                    if last.duration_since(*first) >= Duration::from_millis(150) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{} queries answered", answered.len())),
+            }
+        },
+    )
+    .await;
     assert_eq!(served(&proxy, 9).await, vec![1, 2, 3]);
 
     // Scale down to replica 2: the others leave, the kept one keeps its

@@ -693,7 +693,13 @@ async fn shutdown_closes_idle_and_silent_connections_and_lets_streams_in_flight_
         let resp = h2.send_request(get("/delay/700")).await?;
         Ok::<_, hyper::Error>(Reply::read(resp).await)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the HTTP/2 stream reaches the backend",
+        |s| s.in_flight(0) == [1],
+    )
+    .await;
 
     let start = std::time::Instant::now();
     let stopped = tokio::spawn(proxy.shutdown());

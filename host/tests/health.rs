@@ -53,9 +53,21 @@ async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
     assert!(replies.iter().all(|r| r.backend() == Some(1)));
     assert_eq!(dead_failures(&proxy).await, 1, "tried once, then taken out");
 
-    // After fail-timeout the dead backend is tried again (once) and taken
-    // out again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // After fail-timeout the dead backend is let in again (and strategies
+    // told so, within the health task's 100 ms tick)...
+    wait_status(
+        &proxy,
+        Duration::from_secs(3),
+        "the dead backend's fail-timeout runs out",
+        |s| s.healthy(0)[0] && s.backends_down(0) == 0,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "out for only {:?} of its 1 s fail-timeout",
+        started.elapsed()
+    );
+    // ... tried (once) and taken out again.
     let replies = statuses(&proxy, 10).await;
     assert_eq!(failed(&replies), 0);
     assert_eq!(dead_failures(&proxy).await, 2);

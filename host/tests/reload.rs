@@ -47,6 +47,32 @@ impl Loop {
         Self { stop, log, task }
     }
 
+    /// Waits (up to 10 s) until the loop has `n` replies.
+    async fn wait_for_replies(&self, n: usize) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{n} replies to the looping client"),
+            || async {
+                let got = self.log.lock().await.len();
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} replies"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits (up to 10 s, without failing) until the replies since `since`
+    /// have settled on `backend` (see [`settled_on`]).
+    async fn wait_until_settled_on(&self, since: Instant, backend: usize) {
+        eventually(Duration::from_secs(10), || async {
+            settled_on(&self.log.lock().await, since, backend).is_some()
+        })
+        .await;
+    }
+
     async fn finish(self) -> Log {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("client loop");
@@ -127,19 +153,15 @@ async fn switch_under_load(
 ) {
     let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
     let client_loop = Loop::start(proxy.addr());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two rounds of the round robin before the change.
+    client_loop.wait_for_replies(6).await;
 
     let changed = Instant::now();
     change(&fx, &be);
     // Until the new behaviour has shown for a good run of requests (the
-    // time it takes is printed, not asserted: speed is for benchmarks).
-    while changed.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = client_loop.log.lock().await;
-        if settled_on(&log, changed, backend).is_some() {
-            break;
-        }
-    }
+    // time it takes is printed, not asserted: speed is for benchmarks);
+    // the assertions below say what went wrong if it never does.
+    client_loop.wait_until_settled_on(changed, backend).await;
     let log = client_loop.finish().await;
 
     assert_no_failures(&log);
@@ -457,12 +479,7 @@ async fn ten_reloads_in_a_row_under_load_lose_nothing() {
     // Finally the test strategy (everything to backend 1) must take over.
     fx.install("round-robin", TEST_STRATEGY);
     let changed = Instant::now();
-    while changed.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if settled_on(&client_loop.log.lock().await, changed, 1).is_some() {
-            break;
-        }
-    }
+    client_loop.wait_until_settled_on(changed, 1).await;
     let log = client_loop.finish().await;
     assert_no_failures(&log);
     assert!(

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use super::Fixture;
 
 /// `switchyard run --config <fixture's config> <args>`, with its listen
-/// address read from its log (text or JSON) and every line it writes to
-/// stdout kept.
+/// and admin addresses read from its log (text or JSON) and every line it
+/// writes to stdout kept.
 pub struct Running {
     /// The proxy's process.
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens (the fixture's config turns it on).
+    pub admin: Option<SocketAddr>,
     /// Every line the proxy wrote to stdout so far.
     pub lines: Arc<Mutex<Vec<String>>>,
 }
@@ -40,24 +42,21 @@ impl Running {
         let kept = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // `listen=127.0.0.1:1234` as text, `"listen":"..."` as JSON.
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr.to_string());
+                if let Some(addr) = field(&line, "listen") {
+                    let _ = tx.send((addr, field(&line, "admin")));
                 }
                 kept.lock().expect("lock").push(line);
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("switchyard logs its address")
-            .parse()
-            .expect("an address");
-        Self { child, addr, lines }
+            .expect("switchyard logs its address");
+        Self {
+            child,
+            addr: addr.parse().expect("an address"),
+            admin: admin.map(|a| a.parse().expect("an admin address")),
+            lines,
+        }
     }
 
     /// Sends signal `name` (`HUP`, `TERM`, ...) to the process.
@@ -80,6 +79,18 @@ impl Running {
         }
         None
     }
+}
+
+/// Field `name` of a log line: `name=value` as text, `"name":"value"` as
+/// JSON.
+fn field(line: &str, name: &str) -> Option<String> {
+    let text = format!("{name}=");
+    let json = format!("\"{name}\":\"");
+    line.split(text.as_str())
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .or_else(|| line.split(json.as_str()).nth(1)?.split('"').next())
+        .map(str::to_owned)
 }
 
 impl Drop for Running {
