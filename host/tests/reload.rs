@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::Running;
 use common::*;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -490,32 +491,75 @@ async fn ten_reloads_in_a_row_under_load_lose_nothing() {
 }
 
 /// Reading a watched file (as the proxy itself does on every reload) is
-/// not a change: one edit gives one reload, not a reload loop.
+/// not a change: one edit gives one reload, not a reload loop. A reload
+/// that finds nothing changed records nothing (neither `/status` nor
+/// `/metrics` would show a loop of them), so the proxy runs as a process
+/// whose debug log names every reload it tries: `config unchanged`,
+/// `plugin unchanged`. A new plugin file no upstream uses marks the point
+/// by which the reloader has handled what came before (it takes events in
+/// order, the config first and plugin files by name, `zz-` last).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
-    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
-    let counts = || reload_counts(&proxy);
+    let be = backends(3).await;
+    let fx = Fixture::new(&[
+        ("round-robin", ROUND_ROBIN),
+        ("test-strategy", TEST_STRATEGY),
+    ]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = Running::start_logging(&fx, &[], "info,switchyard=debug");
+    let admin = proxy.admin.expect("the admin API is on");
+    let marked = async |n: usize| {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("marker {n} handled"),
+            || async {
+                match proxy.lines_with("no upstream uses it") {
+                    seen if seen >= n => Ok(()),
+                    seen => Err(format!("{seen} markers handled")),
+                }
+            },
+        )
+        .await;
+    };
+    let tried = || proxy.lines_with("unchanged");
+    let config_counts = async || {
+        let r = admin_get_at(admin, "/metrics").await;
+        samples(&r.body, "switchyard_reloads_total")
+            .into_iter()
+            .filter(|(labels, _)| labels["kind"] == "config")
+            .map(|(labels, n)| (labels["result"].clone(), n as u64))
+            .collect::<BTreeMap<String, u64>>()
+    };
+
     for _ in 0..5 {
         let _ = std::fs::read(fx.config_path()).expect("read config");
         let _ = std::fs::read(fx.plugins().join("round-robin.wasm")).expect("read plugin");
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counts().await, BTreeMap::new(), "reads are not changes");
+    fx.install("zz-marker", ROUND_ROBIN);
+    marked(1).await;
+    assert_eq!(tried(), 0, "reads are not changes");
+    assert_eq!(config_counts().await, BTreeMap::new());
 
     fx.write_config(&upstream("test-strategy", &be, ""));
-    wait_reload(
-        &proxy,
-        &BTreeMap::new(),
-        "config",
-        "ok",
-        Duration::from_secs(5),
-    )
+    wait_for(Duration::from_secs(10), "the edit is applied", || async {
+        match proxy.lines_with("config reloaded") {
+            0 => Err("not yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    fx.install("zz-marker", LEAST_CONN);
+    marked(2).await;
     assert_eq!(
-        counts().await,
-        BTreeMap::from([(("config".to_owned(), "ok".to_owned()), 1)]),
+        proxy.lines_with("config reloaded"),
+        1,
+        "one edit, one reload"
+    );
+    assert_eq!(tried(), 0, "no reload after it");
+    assert_eq!(
+        config_counts().await,
+        BTreeMap::from([("ok".to_owned(), 1)]),
         "one edit, one reload"
     );
 }

@@ -26,12 +26,17 @@ impl Running {
     /// Starts the binary on `fx`'s config with `args` after it, and waits
     /// (up to 20 s) for it to log its address.
     pub fn start(fx: &Fixture, args: &[&str]) -> Self {
+        Self::start_logging(fx, args, "info")
+    }
+
+    /// [`Running::start`] with `RUST_LOG=<filter>`.
+    pub fn start_logging(fx: &Fixture, args: &[&str], filter: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("run")
             .arg("--config")
             .arg(fx.config_path())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -57,6 +62,12 @@ impl Running {
             admin: admin.map(|a| a.parse().expect("an admin address")),
             lines,
         }
+    }
+
+    /// How many of the lines it wrote so far contain `text`.
+    pub fn lines_with(&self, text: &str) -> usize {
+        let lines = self.lines.lock().expect("lock");
+        lines.iter().filter(|l| l.contains(text)).count()
     }
 
     /// Sends signal `name` (`HUP`, `TERM`, ...) to the process.
