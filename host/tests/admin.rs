@@ -32,17 +32,6 @@ async fn mixed() -> (
     (be, failing, fx, proxy)
 }
 
-async fn admin_get(proxy: &switchyard::Proxy, path: &str) -> Reply {
-    let admin = proxy.admin_addr().expect("admin is on");
-    get(&client(), admin, path).await
-}
-
-async fn status(proxy: &switchyard::Proxy) -> Value {
-    let r = admin_get(proxy, "/status").await;
-    assert_eq!(r.status, 200);
-    serde_json::from_str(&r.body).expect("status is JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_a_known_request_mix() {
     let (be, failing, _fx, proxy) = mixed().await;
@@ -83,18 +72,6 @@ async fn status_counts_a_known_request_mix() {
     })
     .await;
     assert!(sampled.is_some(), "p50/p99 over the recent window");
-}
-
-/// The value of the sample line that starts with `name{labels}`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .trim()
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,12 +89,6 @@ async fn weighted_round_robin_follows_weights_smoothly() {
 async fn least_conn_avoids_backends_with_requests_in_flight() {
     let (_be, _fx, proxy) = serve_three(&[("least-conn", LEAST_CONN)], "least-conn", "").await;
     let addr = proxy.addr();
-    let gateway = std::sync::Arc::clone(proxy.gateway());
-    let in_flight = move || -> Vec<u32> {
-        let table = gateway.routes();
-        let set = table.upstreams[0].backends.load();
-        set.backends.iter().map(|b| b.in_flight()).collect()
-    };
 
     // Two slow requests; each goes to an idle backend.
     let slow: Vec<_> = (0..2)
@@ -105,17 +99,14 @@ async fn least_conn_avoids_backends_with_requests_in_flight() {
             })
         })
         .collect();
-    let held = eventually(Duration::from_secs(5), || {
-        let n = in_flight();
-        async move { n.iter().sum::<u32>() == 2 }
-    })
-    .await;
-    assert!(
-        held.is_some(),
-        "slow requests never reached the backends: {:?}",
-        in_flight()
-    );
-    let loads = in_flight();
+    let loads = wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "both slow requests reach the backends",
+        |s| s.in_flight(0).iter().sum::<u64>() == 2,
+    )
+    .await
+    .in_flight(0);
     assert_eq!(
         loads.iter().filter(|&&n| n == 1).count(),
         2,
@@ -148,14 +139,13 @@ async fn least_conn_avoids_backends_with_requests_in_flight() {
     }
     assert!(!slow_backends.contains(&idle));
     // Once they finish, the counts return to zero and load spreads again.
-    assert!(
-        eventually(Duration::from_secs(2), || {
-            let n = in_flight();
-            async move { n.iter().all(|&c| c == 0) }
-        })
-        .await
-        .is_some()
-    );
+    wait_status(
+        &proxy,
+        Duration::from_secs(2),
+        "nothing in flight once the slow requests finished",
+        |s| s.in_flight(0).iter().all(|&c| c == 0),
+    )
+    .await;
     let mut replies = Vec::new();
     for _ in 0..9 {
         replies.push(get(&client, addr, "/").await);
@@ -269,12 +259,6 @@ async fn the_native_strategy_rotates_without_calling_a_plugin() {
         order.extend(get(&client, proxy.addr(), "/").await.backend());
     }
     assert_eq!(order, vec![1, 2, 3, 1, 2, 3, 1, 2, 3]);
-    let table = proxy.gateway().routes();
-    let picks = table.upstreams[0]
-        .strategy
-        .load()
-        .stats
-        .picks
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let picks = status(&proxy).await.strategy_count(0, "picks");
     assert_eq!(picks, 0, "no plugin call");
 }

@@ -203,13 +203,30 @@ async fn sigterm_stops_accepting_and_drains_in_flight_requests() {
     let mut proxy = Running::start(&fx, &[]);
     let addr = proxy.addr;
     let slow = tokio::spawn(async move { get(&client(), addr, "/delay/1000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = proxy.admin.expect("the admin API is on");
+    wait_status_at(
+        admin,
+        Duration::from_secs(5),
+        "the slow request reaches the backend",
+        |s| s.in_flight(0) == [1],
+    )
+    .await;
 
     proxy.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the listener closes on SIGTERM",
+        || async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Err(_) => Ok(()),
+                Ok(_) => Err("a new connection was accepted".to_owned()),
+            }
+        },
+    )
+    .await;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new connections while draining"
+        !slow.is_finished(),
+        "no new connections while draining: the listener closed only after the drain"
     );
     let r = slow.await.expect("slow request");
     assert_eq!(r.status, 200, "the in-flight request finished: {r:?}");
@@ -269,29 +286,36 @@ async fn sighup_reloads_shadow_plugin_files_too() {
     // A different build in place of the shadow's file; not watched.
     fx.install("shadowed", LEAST_CONN);
     proxy.signal("HUP");
+    let shadow_reload = |s: &serde_json::Value| {
+        s["reloads"].as_array().and_then(|reloads| {
+            reloads
+                .iter()
+                .find(|r| {
+                    r["kind"] == "plugin"
+                        && r["target"]
+                            .as_str()
+                            .is_some_and(|t| t.ends_with("shadowed.wasm"))
+                })
+                .cloned()
+        })
+    };
+    // The new build is swapped in, then its reload recorded: both are
+    // waited for.
     let reloaded = eventually(Duration::from_secs(5), || {
         let (client, before) = (client.clone(), before.clone());
-        async move { shadow_hash(&status(client).await) != before }
+        async move {
+            let s = status(client).await;
+            shadow_hash(&s) != before && shadow_reload(&s).is_some()
+        }
     })
     .await;
     let s = status(client.clone()).await;
     assert!(
         reloaded.is_some(),
-        "SIGHUP must reload the shadow's plugin file: {}",
+        "SIGHUP must reload the shadow's plugin file and record it: {}",
         s["upstreams"][0]["shadow"]
     );
-    let record = s["reloads"]
-        .as_array()
-        .expect("reloads")
-        .iter()
-        .find(|r| {
-            r["kind"] == "plugin"
-                && r["target"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("shadowed.wasm"))
-        })
-        .cloned();
-    let record = record.expect("the reload is in the history");
+    let record = shadow_reload(&s).expect("the reload is in the history");
     assert_eq!(record["result"], "ok", "{record}");
     assert_eq!(
         record["upstreams"],

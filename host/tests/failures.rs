@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,28 +40,22 @@ async fn all_answered(proxy: &switchyard::Proxy, n: usize) -> Vec<Reply> {
     replies
 }
 
-fn stats(proxy: &switchyard::Proxy) -> (u64, u64, u64, u64, u64) {
-    let table = proxy.gateway().routes();
-    let s = &table.upstreams[0].strategy.load();
-    let st = &s.stats;
+/// Picks, traps, time-outs, bad answers and instances of the strategy, as
+/// `/status` shows them.
+async fn stats(proxy: &switchyard::Proxy) -> (u64, u64, u64, u64, u64) {
+    let s = status(proxy).await;
     (
-        st.picks.load(Ordering::Relaxed),
-        st.traps.load(Ordering::Relaxed),
-        st.timeouts.load(Ordering::Relaxed),
-        st.bad_answers.load(Ordering::Relaxed),
-        st.instances.load(Ordering::Relaxed),
+        s.strategy_count(0, "picks"),
+        s.strategy_failures(0, "trap"),
+        s.strategy_failures(0, "timeout"),
+        s.strategy_failures(0, "bad_answer"),
+        s.strategy_count(0, "instances"),
     )
 }
 
 /// Picks served without calling the plugin while it was paused.
-fn skipped(proxy: &switchyard::Proxy) -> u64 {
-    let table = proxy.gateway().routes();
-    table.upstreams[0]
-        .strategy
-        .load()
-        .stats
-        .skipped
-        .load(Ordering::Relaxed)
+async fn skipped(proxy: &switchyard::Proxy) -> u64 {
+    status(proxy).await.strategy_failures(0, "skipped")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,11 +64,11 @@ async fn a_trapping_plugin_is_replaced_and_requests_are_served_by_the_fallback()
     let replies = all_answered(&proxy, 30).await;
     // The host's round robin spreads the load.
     assert_eq!(tally(&replies).len(), 3, "{:?}", tally(&replies));
-    let (picks, traps, timeouts, _, instances) = stats(&proxy);
+    let (picks, traps, timeouts, _, instances) = stats(&proxy).await;
     assert_eq!(picks, 0);
     // (A pick descheduled past its deadline counts as a timeout instead.)
     let failed = traps + timeouts;
-    let paused = skipped(&proxy);
+    let paused = skipped(&proxy).await;
     assert_eq!(
         failed + paused,
         30,
@@ -96,24 +89,30 @@ async fn a_trapping_plugin_is_replaced_and_requests_are_served_by_the_fallback()
 async fn a_plugin_that_keeps_failing_is_paused_then_tried_again() {
     let (_be, _fx, proxy) = proxy_with_test_strategy("{ mode = \"trap\" }").await;
     all_answered(&proxy, 20).await;
-    let failures = |p: &switchyard::Proxy| {
-        let (_, traps, timeouts, ..) = stats(p);
-        traps + timeouts
+    // Failed picks (a pick descheduled past its deadline counts as a
+    // timeout) and skipped ones, from one look at `/status`.
+    let counts = async || {
+        let s = status(&proxy).await;
+        (
+            s.strategy_failures(0, "trap") + s.strategy_failures(0, "timeout"),
+            s.strategy_failures(0, "skipped"),
+        )
     };
-    let before = failures(&proxy);
-    assert!(skipped(&proxy) > 0);
+    let (before, paused) = counts().await;
+    assert!(paused > 0);
     // The first pause is 100 ms; after it the plugin gets one more chance
     // (and fails, which doubles the pause).
     tokio::time::sleep(Duration::from_millis(250)).await;
     all_answered(&proxy, 1).await;
-    assert_eq!(failures(&proxy), before + 1, "tried again after the pause");
+    let (failed, skipped_before) = counts().await;
+    assert_eq!(failed, before + 1, "tried again after the pause");
     // Paused again (for 200 ms): the next request is served without it.
     // One request, not several, so that a slow machine does not outlast
     // the pause.
-    let skipped_before = skipped(&proxy);
     all_answered(&proxy, 1).await;
-    assert_eq!(failures(&proxy), before + 1, "paused again");
-    assert_eq!(skipped(&proxy), skipped_before + 1, "served without it");
+    let (failed, skipped_now) = counts().await;
+    assert_eq!(failed, before + 1, "paused again");
+    assert_eq!(skipped_now, skipped_before + 1, "served without it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +122,7 @@ async fn an_instance_that_starts_trapping_is_replaced_by_a_fresh_one() {
         proxy_with_test_strategy("{ mode = \"trap\", after = 5, index = 1 }").await;
     let replies = all_answered(&proxy, 12).await;
     let from_plugin = replies.iter().filter(|r| r.backend() == Some(2)).count();
-    let (picks, traps, ..) = stats(&proxy);
+    let (picks, traps, ..) = stats(&proxy).await;
     assert!(traps >= 1 && picks >= 10, "picks {picks}, traps {traps}");
     assert!(from_plugin >= 10, "{:?}", tally(&replies));
 }
@@ -135,10 +134,10 @@ async fn a_plugin_that_loops_forever_is_interrupted_at_its_deadline() {
     let replies = all_answered(&proxy, 10).await;
     let took = start.elapsed();
     assert_eq!(replies.len(), 10);
-    let (_, _, timeouts, ..) = stats(&proxy);
+    let (_, _, timeouts, ..) = stats(&proxy).await;
     // Five in a row, then the plugin is paused and picks skip it.
     assert!(timeouts >= 5, "{timeouts}");
-    assert_eq!(timeouts + skipped(&proxy), 10);
+    assert_eq!(timeouts + skipped(&proxy).await, 10);
     // Each pick is cut at the 10 ms default deadline (plus scheduling);
     // a generous bound, not a benchmark.
     assert!(
@@ -156,11 +155,11 @@ async fn out_of_range_answers_and_memory_hogs_fall_back() {
         let (_be, _fx, proxy) = proxy_with_test_strategy(params).await;
         let replies = all_answered(&proxy, 6).await;
         assert_eq!(tally(&replies).len(), 3, "{what}: {:?}", tally(&replies));
-        let (picks, traps, timeouts, bad, _) = stats(&proxy);
+        let (picks, traps, timeouts, bad, _) = stats(&proxy).await;
         assert_eq!(picks, 0, "{what}");
         // A memory hog hits its cap (trap) or, on a busy machine, its
         // deadline first (timeout): either way the pick failed and counted.
-        let paused = skipped(&proxy);
+        let paused = skipped(&proxy).await;
         assert_eq!(
             traps + timeouts + bad + paused,
             6,
@@ -232,8 +231,7 @@ async fn an_unreachable_backend_gives_502() {
     let r = get(&client(), proxy.addr(), "/").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.contains("cannot connect"), "{r:?}");
-    let table = proxy.gateway().routes();
-    assert_eq!(table.upstreams[0].backends.load().backends[0].failures(), 1);
+    assert_eq!(status(&proxy).await.failures(0), [1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,6 +287,6 @@ async fn an_upstream_that_fails_closed_answers_503_when_its_plugin_fails() {
         assert_eq!(r.status, 503, "{r:?}");
         assert!(r.body.contains("balancing strategy failed"), "{r:?}");
     }
-    let (_, traps, timeouts, ..) = stats(&proxy);
+    let (_, traps, timeouts, ..) = stats(&proxy).await;
     assert_eq!(traps + timeouts, 3, "the failures are still counted");
 }

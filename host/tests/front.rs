@@ -21,7 +21,6 @@ async fn exchange_closing(addr: std::net::SocketAddr, request: &str) -> (String,
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
-/// The first backend of the first upstream, as the proxy holds it now.
 /// One demo backend behind upstream `app` (round robin, with `extra`
 /// settings), and the `[client]` settings `client`.
 async fn serve_one(extra: &str, client: &str) -> Served {
@@ -34,13 +33,22 @@ async fn serve_one(extra: &str, client: &str) -> Served {
     .await
 }
 
-fn first_backend(proxy: &switchyard::Proxy) -> std::sync::Arc<switchyard::backend::Backend> {
-    std::sync::Arc::clone(
-        &proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0],
-    )
+/// The first backend of the first upstream, as `/status` shows it now.
+struct FirstBackend {
+    address: String,
+    requests: u64,
+    failures: u64,
+    healthy: bool,
+}
+
+async fn first_backend(proxy: &switchyard::Proxy) -> FirstBackend {
+    let s = status(proxy).await;
+    FirstBackend {
+        address: s.addresses(0)[0].clone(),
+        requests: s.requests(0)[0],
+        failures: s.failures(0)[0],
+        healthy: s.healthy(0)[0],
+    }
 }
 
 async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
@@ -50,7 +58,6 @@ async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() {
     let (_be, _fx, proxy) = serve_one("", "").await;
-    let backend = || first_backend(&proxy);
 
     let many_headers: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
     let cases = [
@@ -82,7 +89,11 @@ async fn smuggling_vectors_and_oversized_heads_are_refused_before_the_backend() 
             "{what}: the connection must be closed after the answer"
         );
     }
-    assert_eq!(backend().requests(), 0, "nothing reached the backend");
+    assert_eq!(
+        first_backend(&proxy).await.requests,
+        0,
+        "nothing reached the backend"
+    );
 
     // A well-formed request on the same proxy still works.
     let answer = exchange(
@@ -107,10 +118,10 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_backends() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let backend = first_backend(&proxy);
-    assert_eq!(backend.failures(), 0);
+    let backend = first_backend(&proxy).await;
+    assert_eq!(backend.failures, 0);
     assert!(
-        backend.healthy(),
+        backend.healthy,
         "a client must not be able to take a backend out"
     );
     let r = get(&client(), proxy.addr(), "/").await;
@@ -214,7 +225,7 @@ async fn one_connection_carries_pipelined_gets_then_a_body_then_a_close() {
     closes_quietly(&mut s, Duration::from_secs(3))
         .await
         .expect("closed after the response");
-    assert_eq!(first_backend(&proxy).requests(), 5);
+    assert_eq!(first_backend(&proxy).await.requests, 5);
 
     // The same close on a connection the own server still serves.
     let (answer, closed) = exchange_closing(
@@ -267,13 +278,7 @@ async fn pipelined_requests_are_answered_in_order_and_a_smuggling_head_ends_them
     closes_quietly(&mut s, Duration::from_secs(3))
         .await
         .expect("closed after the refusal");
-    let served: u64 = proxy.gateway().routes().upstreams[0]
-        .backends
-        .load()
-        .backends
-        .iter()
-        .map(|b| b.requests())
-        .sum();
+    let served: u64 = status(&proxy).await.requests(0).iter().sum();
     assert_eq!(
         served, 2,
         "neither the refused request nor the one after it reached a backend"
@@ -283,7 +288,6 @@ async fn pipelined_requests_are_answered_in_order_and_a_smuggling_head_ends_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
     let (_be, _fx, proxy) = serve_one("max-fails = 1", "max-body-size = 10").await;
-    let backend = first_backend(&proxy);
 
     // Announced too large: refused before anything is sent upstream.
     let (answer, closed) = exchange_closing(
@@ -293,7 +297,7 @@ async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(closed);
-    assert_eq!(backend.requests(), 0);
+    assert_eq!(first_backend(&proxy).await.requests, 0);
 
     // Chunked past the limit, and a malformed chunk extension: the body is
     // cut where it goes wrong; the client gets the reason, the backend's
@@ -327,8 +331,9 @@ async fn bad_chunk_extensions_and_oversized_bodies_are_refused() {
         assert!(answer.contains(reason), "{body:?}: {answer}");
         assert!(closed, "{body:?}");
     }
-    assert_eq!(backend.failures(), 0);
-    assert!(backend.healthy());
+    let backend = first_backend(&proxy).await;
+    assert_eq!(backend.failures, 0);
+    assert!(backend.healthy);
 
     // Within the limit, chunked with valid extensions: served.
     let (answer, _) = exchange_closing(
@@ -346,7 +351,6 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
         "header-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"",
     )
     .await;
-    let backend = first_backend(&proxy);
     let connect = || tokio::net::TcpStream::connect(proxy.addr());
 
     // A head that stops half way: 408, closed, nothing upstream.
@@ -359,7 +363,7 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
     closes_quietly(&mut s, Duration::from_secs(3))
         .await
         .expect("closed after 408");
-    assert_eq!(backend.requests(), 0);
+    assert_eq!(first_backend(&proxy).await.requests, 0);
 
     // A body that stops: 408 (the head had been sent upstream, to a backend
     // that waits for the whole body; that connection is dropped, the
@@ -379,17 +383,14 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
     fx.write_config(&format!(
         "[[upstream]]\nname = \"app\"\nservers = [\"{patient_addr}\"]\n\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n"
     ));
-    let moved = eventually(Duration::from_secs(5), || async {
-        proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0]
-            .addr
-            == patient_addr
-    })
+    let patient_at = patient_addr.to_string();
+    wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the config naming the patient backend is applied",
+        |s| s.addresses(0) == [patient_at.as_str()],
+    )
     .await;
-    assert!(moved.is_some(), "config reloaded");
-    let patient_backend = first_backend(&proxy);
     let mut s = connect().await.expect("connect");
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
         .await
@@ -400,22 +401,21 @@ async fn slow_clients_get_408_and_idle_keep_alive_connections_are_closed() {
     closes_quietly(&mut s, Duration::from_secs(3))
         .await
         .expect("closed after 408");
-    assert_eq!(patient_backend.failures(), 0);
-    assert!(patient_backend.healthy());
+    let patient_backend = first_backend(&proxy).await;
+    assert_eq!(patient_backend.address, patient_at);
+    assert_eq!(patient_backend.failures, 0);
+    assert!(patient_backend.healthy);
     fx.write_config(&format!(
         "{}\n[client]\nheader-timeout = \"400ms\"\nbody-timeout = \"400ms\"\nkeepalive-timeout = \"1200ms\"\n",
         upstream("round-robin", &be, "")
     ));
-    let back = eventually(Duration::from_secs(5), || async {
-        proxy.gateway().routes().upstreams[0]
-            .backends
-            .load()
-            .backends[0]
-            .addr
-            != patient_addr
-    })
+    wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the config naming the demo backend again is applied",
+        |s| s.addresses(0) == [be[0].addr.to_string()],
+    )
     .await;
-    assert!(back.is_some(), "config reloaded");
 
     // Keep-alive: idle longer than the head timeout is fine (the head
     // timeout starts at a head's first byte), and a response slower than
@@ -557,7 +557,6 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_a_slow_one_is
         "[[upstream]]\nname = \"app\"\nservers = [\"{addr}\"]\n\n[client]\nsend-timeout = \"500ms\"\n"
     ));
     let proxy = fx.start().await;
-    let backend = first_backend(&proxy);
 
     // A client that reads, but pauses for less than the timeout between
     // reads (each time taking all that arrived), gets the whole body.
@@ -595,12 +594,14 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_a_slow_one_is
     })
     .await;
     assert!(closed.is_some(), "the backend connection was not closed");
-    let released = eventually(Duration::from_secs(5), || async {
-        backend.in_flight() == 0
-    })
+    let released = wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the cut request is no longer in flight",
+        |s| s.in_flight(0) == [0],
+    )
     .await;
-    assert!(released.is_some(), "the request is still in flight");
-    assert_eq!(backend.failures(), 0);
+    assert_eq!(released.failures(0), [0]);
     // What was buffered drains, then the connection ends (the body never
     // would).
     let mut drained = 0u64;
@@ -692,7 +693,13 @@ async fn shutdown_closes_idle_and_silent_connections_and_lets_streams_in_flight_
         let resp = h2.send_request(get("/delay/700")).await?;
         Ok::<_, hyper::Error>(Reply::read(resp).await)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the HTTP/2 stream reaches the backend",
+        |s| s.in_flight(0) == [1],
+    )
+    .await;
 
     let start = std::time::Instant::now();
     let stopped = tokio::spawn(proxy.shutdown());
@@ -731,15 +738,13 @@ async fn shutdown_closes_idle_and_silent_connections_and_lets_streams_in_flight_
 /// waits until the proxy has taken all of them.
 async fn burst(proxy: &switchyard::Proxy, n: usize) -> Vec<tokio::net::TcpStream> {
     let conns = connect_all(proxy.addr(), n).await;
-    let taken = eventually(Duration::from_secs(5), || async {
-        proxy.gateway().connections().open().iter().sum::<usize>() == n
-    })
+    wait_connections(
+        proxy,
+        Duration::from_secs(5),
+        &format!("the proxy takes all {n} connections"),
+        |open| open.iter().sum::<usize>() == n,
+    )
     .await;
-    assert!(
-        taken.is_some(),
-        "open: {:?}",
-        proxy.gateway().connections().open()
-    );
     conns
 }
 
@@ -753,7 +758,7 @@ async fn a_burst_of_clients_is_spread_over_the_workers_and_every_one_is_served()
     // the hand-over, 40:0, 38:2 or 33:7), and passes on what would leave it
     // with 2 more than the other. Both may decide at once, hence the slack.
     let conns = burst(&proxy, 40).await;
-    let open = proxy.gateway().connections().open();
+    let open = client_connections(&proxy).await;
     assert!(open.iter().all(|&n| (16..=24).contains(&n)), "{open:?}");
 
     // Each is served, by whichever worker took it; then closes.
@@ -775,13 +780,11 @@ async fn a_burst_of_clients_is_spread_over_the_workers_and_every_one_is_served()
             "{a}"
         );
     }
-    let closed = eventually(Duration::from_secs(5), || async {
-        proxy.gateway().connections().open() == vec![0, 0]
-    })
+    wait_connections(
+        &proxy,
+        Duration::from_secs(5),
+        "every connection closed",
+        |open| open == [0, 0],
+    )
     .await;
-    assert!(
-        closed.is_some(),
-        "{:?}",
-        proxy.gateway().connections().open()
-    );
 }

@@ -35,12 +35,8 @@ fn failed(replies: &[Reply]) -> usize {
 }
 
 /// Failed requests counted against the dead backend (the first server).
-fn dead_failures(proxy: &switchyard::Proxy) -> u64 {
-    proxy.gateway().routes().upstreams[0]
-        .backends
-        .load()
-        .backends[0]
-        .failures()
+async fn dead_failures(proxy: &switchyard::Proxy) -> u64 {
+    status(proxy).await.failures(0)[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,14 +51,26 @@ async fn a_failing_backend_is_taken_out_for_fail_timeout_then_retried() {
     );
     assert_eq!(failed(&replies), 0, "the refused try was retried");
     assert!(replies.iter().all(|r| r.backend() == Some(1)));
-    assert_eq!(dead_failures(&proxy), 1, "tried once, then taken out");
+    assert_eq!(dead_failures(&proxy).await, 1, "tried once, then taken out");
 
-    // After fail-timeout the dead backend is tried again (once) and taken
-    // out again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // After fail-timeout the dead backend is let in again (and strategies
+    // told so, within the health task's 100 ms tick)...
+    wait_status(
+        &proxy,
+        Duration::from_secs(3),
+        "the dead backend's fail-timeout runs out",
+        |s| s.healthy(0)[0] && s.backends_down(0) == 0,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "out for only {:?} of its 1 s fail-timeout",
+        started.elapsed()
+    );
+    // ... tried (once) and taken out again.
     let replies = statuses(&proxy, 10).await;
     assert_eq!(failed(&replies), 0);
-    assert_eq!(dead_failures(&proxy), 2);
+    assert_eq!(dead_failures(&proxy).await, 2);
 }
 
 /// As nginx with a single server: a lone backend is never taken out by
@@ -102,7 +110,7 @@ async fn max_fails_counts_failures_within_the_window() {
     let (_live, _fx, proxy) = dead_then_live("max-fails = 3\nfail-timeout = \"10s\"").await;
     let replies = statuses(&proxy, 30).await;
     assert_eq!(failed(&replies), 0);
-    assert_eq!(dead_failures(&proxy), 3, "three strikes, then out");
+    assert_eq!(dead_failures(&proxy).await, 3, "three strikes, then out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,17 +161,13 @@ async fn active_checks_take_a_killed_backend_out_and_bring_it_back() {
         "max-fails = 0\n[upstream.health-check]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 2\n",
     ));
     let proxy = fx.start().await;
-    let gateway = std::sync::Arc::clone(proxy.gateway());
-    let healthy =
-        move |i: usize| gateway.routes().upstreams[0].backends.load().backends[i].healthy();
 
     // Kill backend 2.
     let addr = be[1].addr;
     let killed = Instant::now();
     be.remove(1);
-    let out = eventually(Duration::from_secs(3), || {
-        let h = healthy.clone();
-        async move { !h(1) }
+    let out = eventually(Duration::from_secs(3), || async {
+        !status(&proxy).await.healthy(0)[1]
     })
     .await
     .expect("the killed backend must be detected");
@@ -189,9 +193,8 @@ async fn active_checks_take_a_killed_backend_out_and_bring_it_back() {
     let revived = switchyard::demo::spawn(addr, 2)
         .await
         .expect("restart backend 2");
-    let back = eventually(Duration::from_secs(3), || {
-        let h = healthy.clone();
-        async move { h(1) }
+    let back = eventually(Duration::from_secs(3), || async {
+        status(&proxy).await.healthy(0)[1]
     })
     .await
     .expect("the revived backend must rejoin");
@@ -230,32 +233,30 @@ async fn the_health_task_copes_with_the_longest_check_interval() {
         let proxy = switchyard::Proxy::start(config, Default::default())
             .await
             .expect("proxy starts");
-        let gateway = std::sync::Arc::clone(proxy.gateway());
-        let set = move |u: usize| gateway.routes().upstreams[u].backends.load_full();
 
         // Passive: the dead backend of `app` fails once and is taken out...
         let r = get(&client(), proxy.addr(), "/").await;
         assert_eq!(r.status, 200, "retried on the live backend: {r:?}");
-        assert_eq!(set(2).unhealthy(), 1, "taken out");
-        // ... and its time-out runs out by itself (the task's sweep).
-        let back = eventually(Duration::from_secs(3), || {
-            let down = set(2).unhealthy();
-            async move { down == 0 }
-        })
+        assert_eq!(status(&proxy).await.backends_down(2), 1, "taken out");
+        // ... and its time-out runs out by itself (the task's sweep: looking
+        // at `/status` settles nothing).
+        wait_status(
+            &proxy,
+            Duration::from_secs(3),
+            &format!(
+                "beyond validation: {beyond_validation}: the passive time-out runs out \
+                 without a request"
+            ),
+            |s| s.backends_down(2) == 0,
+        )
         .await;
-        assert!(
-            back.is_some(),
-            "beyond validation: {beyond_validation}: the passive time-out never ran out"
-        );
         // Active: `checked` probes its dead backend and takes it out.
-        let out = eventually(Duration::from_secs(3), || {
-            let healthy = set(1).backends[0].healthy();
-            async move { !healthy }
-        })
+        wait_status(
+            &proxy,
+            Duration::from_secs(3),
+            &format!("beyond validation: {beyond_validation}: active checks take it out"),
+            |s| !s.healthy(1)[0],
+        )
         .await;
-        assert!(
-            out.is_some(),
-            "beyond validation: {beyond_validation}: active checks stopped"
-        );
     }
 }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchyard::Proxy;
-use switchyard::plugin::content_hash;
 
 /// Where a prebuilt JavaScript strategy may be given instead of building it.
 const PREBUILT_ENV: &str = "SWITCHYARD_WASM_JS";
@@ -139,40 +138,34 @@ async fn decisions(client: &HttpClient, proxy: SocketAddr) -> (Vec<usize>, Vec<u
 /// Waits until every upstream runs the plugin whose bytes are at `path`;
 /// returns how long that took.
 async fn swapped_to(proxy: &Proxy, path: &str) -> Duration {
-    let bytes = std::fs::read(path).expect("read plugin");
-    let hash = content_hash(&bytes);
-    let gateway = Arc::clone(proxy.gateway());
+    let hash = build_hash(&std::fs::read(path).expect("read plugin"));
+    let start = Instant::now();
     // Compiling the JavaScript engine takes seconds in a debug build on a
     // busy machine; the Rust plugin takes ~0.2 s.
-    eventually(Duration::from_secs(90), || {
-        let table = gateway.routes();
-        let done = table
-            .upstreams
-            .iter()
-            .all(|u| u.strategy.load().compiled.hash == hash);
-        async move { done }
-    })
-    .await
-    .unwrap_or_else(|| panic!("the proxy never loaded {path}"))
+    wait_status(
+        proxy,
+        Duration::from_secs(90),
+        &format!("every upstream runs {path}"),
+        |s| (0..s.upstream_count()).all(|u| s.strategy_hash(u) == hash),
+    )
+    .await;
+    start.elapsed()
 }
 
-/// Plugin picks and failures over all upstreams.
-fn plugin_stats(proxy: &Proxy) -> (u64, u64) {
-    let table = proxy.gateway().routes();
-    table.upstreams.iter().fold((0, 0), |(picks, failures), u| {
-        let strategy = u.strategy.load();
+/// Plugin picks and failed picks over both upstreams.
+async fn plugin_stats(proxy: &Proxy) -> (u64, u64) {
+    let s = status(proxy).await;
+    (0..s.upstream_count()).fold((0, 0), |(picks, failures), u| {
         (
-            picks + strategy.stats.picks.load(Ordering::Relaxed),
-            failures + strategy.stats.failures(),
+            picks + s.strategy_count(u, "picks"),
+            failures + s.strategy_failed_picks(u),
         )
     })
 }
 
 /// Retries made by the `even` upstream so far.
-fn even_retries(proxy: &Proxy) -> u64 {
-    proxy.gateway().routes().upstreams[0]
-        .retries
-        .load(Ordering::Relaxed)
+async fn even_retries(proxy: &Proxy) -> u64 {
+    status(proxy).await.retries(0)
 }
 
 /// One client that keeps sending requests while plugins are swapped,
@@ -205,7 +198,7 @@ async fn javascript_ip_hash_decides_like_rust_and_hot_swaps_with_it() {
     let (rust_even, rust_weighted) = decisions(&client, proxy.addr()).await;
     // Clients hashed to the dead backend were retried on the next backend
     // the strategy chose with that one excluded: the re-hash path ran.
-    let retried = even_retries(&proxy);
+    let retried = even_retries(&proxy).await;
     assert!(retried > 0, "no client hashed to the dead backend");
     // What a user checks first: every live backend gets clients, and
     // clients of one /24 share a backend where the prefix is 24.
@@ -234,9 +227,9 @@ async fn javascript_ip_hash_decides_like_rust_and_hot_swaps_with_it() {
     fx.install("ip-hash", js);
     let took = swapped_to(&proxy, js).await;
     eprintln!("Rust -> JavaScript swap landed in {took:.1?}");
-    let (picks_before, _) = plugin_stats(&proxy);
+    let (picks_before, _) = plugin_stats(&proxy).await;
     let (js_even, js_weighted) = decisions(&client, proxy.addr()).await;
-    let (picks, failures) = plugin_stats(&proxy);
+    let (picks, failures) = plugin_stats(&proxy).await;
     assert_eq!(
         failures, 0,
         "the JavaScript plugin failed; its picks were served by the host"
@@ -247,7 +240,7 @@ async fn javascript_ip_hash_decides_like_rust_and_hot_swaps_with_it() {
         picks - picks_before
     );
     assert_eq!(
-        even_retries(&proxy) - retried,
+        even_retries(&proxy).await - retried,
         retried,
         "JavaScript retried a different number of clients than Rust"
     );

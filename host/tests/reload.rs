@@ -5,13 +5,23 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use common::process::Running;
 use common::*;
-use switchyard::gateway::{ReloadKind, ReloadResult};
-use tokio::sync::Mutex;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
 
 /// Every reply with the time it arrived.
 type Log = Vec<(Instant, Result<Reply, String>)>;
@@ -38,6 +48,32 @@ impl Loop {
         Self { stop, log, task }
     }
 
+    /// Waits (up to 10 s) until the loop has `n` replies.
+    async fn wait_for_replies(&self, n: usize) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{n} replies to the looping client"),
+            || async {
+                let got = self.log.lock().await.len();
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} replies"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits (up to 10 s, without failing) until the replies since `since`
+    /// have settled on `backend` (see [`settled_on`]).
+    async fn wait_until_settled_on(&self, since: Instant, backend: usize) {
+        eventually(Duration::from_secs(10), || async {
+            settled_on(&self.log.lock().await, since, backend).is_some()
+        })
+        .await;
+    }
+
     async fn finish(self) -> Log {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("client loop");
@@ -57,6 +93,27 @@ fn assert_no_failures(log: &[(Instant, Result<Reply, String>)]) {
         log.len(),
         &failed[..failed.len().min(5)]
     );
+}
+
+/// What `/status` shows of the running config: each upstream's name,
+/// strategy and plugin build, and its backends' addresses and weights.
+fn running_config(s: &Status) -> Vec<Value> {
+    (0..s.upstream_count())
+        .map(|u| {
+            let upstream = s.upstream(u);
+            let backends: Vec<Value> = s
+                .backends(u)
+                .iter()
+                .map(|b| json!([b["address"], b["weight"]]))
+                .collect();
+            json!({
+                "name": upstream["name"],
+                "strategy": upstream["strategy"]["name"],
+                "build": upstream["strategy"]["hash"],
+                "backends": backends,
+            })
+        })
+        .collect()
 }
 
 /// After `since`, how long until every reply came from `backend`.
@@ -97,19 +154,15 @@ async fn switch_under_load(
 ) {
     let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
     let client_loop = Loop::start(proxy.addr());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two rounds of the round robin before the change.
+    client_loop.wait_for_replies(6).await;
 
     let changed = Instant::now();
     change(&fx, &be);
     // Until the new behaviour has shown for a good run of requests (the
-    // time it takes is printed, not asserted: speed is for benchmarks).
-    while changed.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = client_loop.log.lock().await;
-        if settled_on(&log, changed, backend).is_some() {
-            break;
-        }
-    }
+    // time it takes is printed, not asserted: speed is for benchmarks);
+    // the assertions below say what went wrong if it never does.
+    client_loop.wait_until_settled_on(changed, backend).await;
     let log = client_loop.finish().await;
 
     assert_no_failures(&log);
@@ -144,7 +197,7 @@ async fn editing_the_config_switches_strategy_and_params() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_edit_keeps_the_old_config() {
     let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
-    let before = proxy.gateway().config();
+    let before = running_config(&status(&proxy).await);
 
     for broken in [
         upstream("round-robin", &be, "wieght = 3"), // unknown key
@@ -152,10 +205,18 @@ async fn a_broken_config_edit_keeps_the_old_config() {
         upstream("test-strategy", &be, "params = { mode = \"fail-init\" }"), // init refuses
         "[[upstream]\nname = ".to_string(),         // not TOML
     ] {
+        let counts = reload_counts(&proxy).await;
         fx.write_config(&broken);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        wait_reload(&proxy, &counts, "config", "error", Duration::from_secs(5)).await;
+        let now = status(&proxy).await;
+        let last = now.reloads().last().expect("the rejected reload");
         assert_eq!(
-            proxy.gateway().config(),
+            (&last["kind"], &last["result"]),
+            (&Value::from("config"), &Value::from("error")),
+            "{last}"
+        );
+        assert_eq!(
+            running_config(&now),
             before,
             "config must not change for:\n{broken}"
         );
@@ -190,20 +251,18 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_files_never_replace_the_working_one() {
     let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
-    let loaded = || {
-        proxy.gateway().routes().upstreams[0]
-            .strategy
-            .load()
-            .compiled
-            .hash
-    };
-    let original = loaded();
+    let original = status(&proxy).await.strategy_hash(0).to_owned();
     let client_loop = Loop::start(proxy.addr());
 
     for (what, bytes) in bad_files() {
+        let counts = reload_counts(&proxy).await;
         fx.write_plugin("round-robin", &bytes);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(loaded(), original, "{what} replaced the plugin");
+        wait_reload(&proxy, &counts, "plugin", "error", Duration::from_secs(5)).await;
+        assert_eq!(
+            status(&proxy).await.strategy_hash(0),
+            original,
+            "{what} replaced the plugin"
+        );
     }
     let log = client_loop.finish().await;
     assert_no_failures(&log);
@@ -252,19 +311,118 @@ async fn bad_files_are_rejected_with_the_file_name_and_reason() {
     }
 }
 
+/// Backend `number`: answers every request with `Hello from backend N`,
+/// `GET /held` only once `gate` is open.
+async fn held_backend(number: usize, gate: watch::Receiver<bool>) -> (SocketAddr, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let mut gate = gate.clone();
+                    async move {
+                        if req.uri().path() == "/held" {
+                            // A closed channel lets it go too.
+                            let _ = gate.wait_for(|open| *open).await;
+                        }
+                        let body = format!("Hello from backend {number}\n");
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A request is routed once, by the build live when it arrives: a swap
+/// while requests are in flight neither breaks nor moves them, and the
+/// requests after it are routed by the new build. The old build is round
+/// robin, the new one sends everything to backend 1, so each reply says
+/// which routed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_on_the_old_plugin() {
-    let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
+    let (open, gate) = watch::channel(false);
+    let mut servers = Vec::new();
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        let (addr, task) = held_backend(n, gate.clone()).await;
+        servers.push(format!("\"{addr}\""));
+        tasks.push(task);
+    }
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\nstrategy = \"round-robin\"\nservers = [{}]\n",
+        servers.join(", ")
+    ));
+    let proxy = fx.start().await;
     let addr = proxy.addr();
-    let slow: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(async move { get(&client(), addr, "/delay/800").await }))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Three requests held by the backends, each routed by round robin
+    // before the next is sent: one on each backend.
+    let mut held = Vec::new();
+    for k in 1..=3 {
+        held.push(tokio::spawn(async move {
+            // Held until the gate opens, after the waits below.
+            let uri = format!("http://{addr}/held").parse().expect("uri");
+            let resp = tokio::time::timeout(Duration::from_secs(30), client().get(uri))
+                .await
+                .expect("answered within 30 s")
+                .expect("response");
+            Reply::read(resp).await.expect("body")
+        }));
+        wait_status(
+            &proxy,
+            Duration::from_secs(5),
+            &format!("{k} held request(s) in flight"),
+            |s| s.in_flight(0).iter().sum::<u64>() == k,
+        )
+        .await;
+    }
+    assert_eq!(status(&proxy).await.in_flight(0), [1, 1, 1]);
+
+    // The swap, while they are held.
+    let new_build = std::fs::read(TEST_STRATEGY).expect("test strategy");
     fx.install("round-robin", TEST_STRATEGY);
-    for t in slow {
-        let r = t.await.expect("slow request");
+    let took = wait_for_build(&proxy, 0, &new_build, Duration::from_secs(10)).await;
+    eprintln!("swapped in {took:?} with 3 requests in flight");
+    let during = status(&proxy).await;
+    assert_eq!(
+        during.in_flight(0),
+        [1, 1, 1],
+        "still in flight after the swap"
+    );
+
+    // After it, the new build routes: round robin would spread these.
+    let client = client();
+    for i in 0..6 {
+        let r = get(&client, addr, "/").await;
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, Some(1)),
+            "request {i} after the swap: {r:?}"
+        );
+    }
+
+    // The held requests finish where the old build sent them.
+    open.send(true).expect("the backends wait on the gate");
+    let mut served = Vec::new();
+    for t in held {
+        let r = t.await.expect("held request");
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(r.body.contains("after 800 ms"), "{r:?}");
+        served.push(r.backend().expect("a greeting"));
+    }
+    served.sort_unstable();
+    assert_eq!(served, [1, 2, 3], "routed by round robin, the old build");
+    for t in tasks {
+        t.abort();
     }
 }
 
@@ -322,12 +480,7 @@ async fn ten_reloads_in_a_row_under_load_lose_nothing() {
     // Finally the test strategy (everything to backend 1) must take over.
     fx.install("round-robin", TEST_STRATEGY);
     let changed = Instant::now();
-    while changed.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if settled_on(&client_loop.log.lock().await, changed, 1).is_some() {
-            break;
-        }
-    }
+    client_loop.wait_until_settled_on(changed, 1).await;
     let log = client_loop.finish().await;
     assert_no_failures(&log);
     assert!(
@@ -338,26 +491,75 @@ async fn ten_reloads_in_a_row_under_load_lose_nothing() {
 }
 
 /// Reading a watched file (as the proxy itself does on every reload) is
-/// not a change: one edit gives one reload, not a reload loop.
+/// not a change: one edit gives one reload, not a reload loop. A reload
+/// that finds nothing changed records nothing (neither `/status` nor
+/// `/metrics` would show a loop of them), so the proxy runs as a process
+/// whose debug log names every reload it tries: `config unchanged`,
+/// `plugin unchanged`. A new plugin file no upstream uses marks the point
+/// by which the reloader has handled what came before (it takes events in
+/// order, the config first and plugin files by name, `zz-` last).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
-    let (be, fx, proxy) = round_robin_with_test_strategy_installed().await;
-    let counts = || proxy.gateway().reload_counts();
+    let be = backends(3).await;
+    let fx = Fixture::new(&[
+        ("round-robin", ROUND_ROBIN),
+        ("test-strategy", TEST_STRATEGY),
+    ]);
+    fx.write_config(&upstream("round-robin", &be, ""));
+    let proxy = Running::start_logging(&fx, &[], "info,switchyard=debug");
+    let admin = proxy.admin.expect("the admin API is on");
+    let marked = async |n: usize| {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("marker {n} handled"),
+            || async {
+                match proxy.lines_with("no upstream uses it") {
+                    seen if seen >= n => Ok(()),
+                    seen => Err(format!("{seen} markers handled")),
+                }
+            },
+        )
+        .await;
+    };
+    let tried = || proxy.lines_with("unchanged");
+    let config_counts = async || {
+        let r = admin_get_at(admin, "/metrics").await;
+        samples(&r.body, "switchyard_reloads_total")
+            .into_iter()
+            .filter(|(labels, _)| labels["kind"] == "config")
+            .map(|(labels, n)| (labels["result"].clone(), n as u64))
+            .collect::<BTreeMap<String, u64>>()
+    };
+
     for _ in 0..5 {
         let _ = std::fs::read(fx.config_path()).expect("read config");
         let _ = std::fs::read(fx.plugins().join("round-robin.wasm")).expect("read plugin");
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counts(), vec![], "reads are not changes");
+    fx.install("zz-marker", ROUND_ROBIN);
+    marked(1).await;
+    assert_eq!(tried(), 0, "reads are not changes");
+    assert_eq!(config_counts().await, BTreeMap::new());
 
     fx.write_config(&upstream("test-strategy", &be, ""));
-    let applied = eventually(Duration::from_secs(5), || async { !counts().is_empty() }).await;
-    assert!(applied.is_some(), "the edit was applied");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for(Duration::from_secs(10), "the edit is applied", || async {
+        match proxy.lines_with("config reloaded") {
+            0 => Err("not yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    fx.install("zz-marker", LEAST_CONN);
+    marked(2).await;
     assert_eq!(
-        counts(),
-        vec![((ReloadKind::Config, ReloadResult::Ok), 1)],
+        proxy.lines_with("config reloaded"),
+        1,
+        "one edit, one reload"
+    );
+    assert_eq!(tried(), 0, "no reload after it");
+    assert_eq!(
+        config_counts().await,
+        BTreeMap::from([("ok".to_owned(), 1)]),
         "one edit, one reload"
     );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::scripted::{Act, Scripted};
@@ -122,16 +122,7 @@ async fn a_5xx_is_passed_on_unless_retry_on_status_lists_it() {
 
 /// `healthy` of each backend of the first upstream, as `/status` shows it.
 async fn healthy(proxy: &switchyard::Proxy) -> Vec<bool> {
-    let admin = proxy.admin_addr().expect("admin is on");
-    let r = get(&client(), admin, "/status").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let status: serde_json::Value = serde_json::from_str(&r.body).expect("status is JSON");
-    status["upstreams"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| b["healthy"].as_bool().expect("healthy"))
-        .collect()
+    status(proxy).await.healthy(0)
 }
 
 /// As nginx (`proxy_next_upstream http_403 | http_404 | http_429`): a 403,
@@ -253,9 +244,11 @@ async fn one_of_three_killed_mid_load_a_get_client_sees_no_error() {
     fx.write_config(&upstream("round-robin", &be, ""));
     let proxy = Arc::new(fx.start().await);
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..6 {
-        let (proxy, stop) = (Arc::clone(&proxy), Arc::clone(&stop));
+        let (proxy, stop, answered) =
+            (Arc::clone(&proxy), Arc::clone(&stop), Arc::clone(&answered));
         clients.push(tokio::spawn(async move {
             let client = client();
             let mut replies = Vec::new();
@@ -264,19 +257,35 @@ async fn one_of_three_killed_mid_load_a_get_client_sees_no_error() {
                     Ok(r) => replies.push(r),
                     Err(e) => panic!("client error: {e}"),
                 }
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             replies
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let in_flight_on_2 = proxy.gateway().routes().upstreams[0]
-        .backends
-        .load()
-        .backends[1]
-        .in_flight();
-    assert!(in_flight_on_2 > 0, "requests must be cut mid-flight");
+    let in_flight_on_2 = wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "requests in flight on backend 2",
+        |s| s.in_flight(0)[1] > 0,
+    )
+    .await
+    .in_flight(0)[1];
     be.remove(1); // killed: listener gone, open connections cut
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The load flows on for 100 more answers.
+    let at_kill = answered.load(Ordering::Relaxed);
+    wait_for(
+        Duration::from_secs(10),
+        "100 answers after the kill",
+        || async {
+            let since = answered.load(Ordering::Relaxed) - at_kill;
+            if since >= 100 {
+                Ok(())
+            } else {
+                Err(format!("{since} answers"))
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut replies = Vec::new();
     for c in clients {

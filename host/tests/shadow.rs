@@ -8,18 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-async fn status(proxy: &switchyard::Proxy) -> Value {
-    let admin = proxy.admin_addr().expect("admin is on");
-    let r = get(&client(), admin, "/status").await;
-    assert_eq!(r.status, 200);
-    serde_json::from_str(&r.body).expect("status is JSON")
-}
-
-async fn metrics(proxy: &switchyard::Proxy) -> String {
-    let admin = proxy.admin_addr().expect("admin is on");
-    get(&client(), admin, "/metrics").await.body
-}
-
 /// Round robin over three demo backends with `shadow` as its shadow.
 async fn start(shadow: &str) -> Served {
     let plugins = [
@@ -176,18 +164,19 @@ async fn the_shadow_plugin_hot_reloads_and_can_be_configured_away() {
     assert!(swapped.is_some(), "the shadow's new build is loaded");
     // The reloader records a swap just after it (CI once read the history
     // in between and found it empty).
-    let shadow_reload = || {
-        proxy
-            .gateway()
-            .reload_history()
-            .iter()
-            .any(|r| r.upstreams.iter().any(|u| u == "app (shadow)"))
-    };
-    let recorded = eventually(std::time::Duration::from_secs(5), || async {
-        shadow_reload()
-    })
+    wait_status(
+        &proxy,
+        std::time::Duration::from_secs(5),
+        "the shadow's swap is in the reload history",
+        |s| {
+            s.reloads().iter().any(|r| {
+                r["upstreams"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u == "app (shadow)"))
+            })
+        },
+    )
     .await;
-    assert!(recorded.is_some(), "{:?}", proxy.gateway().reload_history());
 
     // Without `shadow` in the config, there is none.
     fx.write_config(&upstream("round-robin", &be, ""));

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,20 +72,6 @@ fn upstream_with(strategy: &str, servers: &str, extra: &str) -> String {
     format!(
         "[[upstream]]\nname = \"app\"\nstrategy = \"{strategy}\"\nservers = {servers}\n{extra}\n"
     )
-}
-
-/// Starts a proxy from the fixture's config without a file watcher: the
-/// tests apply config changes themselves, exactly once.
-async fn start_unwatched(fx: &Fixture) -> Proxy {
-    Proxy::start(
-        fx.config(),
-        Options {
-            config_path: Some(fx.config_path()),
-            watch: false,
-        },
-    )
-    .await
-    .expect("proxy starts")
 }
 
 /// `n` sequential GETs of `/` with `headers`; every one must be a 200.
@@ -227,13 +212,9 @@ async fn peak_ewma_moves_traffic_away_from_a_slow_backend() {
     let counts = tally(&replies);
 
     // The host's estimate, as the plugin read it through `latency`.
-    let table = proxy.gateway().routes();
-    let set = table.upstreams[0].backends.load();
-    let latency: Vec<u64> = set
-        .backends
-        .iter()
-        .map(|b| b.latency.peak_ewma_ns())
-        .collect();
+    let latency = status(&proxy)
+        .await
+        .backend_counts(0, "latency_estimate_ns");
     eprintln!("peak-ewma, backend 3 answers in 500 ms: {counts:?}, estimates (ns) {latency:?}");
     let slow_share = counts.get(&3).copied().unwrap_or(0);
     assert!(
@@ -269,11 +250,12 @@ async fn peak_ewma_tries_every_new_backend() {
     let counts = tally(&replies);
     eprintln!("peak-ewma, equal backends: {counts:?}");
     assert_eq!(counts.len(), 3, "{counts:?}");
-    let table = proxy.gateway().routes();
-    let set = table.upstreams[0].backends.load();
+    let latency = status(&proxy)
+        .await
+        .backend_counts(0, "latency_estimate_ns");
     assert!(
-        set.backends.iter().all(|b| b.latency.peak_ewma_ns() > 0),
-        "every backend measured"
+        latency.iter().all(|&ns| ns > 0),
+        "every backend measured: {latency:?}"
     );
 }
 
@@ -349,25 +331,28 @@ async fn consistent_hash_removing_a_backend_moves_only_its_keys() {
         &servers_with_ids(&all),
         params,
     ));
-    let proxy = start_unwatched(&fx).await;
+    let proxy = fx.start().await;
     let client = client();
     let users: Vec<String> = (0..80).map(|i| format!("user-{i}")).collect();
     let before = backend_by_user(&client, proxy.addr(), &users).await;
     let on_2 = before.iter().filter(|&&b| b == 2).count();
     assert!(on_2 >= 5, "backend 2 should own some users: {before:?}");
 
-    // Backend 2 leaves the config.
-    let reload = |servers: Vec<(SocketAddr, &str)>| {
+    // Backend 2 leaves the config (edited as a user does; the watcher
+    // applies it).
+    let reload = async |servers: Vec<(SocketAddr, &str)>| {
+        let counts = reload_counts(&proxy).await;
         fx.write_config(&upstream_with(
             "consistent-hash",
             &servers_with_ids(&servers),
             params,
         ));
-        let (config, gateway) = (fx.config(), Arc::clone(proxy.gateway()));
-        tokio::task::spawn_blocking(move || gateway.apply_config(config))
+        wait_reload(&proxy, &counts, "config", "ok", Duration::from_secs(10)).await;
+        let ids: Vec<&str> = servers.iter().map(|&(_, id)| id).collect();
+        assert_eq!(status(&proxy).await.ids(0), ids, "the edit is applied");
     };
     let without: Vec<_> = all.iter().copied().filter(|&(_, id)| id != "b2").collect();
-    assert_eq!(reload(without).await.expect("join").ok(), Some(true));
+    reload(without).await;
     let after = backend_by_user(&client, proxy.addr(), &users).await;
     for (user, (&was, &is)) in users.iter().zip(before.iter().zip(&after)) {
         if was == 2 {
@@ -391,7 +376,7 @@ async fn consistent_hash_removing_a_backend_moves_only_its_keys() {
     // Back in the config (in another position): every user is home again.
     let mut reordered = all.clone();
     reordered.rotate_left(2);
-    assert_eq!(reload(reordered).await.expect("join").ok(), Some(true));
+    reload(reordered).await;
     let back = backend_by_user(&client, proxy.addr(), &users).await;
     assert_eq!(before, back);
 }

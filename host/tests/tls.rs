@@ -20,7 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
-use switchyard::gateway::{ReloadKind, ReloadResult};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
@@ -283,32 +282,28 @@ async fn a_new_certificate_is_served_without_a_restart_and_a_broken_one_is_ignor
     println!("new certificate served after {took:?}");
 
     // A broken certificate file: logged, and the last good one serves on.
-    let errors = || {
-        proxy
-            .gateway()
-            .reload_history()
-            .iter()
-            .filter(|r| r.kind == ReloadKind::Tls && r.result == ReloadResult::Error)
-            .count()
-    };
-    let before = errors();
+    let before = reload_counts(&proxy).await;
     std::fs::write(
         fx.dir.path().join("cert.pem"),
         "-----BEGIN CERTIFICATE-----\ngarbage",
     )
     .expect("write");
-    let noticed = eventually(Duration::from_secs(5), || async { errors() > before }).await;
-    assert!(noticed.is_some(), "the broken certificate was not noticed");
-    let last = proxy.gateway().reload_history().pop().expect("a reload");
-    assert!(last.detail.contains("tls.cert"), "{last:?}");
+    wait_reload(&proxy, &before, "tls", "error", Duration::from_secs(5)).await;
+    let noticed = status(&proxy).await;
+    let last = noticed.reloads().last().expect("a reload");
+    assert!(
+        last["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("tls.cert")),
+        "{last}"
+    );
     for _ in 0..3 {
         assert_eq!(presented().await, second.der);
     }
     // So is a key that belongs to another certificate.
-    let before = errors();
+    let before = reload_counts(&proxy).await;
     std::fs::write(fx.dir.path().join("cert.pem"), &first.pem).expect("write");
-    let noticed = eventually(Duration::from_secs(5), || async { errors() > before }).await;
-    assert!(noticed.is_some(), "the mismatched key was not noticed");
+    wait_reload(&proxy, &before, "tls", "error", Duration::from_secs(5)).await;
     assert_eq!(presented().await, second.der);
 
     stop.store(true, Ordering::Relaxed);
@@ -379,16 +374,13 @@ async fn https_connections_passed_to_another_worker_are_handshaken_and_served() 
     // 20 connections at once, no byte sent yet: one worker accepts most
     // and passes half on before any handshake starts.
     let conns = connect_all(https, 20).await;
-    let spread = eventually(Duration::from_secs(5), || async {
-        let open = proxy.gateway().connections().open();
-        open.iter().sum::<usize>() == 20 && open.iter().all(|&n| n >= 6)
-    })
+    wait_connections(
+        &proxy,
+        Duration::from_secs(5),
+        "all 20 connections taken, at least 6 on each worker",
+        |open| open.iter().sum::<usize>() == 20 && open.iter().all(|&n| n >= 6),
+    )
     .await;
-    assert!(
-        spread.is_some(),
-        "{:?}",
-        proxy.gateway().connections().open()
-    );
     let h1 = connector(&[&cert], &[b"http/1.1"]);
     let replies = futures_util::future::join_all(conns.into_iter().map(|tcp| {
         let h1 = h1.clone();

@@ -143,10 +143,8 @@ async fn next_text(ws: &mut Ws) -> String {
 }
 
 /// In-flight count of each backend, in config order.
-fn in_flight(proxy: &switchyard::Proxy) -> Vec<u32> {
-    let routes = proxy.gateway().routes();
-    let set = routes.upstreams[0].backends.load();
-    set.backends.iter().map(|b| b.in_flight()).collect()
+async fn in_flight(proxy: &switchyard::Proxy) -> Vec<u64> {
+    status(proxy).await.in_flight(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,20 +183,19 @@ async fn messages_echo_both_ways_and_the_socket_is_in_flight_until_closed() {
     }
 
     // A WebSocket is a long request: in flight while open...
-    assert_eq!(in_flight(&proxy), vec![1]);
-    assert_eq!(proxy.gateway().tunnels().count(), 1);
+    let open = status(&proxy).await;
+    assert_eq!(open.in_flight(0), [1]);
+    assert_eq!(open.tunnels(), 1);
     ws.close(None).await.expect("close");
     drop(ws);
     // ...and not once closed.
-    let closed = eventually(Duration::from_secs(5), || async {
-        in_flight(&proxy) == vec![0] && proxy.gateway().tunnels().count() == 0
-    })
+    wait_status(
+        &proxy,
+        Duration::from_secs(5),
+        "the closed socket is neither in flight nor a tunnel",
+        |s| s.in_flight(0) == [0] && s.tunnels() == 0,
+    )
     .await;
-    assert!(
-        closed.is_some(),
-        "in flight after close: {:?}",
-        in_flight(&proxy)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +219,7 @@ async fn round_robin_spreads_websockets_and_plain_requests_still_work() {
             "backend 3"
         ]
     );
-    assert_eq!(in_flight(&proxy), vec![2, 2, 2]);
+    assert_eq!(in_flight(&proxy).await, [2, 2, 2]);
 
     // Each socket talks to its own backend, interleaved.
     for (i, ws) in sockets.iter_mut().enumerate() {
@@ -263,11 +260,10 @@ async fn round_robin_spreads_websockets_and_plain_requests_still_work() {
     for mut ws in sockets {
         ws.close(None).await.expect("close");
     }
-    let closed = eventually(Duration::from_secs(5), || async {
-        in_flight(&proxy) == vec![0, 0, 0]
+    wait_status(&proxy, Duration::from_secs(5), "nothing in flight", |s| {
+        s.in_flight(0) == [0, 0, 0]
     })
     .await;
-    assert!(closed.is_some(), "in flight: {:?}", in_flight(&proxy));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +278,10 @@ async fn a_refused_upgrade_is_an_ordinary_answer() {
         }
         other => panic!("expected 403, got {other:?}"),
     }
-    let done = eventually(Duration::from_secs(5), || async {
-        in_flight(&proxy) == vec![0]
+    wait_status(&proxy, Duration::from_secs(5), "nothing in flight", |s| {
+        s.in_flight(0) == [0]
     })
     .await;
-    assert!(done.is_some(), "in flight: {:?}", in_flight(&proxy));
     // The connection to the backend was an ordinary exchange: a plain
     // request still works.
     let r = get(&client(), proxy.addr(), "/").await;
@@ -317,11 +312,10 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
         "expected the proxy to close the socket, got {end:?}"
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
-    let done = eventually(Duration::from_secs(5), || async {
-        in_flight(&proxy) == vec![0]
+    wait_status(&proxy, Duration::from_secs(5), "nothing in flight", |s| {
+        s.in_flight(0) == [0]
     })
     .await;
-    assert!(done.is_some(), "in flight: {:?}", in_flight(&proxy));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +371,7 @@ async fn a_101_to_a_request_that_did_not_ask_is_a_502() {
     let proxy = fx.start().await;
     let r = get(&client(), proxy.addr(), "/").await;
     assert_eq!(r.status, 502, "{r:?}");
-    assert_eq!(proxy.gateway().tunnels().count(), 0);
+    assert_eq!(status(&proxy).await.tunnels(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,12 +443,11 @@ async fn wss_works_through_the_tls_listener() {
             .expect("a request")["x-forwarded-proto"],
         "https"
     );
-    assert_eq!(in_flight(&proxy), vec![1]);
+    assert_eq!(in_flight(&proxy).await, [1]);
     ws.close(None).await.expect("close");
     drop(ws);
-    let done = eventually(Duration::from_secs(5), || async {
-        in_flight(&proxy) == vec![0]
+    wait_status(&proxy, Duration::from_secs(5), "nothing in flight", |s| {
+        s.in_flight(0) == [0]
     })
     .await;
-    assert!(done.is_some(), "in flight: {:?}", in_flight(&proxy));
 }

@@ -21,6 +21,8 @@ pub struct Status {
     started_at_ms: u64,
     uptime_secs: f64,
     listen: String,
+    /// Upgraded connections (WebSockets and other tunnels) open now.
+    tunnels: usize,
     upstreams: Vec<UpstreamStatus>,
     reloads: Vec<ReloadRecord>,
 }
@@ -32,6 +34,10 @@ struct UpstreamStatus {
     requests: u64,
     retries: u64,
     in_flight: u32,
+    /// Backends the upstream counts as down, as strategies see it
+    /// (`request.avoid` is set while this is above 0). Passive time-outs
+    /// that ran out leave it within 100 ms, by the health task.
+    backends_down: u32,
     backends: Vec<BackendStatus>,
     /// `null` without `shadow = "..."`.
     shadow: Option<ShadowStatus>,
@@ -47,6 +53,9 @@ struct StrategyStatus {
     loaded_at_ms: u64,
     picks: u64,
     failures: Failures,
+    /// Instances made: one per worker thread that picked, plus one for
+    /// every instance replaced after a trap or an overrun deadline.
+    instances: u64,
     /// Exports `state`: carries its state across reloads.
     stateful: bool,
     /// Threads whose instance continued from the previous version's.
@@ -107,6 +116,10 @@ struct BackendStatus {
     failures: u64,
     responses: Responses,
     latency_ms: Option<Latency>,
+    /// What strategies read through `backends.latency`: the peak EWMA of
+    /// the time to response head, in nanoseconds; 0 before the first
+    /// response.
+    latency_estimate_ns: u64,
     share: f64,
 }
 
@@ -151,6 +164,7 @@ pub fn status(gateway: &Gateway, listen: SocketAddr) -> Status {
             .duration_since(started)
             .map_or(0.0, |d| d.as_secs_f64()),
         listen: listen.to_string(),
+        tunnels: gateway.tunnels().count(),
         upstreams: table.upstreams.iter().map(|u| upstream(u)).collect(),
         reloads: gateway.reload_history(),
     }
@@ -158,6 +172,8 @@ pub fn status(gateway: &Gateway, listen: SocketAddr) -> Status {
 
 fn upstream(u: &Upstream) -> UpstreamStatus {
     let set = u.backends.load();
+    // Read before anything below could settle it.
+    let backends_down = set.unhealthy();
     let strategy = u.strategy.load();
     let compiled = &strategy.compiled;
     let st = &strategy.stats;
@@ -202,6 +218,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
                 instantiate: st.instantiate_failures.load(Ordering::Relaxed),
                 skipped: st.skipped.load(Ordering::Relaxed),
             },
+            instances: st.instances.load(Ordering::Relaxed),
             stateful: compiled.stateful(),
             handovers: st.handovers.load(Ordering::Relaxed),
             handover_failures: st.handover_failures.load(Ordering::Relaxed),
@@ -209,6 +226,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
         requests: all_total,
         retries: u.retries.load(Ordering::Relaxed),
         in_flight: set.in_flight(),
+        backends_down,
         backends,
         shadow: shadow(u, &set),
     }
@@ -249,26 +267,31 @@ fn shadow(u: &Upstream, set: &BackendSet) -> Option<ShadowStatus> {
     })
 }
 
+/// Whether `b` may take traffic, as `Backend::healthy` says, without
+/// settling the upstream's down-count: looking does not change what
+/// strategies see (the health task does that).
+fn healthy(b: &Backend) -> bool {
+    b.health.active_up() && b.health.passive_up()
+}
+
 fn backend(b: &Backend, checks: bool, latency: Option<(f64, f64)>, share: f64) -> BackendStatus {
     let [c1, c2, c3, c4, c5] = b.responses.counts();
+    let (active, passive) = (b.health.active_up(), b.health.passive_up());
     BackendStatus {
         id: b.id.clone(),
         address: b.address.clone(),
         weight: b.weight,
-        healthy: b.healthy(),
+        healthy: active && passive,
         health: Health {
-            active: if checks {
-                up(b.health.active_up())
-            } else {
-                "off"
-            },
-            passive: up(b.health.passive_up()),
+            active: if checks { up(active) } else { "off" },
+            passive: up(passive),
         },
         in_flight: b.in_flight(),
         requests: b.requests(),
         failures: b.failures(),
         responses: Responses { c1, c2, c3, c4, c5 },
         latency_ms: latency.map(|(p50, p99)| Latency { p50, p99 }),
+        latency_estimate_ns: b.latency.peak_ewma_ns(),
         share,
     }
 }
@@ -317,7 +340,7 @@ pub fn stats(gateway: &Gateway) -> Stats {
                     address: b.address.clone(),
                     rps: b.window.recent(&LATENCY_BOUNDS_US).rps,
                     in_flight: b.in_flight(),
-                    healthy: b.healthy(),
+                    healthy: healthy(b),
                     requests: b.requests(),
                     failures: b.failures(),
                 })

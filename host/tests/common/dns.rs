@@ -4,6 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -18,6 +19,8 @@ pub struct Answers {
 pub struct StubDns {
     pub addr: SocketAddr,
     answers: Arc<Mutex<Answers>>,
+    /// Every query answered: when, and whether with SERVFAIL.
+    answered: Arc<Mutex<Vec<(Instant, bool)>>>,
     task: JoinHandle<()>,
 }
 
@@ -36,6 +39,8 @@ impl StubDns {
             fail: false,
         }));
         let shared = Arc::clone(&answers);
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&answered);
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
@@ -45,12 +50,16 @@ impl StubDns {
                 let current = shared.lock().expect("lock").clone();
                 if let Some(reply) = reply(&buf[..n], &current) {
                     let _ = socket.send_to(&reply, peer).await;
+                    log.lock()
+                        .expect("lock")
+                        .push((Instant::now(), current.fail));
                 }
             }
         });
         StubDns {
             addr,
             answers,
+            answered,
             task,
         }
     }
@@ -63,6 +72,11 @@ impl StubDns {
 
     pub fn fail(&self) {
         self.answers.lock().expect("lock").fail = true;
+    }
+
+    /// Every query answered so far: when, and whether with SERVFAIL.
+    pub fn answered(&self) -> Vec<(Instant, bool)> {
+        self.answered.lock().expect("lock").clone()
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod dns;
 pub mod process;
 pub mod raw;
@@ -22,6 +23,10 @@ use hyper_util::rt::TokioExecutor;
 use switchyard::demo::DemoBackend;
 use switchyard::{Config, Options, Proxy};
 use tempfile::TempDir;
+
+// Not every test binary reads the admin API.
+#[allow(unused_imports)]
+pub use admin::*;
 
 /// Components built by `host/build.rs`.
 pub const ROUND_ROBIN: &str = env!("SWITCHYARD_WASM_ROUND_ROBIN");

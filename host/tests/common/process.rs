@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use super::Fixture;
 
 /// `switchyard run --config <fixture's config> <args>`, with its listen
-/// address read from its log (text or JSON) and every line it writes to
-/// stdout kept.
+/// and admin addresses read from its log (text or JSON) and every line it
+/// writes to stdout kept.
 pub struct Running {
     /// The proxy's process.
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin API listens (the fixture's config turns it on).
+    pub admin: Option<SocketAddr>,
     /// Every line the proxy wrote to stdout so far.
     pub lines: Arc<Mutex<Vec<String>>>,
 }
@@ -24,12 +26,17 @@ impl Running {
     /// Starts the binary on `fx`'s config with `args` after it, and waits
     /// (up to 20 s) for it to log its address.
     pub fn start(fx: &Fixture, args: &[&str]) -> Self {
+        Self::start_logging(fx, args, "info")
+    }
+
+    /// [`Running::start`] with `RUST_LOG=<filter>`.
+    pub fn start_logging(fx: &Fixture, args: &[&str], filter: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("run")
             .arg("--config")
             .arg(fx.config_path())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -40,24 +47,27 @@ impl Running {
         let kept = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // `listen=127.0.0.1:1234` as text, `"listen":"..."` as JSON.
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .or_else(|| line.split("\"listen\":\"").nth(1)?.split('"').next());
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr.to_string());
+                if let Some(addr) = field(&line, "listen") {
+                    let _ = tx.send((addr, field(&line, "admin")));
                 }
                 kept.lock().expect("lock").push(line);
             }
         });
-        let addr = rx
+        let (addr, admin) = rx
             .recv_timeout(Duration::from_secs(20))
-            .expect("switchyard logs its address")
-            .parse()
-            .expect("an address");
-        Self { child, addr, lines }
+            .expect("switchyard logs its address");
+        Self {
+            child,
+            addr: addr.parse().expect("an address"),
+            admin: admin.map(|a| a.parse().expect("an admin address")),
+            lines,
+        }
+    }
+
+    /// How many of the lines it wrote so far contain `text`.
+    pub fn lines_with(&self, text: &str) -> usize {
+        let lines = self.lines.lock().expect("lock");
+        lines.iter().filter(|l| l.contains(text)).count()
     }
 
     /// Sends signal `name` (`HUP`, `TERM`, ...) to the process.
@@ -80,6 +90,18 @@ impl Running {
         }
         None
     }
+}
+
+/// Field `name` of a log line: `name=value` as text, `"name":"value"` as
+/// JSON.
+fn field(line: &str, name: &str) -> Option<String> {
+    let text = format!("{name}=");
+    let json = format!("\"{name}\":\"");
+    line.split(text.as_str())
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .or_else(|| line.split(json.as_str()).nth(1)?.split('"').next())
+        .map(str::to_owned)
 }
 
 impl Drop for Running {
