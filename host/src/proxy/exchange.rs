@@ -23,7 +23,7 @@ use hyper::upgrade::OnUpgrade;
 use super::body::ProxyBody;
 use super::tunnel::{self, Tunnel};
 use crate::backend::h1::{self, H1Body};
-use crate::backend::pool::{self, ConnectError, Sender};
+use crate::backend::pool::{self, Conn, ConnectError, Sender};
 use crate::backend::retry::{self, Replay, RetryToken};
 use crate::backend::{Backend, BackendSet, InFlight, Lease, Terms};
 use crate::base::access;
@@ -407,18 +407,15 @@ enum Tried {
     Sent(Failure, Option<Request<ClientBody>>),
 }
 
-/// How one send on one connection ended.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "made once per send and taken apart at once; a box would be an allocation per request"
-)]
-enum Sent {
-    /// A response head came; the request too, if it may be sent again.
-    Answered(Response<Answer>, Option<Request<ClientBody>>),
-    /// The try is over.
-    Over(Tried),
-    /// The request comes back to go on another connection.
-    Again(Request<ClientBody>, Retake),
+/// What a send that got no response head means for the request (which is
+/// whole again: the own client lent it, or hyper gave it back).
+enum Failed {
+    /// It goes on another connection.
+    Retake(Retake),
+    /// The try failed, and nothing reached the backend.
+    NotSent(Failure),
+    /// The try failed after the request was (at least partly) sent.
+    Sent(Failure),
 }
 
 /// Which connection a request that comes back goes on.
@@ -678,10 +675,15 @@ impl Exchange<'_> {
 
     /// Sends `request` to `backend` on a pooled or new connection: a
     /// bodiless request that is not an upgrade through the own client
-    /// ([`h1`], [`Exchange::send_own`]), any other through hyper's
-    /// ([`Exchange::send_hyper`]). A pooled connection that turns out to be
-    /// closing hands the request back unsent; after a few of those, a new
-    /// connection.
+    /// ([`h1`]), which only borrows it, any other through hyper's, which
+    /// takes it (a copy is kept if it may be sent again). A pooled
+    /// connection that turns out to be closing hands the request back
+    /// unsent; after a few of those, a new connection. What a failed send
+    /// means is decided by [`own_failed`] and [`hyper_failed`].
+    ///
+    /// The sends stay in this one `async` block: as futures of their own
+    /// they cost more instructions per request, in moves of the request and
+    /// the response through them (examples/bench/HISTORY.md).
     ///
     /// (Not an `async fn`, for the reason given at [`handle`].)
     #[allow(
@@ -698,6 +700,7 @@ impl Exchange<'_> {
             let in_flight = backend.start_request();
             let started = clock::now();
             let settings = &self.upstream.pool;
+            let timeout = self.head_timeout();
             let own = h1::handles(&request, self.upgrade.is_some());
             let mut stale = 0;
             loop {
@@ -706,35 +709,76 @@ impl Exchange<'_> {
                 } else {
                     None
                 };
-                let conn = match pooled {
+                let Conn { sender, reused } = match pooled {
                     Some(conn) => conn,
                     None => match pool::connect(backend.addr, settings.connect_timeout).await {
                         Ok(conn) => conn,
                         Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                     },
                 };
-                let sent = match conn.sender {
-                    Sender::H1(h1) if own => {
-                        self.send_own(h1, conn.reused, request, resendable, backend)
-                            .await
+                // The worker's reused timer: a new one per request costs a
+                // wake-up of the event loop (see `workers::timer`).
+                let deadline = workers::timer(timeout);
+                let failed = match sender {
+                    Sender::H1(conn) if own => {
+                        let answer = tokio::select! {
+                            biased;
+                            answer = h1::send(conn, &request) => answer,
+                            () = deadline => {
+                                return Tried::Sent(Failure::Timeout(timeout), resendable.then_some(request));
+                            }
+                        };
+                        match answer {
+                            Ok(resp) => {
+                                let resp = resp.map(Answer::H1);
+                                let again = resendable.then_some(request);
+                                return self.answered(backend, started, resp, in_flight, again);
+                            }
+                            Err(e) => own_failed(e, reused, &request, backend),
+                        }
                     }
                     sender => {
-                        self.send_hyper(sender, conn.reused, request, resendable)
-                            .await
+                        let (mut sender, socket) = match sender {
+                            Sender::Hyper(sender, socket) => (sender, socket),
+                            Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
+                                Ok(hyper) => hyper,
+                                Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
+                            },
+                        };
+                        let replay = resendable.then(|| Replay::of(&request));
+                        let answer = tokio::select! {
+                            biased;
+                            answer = sender.try_send_request(request) => answer,
+                            () = deadline => {
+                                return Tried::Sent(Failure::Timeout(timeout), replay.map(Replay::request));
+                            }
+                        };
+                        match answer {
+                            Ok(resp) => {
+                                let resp = resp
+                                    .map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
+                                let again = replay.map(Replay::request);
+                                return self.answered(backend, started, resp, in_flight, again);
+                            }
+                            Err(e) => match hyper_failed(e, reused) {
+                                Ok((failed, unsent)) => {
+                                    request = unsent;
+                                    failed
+                                }
+                                Err(failure) => {
+                                    return Tried::Sent(failure, replay.map(Replay::request));
+                                }
+                            },
+                        }
                     }
                 };
-                match sent {
-                    Sent::Answered(resp, again) => {
-                        return self.answered(backend, started, resp, in_flight, again);
-                    }
-                    Sent::Over(tried) => return tried,
-                    Sent::Again(unsent, Retake::Pooled) => {
-                        request = unsent;
-                        stale += 1;
-                    }
-                    Sent::Again(unsent, Retake::New) => {
-                        request = unsent;
-                        stale = MAX_STALE;
+                // `request` is whole again: it was lent, or came back unsent.
+                match failed {
+                    Failed::Retake(Retake::Pooled) => stale += 1,
+                    Failed::Retake(Retake::New) => stale = MAX_STALE,
+                    Failed::NotSent(failure) => return Tried::NotSent(request, failure),
+                    Failed::Sent(failure) => {
+                        return Tried::Sent(failure, resendable.then_some(request));
                     }
                 }
             }
@@ -746,122 +790,6 @@ impl Exchange<'_> {
     fn head_timeout(&self) -> Duration {
         let config = &self.upstream.config;
         config.response_timeout.min(config.read_timeout)
-    }
-
-    /// Sends a bodiless request on `conn` with the own client, which only
-    /// borrows it: it comes back with the response if it may be sent again
-    /// (`resendable`), or to go on another connection.
-    ///
-    /// (Not an `async fn`, for the reason given at [`handle`].)
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice"
-    )]
-    fn send_own(
-        &self,
-        conn: Box<h1::H1Conn>,
-        reused: bool,
-        request: Request<ClientBody>,
-        resendable: bool,
-        backend: &Backend,
-    ) -> impl Future<Output = Sent> {
-        async move {
-            let timeout = self.head_timeout();
-            // The worker's reused timer: a new one per request costs a
-            // wake-up of the event loop (see `workers::timer`).
-            let deadline = workers::timer(timeout);
-            let answer = tokio::select! {
-                biased;
-                answer = h1::send(conn, &request) => answer,
-                () = deadline => {
-                    let again = resendable.then_some(request);
-                    return Sent::Over(Tried::Sent(Failure::Timeout(timeout), again));
-                }
-            };
-            match answer {
-                Ok(resp) => Sent::Answered(resp.map(Answer::H1), resendable.then_some(request)),
-                // Nothing reached the backend: on a reused connection, most
-                // likely closing as it was picked.
-                Err(h1::Error::Unsent(_)) if reused => Sent::Again(request, Retake::Pooled),
-                // The backend closed a kept connection with no answer, most
-                // likely as the request went out: an idempotent request is
-                // sent again, once, on a new connection (RFC 9110 §9.2.2;
-                // nginx does the same for a cached connection). Once: a
-                // request that makes the backend crash reaches it at most
-                // twice.
-                Err(e) if reused && e.no_response() && retry::idempotent(request.method()) => {
-                    tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
-                    Sent::Again(request, Retake::New)
-                }
-                Err(e @ h1::Error::Unsent(_)) => {
-                    let error = Broken::H1(e);
-                    Sent::Over(Tried::NotSent(request, Failure::Broken { error, reused }))
-                }
-                Err(e) => {
-                    let error = Broken::H1(e);
-                    let again = resendable.then_some(request);
-                    Sent::Over(Tried::Sent(Failure::Broken { error, reused }, again))
-                }
-            }
-        }
-    }
-
-    /// Sends `request` through hyper's client on `sender` (an own-client
-    /// connection is handed to hyper first, and stays with it). hyper takes
-    /// the request: a copy is kept if it may be sent again.
-    ///
-    /// (Not an `async fn`, for the reason given at [`handle`].)
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice"
-    )]
-    fn send_hyper(
-        &self,
-        sender: Sender,
-        reused: bool,
-        request: Request<ClientBody>,
-        resendable: bool,
-    ) -> impl Future<Output = Sent> {
-        async move {
-            let (mut sender, socket) = match sender {
-                Sender::Hyper(sender, socket) => (sender, socket),
-                Sender::H1(conn) => match pool::handshake(conn.into_stream()).await {
-                    Ok(hyper) => hyper,
-                    Err(e) => return Sent::Over(Tried::NotSent(request, Failure::Connect(e))),
-                },
-            };
-            let timeout = self.head_timeout();
-            let deadline = workers::timer(timeout);
-            let replay = resendable.then(|| Replay::of(&request));
-            let answer = tokio::select! {
-                biased;
-                answer = sender.try_send_request(request) => answer,
-                () = deadline => {
-                    let again = replay.map(Replay::request);
-                    return Sent::Over(Tried::Sent(Failure::Timeout(timeout), again));
-                }
-            };
-            match answer {
-                Ok(resp) => {
-                    let resp = resp.map(|body| Answer::Hyper(body, Sender::Hyper(sender, socket)));
-                    Sent::Answered(resp, replay.map(Replay::request))
-                }
-                Err(mut e) => {
-                    let unsent = e.take_message();
-                    let error = Broken::Hyper(e.into_error());
-                    match unsent {
-                        Some(unsent) if reused => Sent::Again(unsent, Retake::Pooled),
-                        Some(unsent) => {
-                            Sent::Over(Tried::NotSent(unsent, Failure::Broken { error, reused }))
-                        }
-                        None => {
-                            let again = replay.map(Replay::request);
-                            Sent::Over(Tried::Sent(Failure::Broken { error, reused }, again))
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// A response head came from `backend`, `started` after the try began.
@@ -1030,6 +958,54 @@ impl Exchange<'_> {
     fn failure_response(&self, failure: &Failure) -> Response<ProxyBody> {
         let (status, what) = failure.status();
         local_response(status, what)
+    }
+}
+
+/// What the own client's failed send means. It only borrowed the request,
+/// so the request is whole whatever happened.
+fn own_failed(
+    e: h1::Error,
+    reused: bool,
+    request: &Request<ClientBody>,
+    backend: &Backend,
+) -> Failed {
+    match e {
+        // Nothing reached the backend: on a reused connection, most likely
+        // closing as it was picked.
+        h1::Error::Unsent(_) if reused => Failed::Retake(Retake::Pooled),
+        // The backend closed a kept connection with no answer, most likely
+        // as the request went out: an idempotent request is sent again,
+        // once, on a new connection (RFC 9110 §9.2.2; nginx does the same
+        // for a cached connection). Once: a request that makes the backend
+        // crash reaches it at most twice.
+        e if reused && e.no_response() && retry::idempotent(request.method()) => {
+            tracing::debug!(backend = %backend.address, "kept connection closed with no answer: {e}; sending again on a new one");
+            Failed::Retake(Retake::New)
+        }
+        e @ h1::Error::Unsent(_) => Failed::NotSent(Failure::Broken {
+            error: Broken::H1(e),
+            reused,
+        }),
+        e => Failed::Sent(Failure::Broken {
+            error: Broken::H1(e),
+            reused,
+        }),
+    }
+}
+
+/// What hyper's failed send means, with the request when hyper hands it
+/// back unsent; when it does not (it was sent, at least partly), the
+/// failure.
+fn hyper_failed(
+    mut e: hyper::client::conn::TrySendError<Request<ClientBody>>,
+    reused: bool,
+) -> Result<(Failed, Request<ClientBody>), Failure> {
+    let unsent = e.take_message();
+    let error = Broken::Hyper(e.into_error());
+    match unsent {
+        Some(unsent) if reused => Ok((Failed::Retake(Retake::Pooled), unsent)),
+        Some(unsent) => Ok((Failed::NotSent(Failure::Broken { error, reused }), unsent)),
+        None => Err(Failure::Broken { error, reused }),
     }
 }
 
