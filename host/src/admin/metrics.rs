@@ -119,7 +119,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "plugin_pick",
-        help: "Time one pick took, plugin call and fallback included; one pick in 8 is timed.",
+        help: "Time one pick took, plugin call and fallback included.",
         unit: Some(Unit::Seconds),
         samples: Samples::Histogram(|s| {
             let pick = |row: &StrategyRow| Buckets::of(&row.strategy.stats.pick_ns, 1e9);

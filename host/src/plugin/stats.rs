@@ -36,9 +36,7 @@ impl FailureKind {
 /// Counters of one strategy.
 #[derive(Debug)]
 pub struct StrategyStats {
-    /// Time a pick took (nanoseconds), plugin failures included: one pick
-    /// in [`PICK_TIMING_SAMPLE`](super::strategy::PICK_TIMING_SAMPLE) is
-    /// timed.
+    /// Time each pick took (nanoseconds), plugin failures included.
     pub pick_ns: Histogram<{ PICK_BOUNDS_NS.len() }>,
     /// Picks answered by the plugin.
     pub picks: AtomicU64,

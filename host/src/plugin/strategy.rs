@@ -246,11 +246,6 @@ fn params_to_wit(params: &toml::Table) -> Vec<(String, ParamValue)> {
         })
         .collect()
 }
-/// One pick in this many is timed for [`StrategyStats::pick_ns`] (the
-/// `switchyard_plugin_pick_seconds` histogram): a sample, so that the
-/// clock is not read twice on every pick.
-pub const PICK_TIMING_SAMPLE: u64 = 8;
-
 /// A strategy's instance on this thread.
 struct Entry {
     strategy: Weak<Strategy>,
@@ -304,17 +299,9 @@ impl Strategy {
     /// comes back as it was. Never fails: a plugin failure is counted and
     /// logged, the instance is dropped (a fresh one replaces it on the next
     /// pick) and the host's round robin answers instead.
-    ///
-    /// One pick in [`PICK_TIMING_SAMPLE`] (by the upstream's pick number)
-    /// is timed for the pick-time histogram: reading the clock twice costs
-    /// about a tenth of a pick. Picks, failures and their kinds are counted
-    /// exactly.
     pub fn pick(self: &Arc<Self>, input: PickInput<'_>, parts: &mut Parts) -> Choice {
         let stopwatch = &self.runtime.stopwatch;
-        let started = input
-            .sequence
-            .is_multiple_of(PICK_TIMING_SAMPLE)
-            .then(|| stopwatch.start());
+        let started = stopwatch.start();
         if self.stats.paused() {
             // Failing again and again: left alone until the pause ends.
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -325,9 +312,7 @@ impl Strategy {
             // Unreachable (no pick runs inside another), but never panic.
             Err(_) => failed_over(&input),
         });
-        if let Some(started) = started {
-            self.stats.pick_ns.record(stopwatch.elapsed_ns(started));
-        }
+        self.stats.pick_ns.record(stopwatch.elapsed_ns(started));
         picked
     }
 
