@@ -12,6 +12,11 @@ fn switchyard(args: &[&str]) -> (bool, String) {
         .env("RUST_LOG", "error")
         .output()
         .expect("run switchyard");
+    outcome(&out)
+}
+
+/// Whether a finished run succeeded, and all it printed.
+fn outcome(out: &std::process::Output) -> (bool, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -347,13 +352,7 @@ fn run_refused(path: &Path) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    outcome(&child.wait_with_output().expect("output"))
 }
 
 /// `check` passes exactly what `run` accepts: a plugins directory that does

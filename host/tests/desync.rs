@@ -115,16 +115,7 @@ async fn fresh_client(
         .uri(format!("http://{proxy}{path}"))
         .body(Full::new(Bytes::from(body.to_owned())))
         .map_err(|e| e.to_string())?;
-    let fut = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        Reply::read(resp).await
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| "no answer within 10 s".to_owned())?
+    reply_within(&client, req).await
 }
 
 /// Sends `timing.clients` requests `method /<case>/<token>` (with `body`,

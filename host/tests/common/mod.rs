@@ -231,6 +231,19 @@ pub async fn get_with(
         req = req.header(*k, *v);
     }
     let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    reply_within(client, req).await
+}
+
+/// The reply to `req` from `client`, or why there is none; at most 10 s.
+pub async fn reply_within<B>(
+    client: &Client<HttpConnector, B>,
+    req: http::Request<B>,
+) -> Result<Reply, String>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let fut = async {
         let resp = client
             .request(req)
