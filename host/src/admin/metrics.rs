@@ -3,8 +3,8 @@
 //! collector that reads the live atomics at scrape time: nothing is
 //! registered or looked up on the request path.
 //!
-//! The families are one table, [`FAMILIES`]: a name, a help text, a unit
-//! and a function from one [`Scrape`] (the route table and counters read
+//! The families are one table, `FAMILIES`: a name, a help text, a unit
+//! and a function from one `Scrape` (the route table and counters read
 //! once) to the family's labelled values, whose type is the family's type.
 
 use std::borrow::Cow;

@@ -4,7 +4,7 @@
 //! compared with another before it is deployed.
 //!
 //! The strategy runs exactly as in the proxy: the same [`Runtime`] compiles
-//! it, [`Runtime::prepare`] runs its `init` and `set-backends`, and every
+//! it, [`Strategy::prepare`] runs its `init` and `set-backends`, and every
 //! request is a real [`Strategy::pick`] with the request head and a real
 //! [`BackendSet`] whose in-flight counters hold the simulated requests (see
 //! `engine`). Only the network is simulated: each backend is a latency

@@ -195,7 +195,7 @@ impl RawFields {
     /// The lines of `head` (a whole response head) holding `fields`,
     /// leaving out field `i` when bit `i` of `left_out` is set; `head` back
     /// when they cannot be passed on as they are: a line ending in a bare
-    /// LF, or more than [`MAX_CUTS`] lines to leave out.
+    /// LF, or more than `MAX_CUTS` lines to leave out.
     pub fn new(
         mut head: Bytes,
         fields: &[Field],

@@ -152,7 +152,7 @@ pub fn parse_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Checks a request head hyper parsed itself (HTTP/2; HTTP/1 heads were
-/// checked raw by the [`Guard`]), with the same limits: more than
+/// checked raw by the [`Guard`](super::Guard)), with the same limits: more than
 /// [`MAX_HEADERS`] fields is 431 (its `cookie` crumbs counted as the one
 /// field [`join_cookies`] makes of them).
 pub fn check(parts: &Parts) -> Result<(), Refusal> {

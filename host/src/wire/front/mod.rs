@@ -5,7 +5,7 @@
 //!
 //! HTTP/1 connections are read through a [`Guard`] that sees the raw bytes
 //! before hyper does: it holds each request head back until it is complete
-//! and checked ([`framer`]), follows the body framing so it always knows
+//! and checked (`framer.rs`), follows the body framing so it always knows
 //! where the next head starts, and keeps the client timeouts (head, body,
 //! keep-alive). It is needed because hyper normalises what a proxy must
 //! refuse: it drops a `Content-Length` sent with `Transfer-Encoding` and
