@@ -526,7 +526,10 @@ fn checked(decision: Decision, input: &PickInput<'_>) -> Result<Choice, PickErro
     let n = input.set.len() as u32;
     Ok(match decision {
         Decision::Backend(i) if i < n => {
-            if input.set.usable(i, input.exclude) {
+            // Nothing down and nothing tried yet (`request.avoid` was 0):
+            // every index in range is usable, and no backend is looked at.
+            let nothing_to_avoid = input.exclude.is_empty() && input.set.unhealthy() == 0;
+            if nothing_to_avoid || input.set.usable(i, input.exclude) {
                 Choice::Backend(i)
             } else {
                 // The plugin ignored health or this request's earlier
