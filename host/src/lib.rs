@@ -10,6 +10,7 @@
 //! | 0 | [`base`] | config, the one clock, stats, access log, worker threads |
 //! | 1 | [`wire`] | the strict front and own HTTP/1.1 server, heads, forwarding fields, the client body, TLS |
 //! | 2 | [`backend`] | backends and their sets, the connection pool, the own HTTP/1.1 client, health, retries, DNS discovery |
+//! | 2 | [`limit`] | admission: allow and deny lists, the rate and in-flight limiters the host keeps |
 //! | 3 | [`plugin`] | the Wasm strategy runtime (compile, per-thread instances, deadlines, fallback), the built-in strategies |
 //! | 4 | [`gateway`] | the running state reloads swap: upstreams, routes, the reloader, the health and discovery loops |
 //! | 5 | [`proxy`] | the request path: listeners, the exchange, the response body, tunnels |
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod base;
 pub mod demo;
 pub mod gateway;
+pub mod limit;
 pub mod plugin;
 pub mod proxy;
 pub mod simulate;

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("base", 0),
     ("wire", 1),
     ("backend", 2),
+    ("limit", 2),
     ("plugin", 3),
     ("gateway", 4),
     ("proxy", 5),

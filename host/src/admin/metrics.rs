@@ -118,6 +118,49 @@ const FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "admission",
+        help: "Requests by the upstream's admission verdict (allowed, denied, limited, dry-run: would have been limited) and the rule behind it (deny, allow, limit-req, limit-conn); only upstreams with admission rules.",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.table
+                .upstreams
+                .iter()
+                .filter_map(|u| Some((u.name(), u.gate.as_ref()?)))
+                .flat_map(|(upstream, gate)| {
+                    gate.tally.rows().map(move |(verdict, reason, n)| {
+                        let pairs = [
+                            ("upstream", upstream),
+                            ("verdict", verdict),
+                            ("reason", reason),
+                        ];
+                        (labels(pairs), n)
+                    })
+                })
+                .collect()
+        }),
+    },
+    Family {
+        name: "limiter_keys",
+        help: "Keys a limiter remembers now (at most the upstream's `limit-keys`).",
+        unit: None,
+        samples: Samples::Gauge(|s| {
+            s.table
+                .upstreams
+                .iter()
+                .filter_map(|u| Some((u.name(), u.gate.as_ref()?)))
+                .flat_map(|(upstream, gate)| {
+                    gate.limiters().into_iter().map(move |(limiter, keys, _)| {
+                        let labels = vec![
+                            ("upstream", Cow::Borrowed(upstream)),
+                            ("limiter", Cow::Owned(limiter)),
+                        ];
+                        (labels, i64::try_from(keys).unwrap_or(i64::MAX))
+                    })
+                })
+                .collect()
+        }),
+    },
+    Family {
         name: "plugin_pick",
         help: "Time one pick took, plugin call and fallback included.",
         unit: Some(Unit::Seconds),

@@ -41,6 +41,52 @@ struct UpstreamStatus {
     backends: Vec<BackendStatus>,
     /// `null` without `shadow = "..."`.
     shadow: Option<ShadowStatus>,
+    /// `null` without admission rules (`allow`, `deny`, `limit-req`,
+    /// `limit-conn`).
+    admission: Option<AdmissionStatus>,
+}
+
+/// An upstream's admission verdicts since start, and its limiters now.
+#[derive(Debug, Serialize)]
+struct AdmissionStatus {
+    allowed: u64,
+    /// Refused by `deny` or `allow` (403).
+    denied: u64,
+    /// Refused by `limit-req` or `limit-conn`.
+    limited: u64,
+    /// Let through by a limit in `dry-run` that would have refused them.
+    dry_run: u64,
+    limiters: Vec<LimiterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct LimiterStatus {
+    /// `limit-req`, `limit-req[1]`, `limit-conn`, ...
+    name: String,
+    /// Keys it remembers now.
+    keys: usize,
+    /// Most keys it remembers (about `limit-keys`).
+    max_keys: usize,
+}
+
+fn admission(u: &Upstream) -> Option<AdmissionStatus> {
+    let gate = u.gate.as_ref()?;
+    let tally = &gate.tally;
+    Some(AdmissionStatus {
+        allowed: tally.total("allowed"),
+        denied: tally.total("denied"),
+        limited: tally.total("limited"),
+        dry_run: tally.total("dry-run"),
+        limiters: gate
+            .limiters()
+            .into_iter()
+            .map(|(name, keys, max_keys)| LimiterStatus {
+                name,
+                keys,
+                max_keys,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -229,6 +275,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
         backends_down,
         backends,
         shadow: shadow(u, &set),
+        admission: admission(u),
     }
 }
 
@@ -311,6 +358,7 @@ struct UpstreamStats {
     in_flight: u32,
     backends: Vec<BackendStats>,
     shadow: Option<ShadowStatus>,
+    admission: Option<AdmissionStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -352,6 +400,7 @@ pub fn stats(gateway: &Gateway) -> Stats {
                 in_flight: backends.iter().map(|b| b.in_flight).sum(),
                 backends,
                 shadow: shadow(u, &set),
+                admission: admission(u),
             }
         })
         .collect();

@@ -36,6 +36,7 @@ use crate::base::access;
 use crate::base::config::ServerConfig;
 use crate::base::stats::{StatusClasses, Window};
 use crate::base::workers;
+use crate::limit::Holds;
 
 /// One backend server and its live, global figures.
 #[derive(Debug)]
@@ -195,6 +196,8 @@ pub struct Lease {
     silence: Option<workers::Timer>,
     /// Whether `silence` runs for the wait now on.
     waiting: bool,
+    /// The request's `limit-conn` counts, held until the exchange ends.
+    holds: Holds,
 }
 
 impl Lease {
@@ -213,7 +216,13 @@ impl Lease {
             log,
             silence: None,
             waiting: false,
+            holds: Holds::default(),
         }
+    }
+
+    /// Keeps the request's `limit-conn` counts until the lease ends.
+    pub fn hold(&mut self, holds: Holds) {
+        self.holds = holds;
     }
 
     /// Ends the exchange cleanly and returns `conn` (which the response

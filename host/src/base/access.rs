@@ -5,7 +5,8 @@
 //! ```text
 //! {"timestamp":"...","level":"INFO","fields":{"message":"access","client":"10.0.0.7",
 //!  "method":"GET","path":"/api/x","upstream":"app","backend":"10.0.0.2:8000",
-//!  "status":200,"duration_ms":1.31,"retries":0,"complete":true},"target":"access"}
+//!  "status":200,"duration_ms":1.31,"retries":0,"complete":true,"admission":"-"},
+//!  "target":"access"}
 //! ```
 //!
 //! Off by default: it costs a formatted line per request.
@@ -27,6 +28,7 @@ pub struct Entry {
     status: u16,
     retries: u32,
     complete: bool,
+    admission: &'static str,
 }
 
 impl Entry {
@@ -42,6 +44,7 @@ impl Entry {
             status: 0,
             retries: 0,
             complete: false,
+            admission: "-",
         })
     }
 
@@ -53,6 +56,12 @@ impl Entry {
     /// The upstream that served it.
     pub fn upstream(&mut self, name: &str) {
         name.clone_into(&mut self.upstream);
+    }
+
+    /// What the upstream's admission rules made of it: `allowed`,
+    /// `denied:deny`, `limited:limit-req`, `dry-run:limit-conn`, ...
+    pub fn admission(&mut self, verdict: &'static str) {
+        self.admission = verdict;
     }
 
     /// The backend that answered, its status, and how many retries it took.
@@ -82,6 +91,7 @@ impl Drop for Entry {
             duration_ms = (ms * 1000.0).round() / 1000.0,
             retries = self.retries,
             complete = self.complete,
+            admission = self.admission,
             "access"
         );
     }

@@ -17,6 +17,7 @@ use crate::backend::{Backend, BackendSet, Terms};
 use crate::base::clock::Instant;
 use crate::base::config::{NATIVE_STRATEGY, UpstreamConfig};
 use crate::base::stats::StatusClasses;
+use crate::limit::Gate;
 use crate::plugin::{Shadow, Strategy};
 
 /// One upstream: its backends, its strategy and its connection pool.
@@ -41,6 +42,9 @@ pub struct Upstream {
     pub native: bool,
     /// `shadow = "..."`: asked on every pick, never routes.
     pub shadow: Option<Shadow>,
+    /// Its admission rules (`allow`, `deny`, `limit-req`, `limit-conn`);
+    /// None when it has none.
+    pub gate: Option<Gate>,
     sequence: AtomicU64,
 }
 
@@ -68,11 +72,13 @@ impl Upstream {
                 .unwrap_or_default(),
             discovered: Mutex::new(discovered),
             native: config.strategy == NATIVE_STRATEGY,
-            config,
             backends: ArcSwap::new(set),
             strategy: ArcSwap::new(strategy),
             shadow: None,
+            gate: (!config.admission.is_open())
+                .then(|| Gate::new(&config.admission, previous.and_then(|p| p.gate.as_ref()))),
             sequence: AtomicU64::new(previous.map_or(0, |p| p.sequence.load(Ordering::Relaxed))),
+            config,
         }
     }
 

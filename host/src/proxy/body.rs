@@ -18,6 +18,7 @@ use pin_project_lite::pin_project;
 
 use crate::backend::Lease;
 use crate::backend::h1::H1Body;
+use crate::limit::Holds;
 use crate::wire::head::{CarriesFields, RawFields};
 
 /// A response body's error, whichever client read it.
@@ -63,6 +64,20 @@ impl ProxyBody {
     /// tunnel that follows holds the lease (see [`crate::proxy::tunnel`]).
     pub fn switched(inner: Incoming) -> Self {
         ProxyBody::Upstream { inner, lease: None }
+    }
+
+    /// Keeps the request's `limit-conn` counts until the backend's body
+    /// ends (a body the proxy made, or one already over, lets them go).
+    pub fn hold(&mut self, holds: Holds) {
+        match self {
+            ProxyBody::Upstream {
+                lease: Some(lease), ..
+            }
+            | ProxyBody::H1 {
+                lease: Some(lease), ..
+            } => lease.hold(holds),
+            _ => {}
+        }
     }
 
     /// Whether the proxy made this body itself (no backend answered).

@@ -33,6 +33,7 @@ use crate::base::workers::{self, Tunnels};
 use crate::gateway::Gateway;
 use crate::gateway::router::RouteTable;
 use crate::gateway::upstream::Upstream;
+use crate::limit::{Holds, Reason, Refusal, Verdict};
 use crate::plugin::{Choice, PickInput, fallback};
 use crate::wire::body::ClientBody;
 use crate::wire::head::host_of;
@@ -146,8 +147,8 @@ pub fn handle(
                 Admission::Answered(resp) => return Ok(answer(resp, switching, conn)),
                 Admission::Forward(exchange, parts, body) => (exchange, parts, body),
             };
-            let resp = exchange.run(parts, body).await;
-            exchange.finish(&resp);
+            let mut resp = exchange.run(parts, body).await;
+            exchange.finish(&mut resp);
             // The exchange (which borrows `conn`) ends with this block, where it
             // is: `drop(exchange)` would copy it first.
             resp
@@ -215,6 +216,13 @@ fn admit<'c>(
         );
         return Admission::Answered(answered_here(resp, log));
     };
+    let holds = match gate(&upstream, &parts, client_ip, &mut log) {
+        Ok(holds) => holds,
+        Err(refusal) => {
+            upstream.local_responses.record(refusal.status);
+            return Admission::Answered(answered_here(turned_away(refusal), log));
+        }
+    };
     let set = upstream.backends.load_full();
     // Not held across the awaits below: a reload may retire this table.
     drop(table);
@@ -239,8 +247,55 @@ fn admit<'c>(
         retry: None,
         log,
         upgrade,
+        holds,
     };
     Admission::Forward(exchange, parts, body)
+}
+
+/// The upstream's admission rules (`deny`, `allow`, `limit-req`,
+/// `limit-conn`) applied to the request: Ok with the `limit-conn` counts
+/// it holds, or why it is turned away.
+fn gate(
+    upstream: &Upstream,
+    parts: &Parts,
+    client_ip: IpAddr,
+    log: &mut Option<Box<access::Entry>>,
+) -> Result<Holds, Refusal> {
+    let Some(gate) = &upstream.gate else {
+        return Ok(Holds::default());
+    };
+    let verdict = gate.check(&parts.headers, client_ip, clock::now_ns());
+    if let Some(log) = log {
+        log.admission(verdict.label());
+    }
+    let refusal = match verdict {
+        Verdict::Pass(holds, _) => return Ok(holds),
+        Verdict::Refuse(refusal) => refusal,
+    };
+    // Not at `info`: a flood would flood the log; the access log and
+    // `switchyard_admission_total` count every refusal.
+    tracing::debug!(
+        upstream = upstream.name(), client = %client_ip, method = %parts.method,
+        path = parts.uri.path(), status = refusal.status.as_u16(),
+        reason = refusal.reason.as_str(), "refused by the upstream's admission rules"
+    );
+    Err(refusal)
+}
+
+/// The answer to a request the admission rules turned away: 403, or 429
+/// (or the limit's `status`) with `Retry-After` when the limit says when.
+fn turned_away(refusal: Refusal) -> Response<ProxyBody> {
+    let message = match refusal.reason {
+        Reason::DenyList | Reason::NotAllowed => "access denied",
+        Reason::LimitReq => "too many requests: rate limit reached (limit-req)",
+        Reason::LimitConn => "too many requests in flight (limit-conn)",
+    };
+    let mut resp = local_response(refusal.status, message);
+    if let Some(secs) = refusal.retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// The proxy's own answer to a request it refuses before routing: a head
@@ -388,6 +443,9 @@ struct Exchange<'c> {
     log: Option<Box<access::Entry>>,
     /// The client's upgrade request, if it is one.
     upgrade: Option<ClientUpgrade>,
+    /// Its `limit-conn` counts: handed to the response's body, or to the
+    /// tunnel.
+    holds: Holds,
 }
 
 /// The end of one try. A request that may be sent again (see
@@ -501,7 +559,8 @@ impl Exchange<'_> {
     /// What is left once `resp` goes to the client: a local answer is
     /// counted, and the access log line written unless a backend's response
     /// writes it when it ends.
-    fn finish(&mut self, resp: &Response<ProxyBody>) {
+    fn finish(&mut self, resp: &mut Response<ProxyBody>) {
+        resp.body_mut().hold(std::mem::take(&mut self.holds));
         if resp.body().is_local() {
             self.upstream.local_responses.record(resp.status());
         }
@@ -879,10 +938,12 @@ impl Exchange<'_> {
             log.answered(Some(&backend.address), resp.status().as_u16(), retries);
             log
         });
+        let mut lease = Lease::new(in_flight, None, Arc::clone(&self.upstream) as _, log);
+        lease.hold(std::mem::take(&mut self.holds));
         let tunnel = Tunnel {
             client: upgrade.on,
             backend: backend_io,
-            lease: Lease::new(in_flight, None, Arc::clone(&self.upstream) as _, log),
+            lease,
             idle_timeout: self.upstream.config.tunnel_idle_timeout,
             guard: upgrade.tunnels.open(),
             upstream: self.upstream.name().to_owned(),

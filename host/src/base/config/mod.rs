@@ -16,6 +16,13 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+mod admission;
+
+pub use admission::{
+    Admission, DEFAULT_LIMIT_KEYS, LimitConn, LimitKey, LimitReq, MAX_LIMIT_KEYS, Rate,
+};
+use admission::{RawAdmission, RawLimitConn, RawLimitReq, RawLimits, Written};
+
 /// `strategy = "host:round-robin"`: the host's own round robin, no plugin
 /// (the baseline the Wasm overhead is measured against).
 pub const NATIVE_STRATEGY: &str = "host:round-robin";
@@ -174,6 +181,9 @@ pub struct UpstreamConfig {
     pub plugin_failure: FailurePolicy,
     /// Response header naming the backend that answered (e.g. `x-upstream`).
     pub backend_header: Option<http::HeaderName>,
+    /// Who is let in, how many and how fast (`allow`, `deny`, `limit-req`,
+    /// `limit-conn`, `limit-keys`; the top level's where not written here).
+    pub admission: Admission,
 }
 
 /// What happens to a request whose pick failed (trap, deadline, bad answer).
@@ -360,6 +370,16 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    deny: Option<Vec<String>>,
+    #[serde(default)]
+    limit_req: Option<RawLimits<RawLimitReq>>,
+    #[serde(default)]
+    limit_conn: Option<RawLimits<RawLimitConn>>,
+    #[serde(default)]
+    limit_keys: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -556,6 +576,16 @@ struct RawUpstream {
     plugin_failure: FailurePolicy,
     #[serde(default)]
     backend_header: Option<String>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    deny: Option<Vec<String>>,
+    #[serde(default)]
+    limit_req: Option<RawLimits<RawLimitReq>>,
+    #[serde(default)]
+    limit_conn: Option<RawLimits<RawLimitConn>>,
+    #[serde(default)]
+    limit_keys: Option<i64>,
 }
 
 fn default_resolve_interval() -> Duration {
@@ -853,9 +883,19 @@ impl Validator<'_> {
                 "at least one [[upstream]] is required (with `name` and `servers`)",
             ));
         }
+        let defaults = self.admission(
+            "",
+            RawAdmission {
+                allow: raw.allow,
+                deny: raw.deny,
+                limit_req: raw.limit_req,
+                limit_conn: raw.limit_conn,
+                limit_keys: raw.limit_keys,
+            },
+        )?;
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
         for (i, u) in raw.upstream.into_iter().enumerate() {
-            let up = self.upstream(i, u)?;
+            let up = self.upstream(i, u, &defaults)?;
             if let Some(prev) = upstreams
                 .iter()
                 .position(|p: &UpstreamConfig| p.name == up.name)
@@ -967,7 +1007,12 @@ impl Validator<'_> {
         })
     }
 
-    fn upstream(&self, i: usize, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    fn upstream(
+        &self,
+        i: usize,
+        u: RawUpstream,
+        defaults: &Written,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let key = |k: &str| format!("upstream[{i}].{k}");
         if u.name.is_empty()
             || !u
@@ -1136,6 +1181,18 @@ impl Validator<'_> {
             None => None,
             Some(c) => Some(self.active_check(i, c)?),
         };
+        let admission = self
+            .admission(
+                &format!("upstream[{i}]."),
+                RawAdmission {
+                    allow: u.allow,
+                    deny: u.deny,
+                    limit_req: u.limit_req,
+                    limit_conn: u.limit_conn,
+                    limit_keys: u.limit_keys,
+                },
+            )?
+            .over(defaults);
         Ok(UpstreamConfig {
             name: u.name,
             strategy: u.strategy,
@@ -1166,6 +1223,7 @@ impl Validator<'_> {
             health_check,
             plugin_failure: u.plugin_failure,
             backend_header,
+            admission,
         })
     }
 }

@@ -1,0 +1,52 @@
+//! Admission: who may send requests through an upstream, how many at once
+//! and how fast, decided before a backend is picked.
+//!
+//! - [`Gate`]: one upstream's `deny` / `allow` lists and its `limit-req`
+//!   and `limit-conn` limiters, asked once per request ([`Gate::check`]);
+//! - [`RateLimiter`]: a token bucket per key (GCRA: one timestamp a key);
+//! - [`ConnLimiter`]: requests in flight per key, each held by a [`Held`]
+//!   that the response keeps until it has been sent.
+//!
+//! Limiters are global: every worker thread takes from the same table, so a
+//! client spread over connections and threads gets exactly its limit. They
+//! are bounded: a table remembers at most `limit-keys` keys (split over
+//! shards, each with its own lock), forgetting the least recently seen key
+//! first; a rate key whose bucket is full again holds nothing a fresh key
+//! would not, so such keys are dropped first. Keys are kept as 64-bit
+//! SipHash values under a random per-limiter secret, so a key's size does
+//! not matter and a client cannot aim for collisions.
+//!
+//! A limiter outlives the upstream that made it: a reload whose limit is
+//! the same (same settings, same `limit-keys`) hands it on, state and all,
+//! as nginx keeps a `limit_req_zone` across reloads.
+
+mod conn;
+mod gate;
+mod key;
+mod rate;
+
+pub use conn::{ConnLimiter, Held, Holds};
+pub use gate::{Gate, Reason, Refusal, Tally, Verdict};
+pub use key::key_material;
+pub use rate::RateLimiter;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Shards of a table that remembers `keys` keys: enough that two workers
+/// rarely meet on a lock, few enough that each shard's share of the bound
+/// stays large (the bound is kept per shard).
+fn shard_count(keys: usize) -> usize {
+    (keys / 1024).clamp(1, 64).next_power_of_two().min(64)
+}
+
+/// Each shard's share of `keys` (rounded up: the table may hold up to one
+/// key per shard more than `keys`).
+fn per_shard(keys: usize, shards: usize) -> usize {
+    keys.div_ceil(shards).max(1)
+}
+
+/// A shard's lock; a panic elsewhere while it was held leaves counts that
+/// are still counts, so a poisoned lock is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

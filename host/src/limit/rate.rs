@@ -1,0 +1,165 @@
+//! A request-rate limiter: a token bucket per key, kept as GCRA's one
+//! timestamp (the "theoretical arrival time", TAT) per key.
+//!
+//! With `interval = 1 / rate` and `burst` requests allowed at once, a
+//! request of cost `c` at `now` moves the key's TAT to
+//! `max(TAT, now) + c * interval` if that is at most
+//! `now + burst * interval`, and is refused otherwise, told to come back
+//! when it would fit. So over `t` a key gets at most `burst + rate * t`
+//! requests, whichever threads they come through.
+
+use std::hash::BuildHasher;
+use std::hash::RandomState;
+use std::sync::Mutex;
+
+use lru::LruCache;
+
+use super::{lock, per_shard, shard_count};
+
+/// Token buckets for up to `keys` keys (see the module's documentation).
+pub struct RateLimiter {
+    interval: u64,
+    capacity: u64,
+    per_shard: usize,
+    shards: Box<[Mutex<LruCache<u64, u64>>]>,
+    /// The secret keys are hashed under.
+    hasher: RandomState,
+}
+
+impl RateLimiter {
+    /// A limiter letting `burst` requests through at once and one more
+    /// every `interval_ns`, remembering up to `keys` keys.
+    pub fn new(interval_ns: u64, burst: u32, keys: usize) -> Self {
+        let shards = shard_count(keys);
+        let interval = interval_ns.max(1);
+        Self {
+            interval,
+            capacity: interval.saturating_mul(u64::from(burst.max(1))),
+            per_shard: per_shard(keys, shards),
+            shards: (0..shards)
+                .map(|_| Mutex::new(LruCache::unbounded()))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The key `material` is remembered under.
+    pub fn key(&self, material: &[u8]) -> u64 {
+        self.hasher.hash_one(material)
+    }
+
+    /// Takes `cost` requests' worth for `key` at `now` (nanoseconds of the
+    /// proxy's clock): Ok, or Err with the nanoseconds until it would
+    /// pass.
+    pub fn take(&self, key: u64, cost: u32, now: u64) -> Result<(), u64> {
+        let need = self.interval.saturating_mul(u64::from(cost));
+        let limit = now.saturating_add(self.capacity);
+        let mut shard = lock(&self.shards[self.shard(key)]);
+        if let Some(tat) = shard.get_mut(&key) {
+            let next = (*tat).max(now).saturating_add(need);
+            if next > limit {
+                return Err(next - limit);
+            }
+            *tat = next;
+            return Ok(());
+        }
+        let next = now.saturating_add(need);
+        if next > limit {
+            return Err(next - limit);
+        }
+        // Keys whose bucket has filled up again are as good as forgotten:
+        // drop a few of the oldest before a new one comes in.
+        for _ in 0..2 {
+            match shard.peek_lru() {
+                Some((_, &tat)) if tat <= now => {
+                    shard.pop_lru();
+                }
+                _ => break,
+            }
+        }
+        if shard.len() >= self.per_shard {
+            shard.pop_lru();
+        }
+        shard.put(key, next);
+        Ok(())
+    }
+
+    /// Keys remembered now.
+    pub fn keys(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Most keys remembered at once.
+    pub fn capacity(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+
+    fn shard(&self, key: u64) -> usize {
+        // The key is a SipHash value: its top bits are as good as any.
+        (key >> 58) as usize % self.shards.len()
+    }
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("interval_ns", &self.interval)
+            .field("capacity_ns", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_burst_then_one_per_interval() {
+        let l = RateLimiter::new(100 * MS, 5, 1000);
+        let now = 1_000 * MS;
+        for _ in 0..5 {
+            assert_eq!(l.take(1, 1, now), Ok(()));
+        }
+        assert_eq!(l.take(1, 1, now), Err(100 * MS));
+        assert_eq!(l.take(2, 1, now), Ok(()), "another key is not affected");
+        assert_eq!(l.take(1, 1, now + 99 * MS), Err(MS));
+        assert_eq!(l.take(1, 1, now + 100 * MS), Ok(()));
+        assert_eq!(l.take(1, 1, now + 100 * MS), Err(100 * MS));
+        // Idle for a long time: the whole burst again, not more.
+        let later = now + 10_000 * MS;
+        for _ in 0..5 {
+            assert_eq!(l.take(1, 1, later), Ok(()));
+        }
+        assert!(l.take(1, 1, later).is_err());
+    }
+
+    #[test]
+    fn a_cost_over_the_burst_never_passes_and_leaves_no_key() {
+        let l = RateLimiter::new(MS, 3, 1000);
+        assert_eq!(l.take(9, 4, 5 * MS), Err(MS));
+        assert_eq!(l.keys(), 0);
+        assert_eq!(l.take(9, 3, 5 * MS), Ok(()));
+    }
+
+    #[test]
+    fn keys_stay_within_the_bound() {
+        let l = RateLimiter::new(1_000 * MS, 1, 5_000);
+        for k in 0..100_000u64 {
+            let key = l.key(&k.to_le_bytes());
+            assert_eq!(l.take(key, 1, MS), Ok(()));
+        }
+        assert!(l.keys() <= l.capacity(), "{} > {}", l.keys(), l.capacity());
+        assert!(l.capacity() < 5_000 + 64);
+    }
+
+    #[test]
+    fn full_buckets_make_room_before_live_keys() {
+        let l = RateLimiter::new(10 * MS, 1, 1);
+        assert_eq!(l.take(1, 1, 0), Ok(()));
+        // Key 1's bucket is full again at 10 ms: key 2 takes its place.
+        assert_eq!(l.take(2, 1, 20 * MS), Ok(()));
+        assert_eq!(l.keys(), 1);
+    }
+}
