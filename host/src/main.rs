@@ -188,8 +188,13 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         .upstreams
         .iter()
         .map(|u| {
+            let admission = u
+                .admission
+                .summary()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default();
             format!(
-                "{} ({} servers, strategy {})",
+                "{} ({} servers, strategy {}{admission})",
                 u.name,
                 u.servers.len() + u.names.len(),
                 u.strategy

@@ -57,6 +57,29 @@ fn check_accepts_the_compose_config_whose_names_do_not_resolve_here() {
 }
 
 #[test]
+fn check_says_what_each_upstream_admits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let path = dir.path().join("limits.toml");
+    let text = format!(
+        "plugins = {:?}\ndeny = [\"192.0.2.0/24\"]\n\
+         [[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\
+         limit-req = {{ rate = \"600r/m\", burst = 5, key = \"header:X-Api-Key\", dry-run = true }}\n\
+         limit-conn = {{ max = 10 }}\n",
+        plugins.display().to_string()
+    );
+    std::fs::write(&path, text).expect("write");
+    let (ok, out) = switchyard(&["check", "--config", &path.display().to_string()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "deny 1, limit-req 600/m burst 5 by header:x-api-key (dry run), limit-conn 10 by client-ip"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
@@ -81,6 +104,10 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
         (
             "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nhealth-check = { timeout = \"500000000000y\" }\n",
             "`upstream[0].health-check.timeout`: must be at most a year",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nlimit-req = { rate = \"10/d\" }\n",
+            "`upstream[0].limit-req.rate`: `10/d` is not a rate",
         ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {

@@ -57,6 +57,37 @@ impl Admission {
             && self.limit_req.is_empty()
             && self.limit_conn.is_empty()
     }
+
+    /// What the rules are, in a few words (`switchyard check` prints it):
+    /// `deny 1, allow 2, limit-req 10/s burst 5 by client-ip`; None when
+    /// there are none.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (name, list) in [("deny", &self.deny), ("allow", &self.allow)] {
+            if !list.is_empty() {
+                parts.push(format!("{name} {}", list.len()));
+            }
+        }
+        let dry = |d: bool| if d { " (dry run)" } else { "" };
+        for r in &self.limit_req {
+            parts.push(format!(
+                "limit-req {} burst {} by {}{}",
+                r.rate,
+                r.burst,
+                r.key,
+                dry(r.dry_run)
+            ));
+        }
+        for c in &self.limit_conn {
+            parts.push(format!(
+                "limit-conn {} by {}{}",
+                c.max,
+                c.key,
+                dry(c.dry_run)
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 /// What a limit counts requests by.
