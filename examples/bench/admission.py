@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,26 +42,12 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from idle_conns import free_port, rss_kib, wait_port  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, "target", "release", "switchyard"))
 PLUGINS = os.path.join(ROOT, "plugins")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on 127.0.0.1:{port}")
 
 
 class Bench:
@@ -125,43 +110,39 @@ def status(proxy):
         return json.load(r)["upstreams"][0]
 
 
-def rss_kib(proxy):
-    with open(f"/proc/{proxy['pid']}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
-
-
-def wrk(port, conns, seconds, threads=1, header=None, script=None):
+def wrk(port, conns, seconds, threads=1, header=None, script=None, script_args=()):
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s"]
     if header:
         cmd += ["-H", header]
     if script:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{port}/")
+    if script_args:
+        cmd += ["--", *script_args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
 def wrk_result(p):
     out = p.communicate()[0]
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    total, took = re.search(r"(\d+) requests in ([\d.]+)s", out).groups()
+    total = int(total)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return total, total - (int(non2xx.group(1)) if non2xx else 0), rps
+    return total, total - (int(non2xx.group(1)) if non2xx else 0), rps, float(took)
 
 
 def accuracy(b, args):
     rate, burst, conns, secs = 1000, 100, 50, args.duration * 2
     proxy = b.proxy("accuracy", f'limit-req = {{ rate = "{rate}/s", burst = {burst} }}')
-    started = time.time()
     one = wrk(proxy["port"], conns, secs)
     two = wrk(proxy["port"], conns, secs, header="X-Forwarded-For: 10.0.0.2")
     r1, r2 = wrk_result(one), wrk_result(two)
-    took = time.time() - started
-    expect = burst + rate * took
-    print(f"\n## accuracy: limit-req {rate}/s burst {burst}, 2 clients x {conns} connections, {took:.2f} s")
-    print("| client | requests | allowed | expected (B + R x T) | allowed / expected |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, (total, ok, _) in (("127.0.0.1", r1), ("10.0.0.2 (X-Forwarded-For)", r2)):
-        print(f"| {name} | {total} | {ok} | {expect:.0f} | {ok / expect:.4f} |")
+    print(f"\n## accuracy: limit-req {rate}/s burst {burst}, 2 clients x {conns} connections at once")
+    print("| client | T (s, wrk's) | requests | allowed | expected (B + R x T) | allowed / expected |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, (total, ok, _, took) in (("127.0.0.1", r1), ("10.0.0.2 (X-Forwarded-For)", r2)):
+        expect = burst + rate * took
+        print(f"| {name} | {took:.2f} | {total} | {ok} | {expect:.0f} | {ok / expect:.4f} |")
     s = status(proxy)["admission"]
     print(f"/status: allowed {s['allowed']}, limited {s['limited']}")
     b.stop(proxy)
@@ -193,7 +174,7 @@ local n = 0
 local id = 0
 local counter = 0
 function setup(thread) counter = counter + 1; thread:set("id", counter) end
-function init(args) id = wrk.thread:get("id") end
+function init(args) id = args[1] .. "-" .. wrk.thread:get("id") end
 function request()
   n = n + 1
   return wrk.format("GET", "/", { ["X-Key"] = id .. "-" .. n })
@@ -214,14 +195,15 @@ def memory(b, args):
             f'limit-req = {{ rate = "1/m", burst = 1, key = "header:x-key" }}\nlimit-keys = {keys}',
         )
         wrk_result(wrk(proxy["port"], 50, 1))
-        before = rss_kib(proxy)
-        sent = 0
+        before = rss_kib(proxy["pid"])
+        sent, chunk = 0, 0
         while sent < args.keys:
-            total, _, _ = wrk_result(wrk(proxy["port"], 50, 5, threads=2, script=script))
-            sent += total
+            chunk += 1
+            run = wrk(proxy["port"], 50, 5, threads=2, script=script, script_args=[str(chunk)])
+            sent += wrk_result(run)[0]
         s = status(proxy)
         lim = s["admission"]["limiters"][0]
-        after = rss_kib(proxy)
+        after = rss_kib(proxy["pid"])
         per = (after - before) * 1024 / max(lim["keys"], 1)
         print(f"| {keys} | {sent} | {lim['keys']} | {lim['max_keys']} | {before / 1024:.1f} | {after / 1024:.1f} | {per:.0f} |")
         b.stop(proxy)

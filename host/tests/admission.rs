@@ -369,3 +369,24 @@ async fn a_config_reload_keeps_the_limiters_state() {
     let a = admission(&proxy).await;
     assert_eq!(a["limited"].as_u64(), Some(2), "totals carried over: {a}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_quiet_clients_are_forgotten() {
+    let (_be, _fx, proxy) = start("", "limit-req = { rate = \"20/s\", burst = 2 }").await;
+    let client = client();
+    for i in 0..5 {
+        let ip = format!("192.0.2.{i}");
+        assert_eq!(get_as(&client, &proxy, &ip, "/").await.status, 200);
+    }
+    assert!(admission(&proxy).await["limiters"][0]["keys"].as_u64() > Some(0));
+    // 100 ms after its request a client's bucket is full again; the health
+    // task's sweep (about once a second) forgets it.
+    wait_for(Duration::from_secs(5), "the keys forgotten", || async {
+        let a = admission(&proxy).await;
+        match a["limiters"][0]["keys"].as_u64() {
+            Some(0) => Ok(()),
+            _ => Err(a.to_string()),
+        }
+    })
+    .await;
+}

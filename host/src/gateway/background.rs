@@ -52,7 +52,8 @@ pub fn spawn<P: Periodic>(gateway: Arc<Gateway>, mut work: P) -> JoinHandle<()> 
 
 /// Health: every tick, settles passive time-outs that ran out (so the
 /// upstream's health version moves); about once a second, closes idle
-/// backend connections past `idle-timeout`; and for every upstream with a
+/// backend connections past `idle-timeout` and forgets rate-limit keys
+/// whose bucket is full again; and for every upstream with a
 /// `[upstream.health-check]`, probes all its backends every `interval`.
 pub struct Health {
     client: ProbeClient,
@@ -88,16 +89,19 @@ impl Periodic for Health {
         now: Instant,
     ) -> impl Future<Output = ()> + Send + '_ {
         self.ticks = self.ticks.wrapping_add(1);
-        let sweep_pools = self.ticks.is_multiple_of(10);
+        let sweep = self.ticks.is_multiple_of(10);
         self.rounds.retain(|name, _| table.upstream(name).is_some());
         for upstream in &table.upstreams {
             let set = upstream.backends.load_full();
             for backend in &set.backends {
                 // Settles passive time-outs that ran out.
                 backend.healthy();
-                if sweep_pools {
+                if sweep {
                     backend.pool.sweep(upstream.pool.idle_timeout);
                 }
+            }
+            if let Some(gate) = upstream.gate.as_ref().filter(|_| sweep) {
+                gate.sweep(clock::ns_at(now));
             }
             let Some(check) = upstream.config.health_check.clone() else {
                 continue;

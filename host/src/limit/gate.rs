@@ -258,6 +258,15 @@ impl Gate {
         })
     }
 
+    /// Forgets the rate limiters' keys whose bucket is full again at `now`
+    /// (see [`RateLimiter::sweep`]). (`limit-conn` tables forget a key as
+    /// soon as its last request ends.)
+    pub fn sweep(&self, now: u64) {
+        for (_, _, limiter) in &self.req {
+            limiter.sweep(now);
+        }
+    }
+
     /// `(name, keys now, most keys)` of each limiter: `limit-req`,
     /// `limit-req[1]`, ..., `limit-conn`, ...
     pub fn limiters(&self) -> Vec<(String, usize, usize)> {

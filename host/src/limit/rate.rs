@@ -16,6 +16,10 @@ use lru::LruCache;
 
 use super::{lock, per_shard, shard_count};
 
+/// Keys of one shard a [`RateLimiter::sweep`] looks at (the shard's lock is
+/// held meanwhile: a few microseconds).
+pub const SWEEP_LOOK: usize = 512;
+
 /// Token buckets for up to `keys` keys (see the module's documentation).
 pub struct RateLimiter {
     interval: u64,
@@ -82,6 +86,29 @@ impl RateLimiter {
         }
         shard.put(key, next);
         Ok(())
+    }
+
+    /// Forgets keys whose bucket has filled up again by `now` (they hold
+    /// nothing a new key would not), looking at up to [`SWEEP_LOOK`] of the
+    /// least recently seen keys of each shard: run about once a second, it
+    /// gives memory back once clients go quiet. Returns how many it forgot.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut forgotten = 0;
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            let idle: Vec<u64> = shard
+                .iter()
+                .rev()
+                .take(SWEEP_LOOK)
+                .filter(|&(_, &tat)| tat <= now)
+                .map(|(&key, _)| key)
+                .collect();
+            for key in &idle {
+                shard.pop(key);
+            }
+            forgotten += idle.len();
+        }
+        forgotten
     }
 
     /// Keys remembered now.
@@ -152,6 +179,20 @@ mod tests {
         }
         assert!(l.keys() <= l.capacity(), "{} > {}", l.keys(), l.capacity());
         assert!(l.capacity() < 5_000 + 64);
+    }
+
+    #[test]
+    fn a_sweep_forgets_only_full_buckets() {
+        let l = RateLimiter::new(10 * MS, 1, 1000);
+        assert_eq!(l.take(1, 1, 0), Ok(()));
+        assert_eq!(l.take(2, 1, 5 * MS), Ok(()));
+        // At 12 ms key 1's bucket is full again (10 ms), key 2's is not
+        // (15 ms).
+        assert_eq!(l.sweep(12 * MS), 1);
+        assert_eq!(l.keys(), 1);
+        assert_eq!(l.take(2, 1, 12 * MS), Err(3 * MS), "key 2 is remembered");
+        assert_eq!(l.sweep(30 * MS), 1);
+        assert_eq!(l.keys(), 0);
     }
 
     #[test]
