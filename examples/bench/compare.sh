@@ -52,6 +52,9 @@
 #     ROUNDS=3 DURATION=5 CONNS="1 50 256" WARMUP=2 \
 #     SWITCHYARD_BIN=target/release/switchyard OUT_DIR=examples/bench/results \
 #     examples/bench/compare.sh
+#   UPSTREAM_EXTRA='limit-req = { rate = "1000000/s", burst = 1000000 }'
+#   adds its text to Switchyard's upstream (both builds), to measure what
+#   a setting costs.
 #   Defaults (3 rounds x 3 concurrencies x 2 proxies x 5 s + warm-up) take
 #   about 1m40s. Build first: cargo build --release -p switchyard
 #   (this also writes plugins/round-robin.wasm).
@@ -82,6 +85,7 @@ PLUGINS_DIR=${PLUGINS_DIR:-"$REPO_ROOT/plugins"}
 OUT_DIR=${OUT_DIR:-"$SCRIPT_DIR/results"}
 KEEP_TMP=${KEEP_TMP:-0}
 INSTRUCTIONS=${INSTRUCTIONS:-0}
+UPSTREAM_EXTRA=${UPSTREAM_EXTRA:-}
 
 usage() {
     sed -n '/^# USAGE/,/^# PREREQUISITES/{/^# PREREQUISITES/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -358,6 +362,7 @@ $( ((INSTRUCTIONS)) && echo "workers = 1")
 name = "app"
 strategy = "$strategy"
 servers = [$servers]
+$UPSTREAM_EXTRA
 EOF
 }
 
