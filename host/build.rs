@@ -1,4 +1,5 @@
-//! Builds the strategy components (`plugins/*` and the test strategy) for
+//! Builds the plugin components (`plugins/*`: strategies and admission
+//! plugins, and the test ones) for
 //! `wasm32-wasip2`, exposes their paths to the host as
 //! `SWITCHYARD_WASM_<NAME>`, and installs the reference ones as
 //! `plugins/<name>.wasm` (atomically, so a running proxy never sees half a
@@ -11,9 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Installed into `plugins/`.
-const REFERENCE: [&str; 3] = ["round-robin", "least-conn", "ip-hash"];
+const REFERENCE: [&str; 5] = [
+    "round-robin",
+    "least-conn",
+    "ip-hash",
+    "rate-limit",
+    "api-key",
+];
 /// Used by the test suite only.
-const TEST_ONLY: [&str; 1] = ["test-strategy"];
+const TEST_ONLY: [&str; 2] = ["test-strategy", "test-admission"];
 /// More strategies under `examples/strategies/`: built and tested with the
 /// host, not installed into `plugins/`.
 const EXAMPLES: &[&str] = &[

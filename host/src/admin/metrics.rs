@@ -119,7 +119,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "admission",
-        help: "Requests by the upstream's admission verdict (allowed, denied, limited, dry-run: would have been limited) and the rule behind it (deny, allow, limit-req, limit-conn); only upstreams with admission rules.",
+        help: "Requests by the upstream's admission verdict (allowed, denied, limited, dry-run: would have been limited) and the rule behind it (deny, allow, limit-req, limit-conn; plugin: the admission plugin denied it; plugin-failure: the plugin failed and the upstream fails closed); only upstreams with admission rules or an admission plugin.",
         unit: None,
         samples: Samples::Counter(|s| {
             s.table
@@ -156,6 +156,58 @@ const FAMILIES: &[Family] = &[
                         ];
                         (labels, i64::try_from(keys).unwrap_or(i64::MAX))
                     })
+                })
+                .collect()
+        }),
+    },
+    Family {
+        name: "admission_plugin_calls",
+        help: "Calls of the upstream's admission plugin it answered (allow or deny).",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.per_admission(|st| [("", &st.picks)].into_iter().collect(), None)
+        }),
+    },
+    Family {
+        name: "admission_plugin_failures",
+        help: "Admission plugin failures by kind (skipped: not called while paused after failing again and again); each such request went on (fail-open) or was answered 503 (fail-closed).",
+        unit: None,
+        samples: Samples::Counter(|s| {
+            s.per_admission(
+                |st| {
+                    vec![
+                        ("trap", &st.traps),
+                        ("timeout", &st.timeouts),
+                        ("bad_answer", &st.bad_answers),
+                        ("instantiate", &st.instantiate_failures),
+                        ("skipped", &st.skipped),
+                    ]
+                },
+                Some("kind"),
+            )
+        }),
+    },
+    Family {
+        name: "admission_plugin_limiter_keys",
+        help: "Keys a limiter an admission plugin declared remembers now.",
+        unit: None,
+        samples: Samples::Gauge(|s| {
+            s.table
+                .upstreams
+                .iter()
+                .filter_map(|u| Some((u.name(), u.admission.as_ref()?.load_full())))
+                .flat_map(|(upstream, admission)| {
+                    admission
+                        .registry
+                        .limiters()
+                        .into_iter()
+                        .map(move |(limiter, _, keys, _)| {
+                            let labels = vec![
+                                ("upstream", Cow::Borrowed(upstream)),
+                                ("limiter", Cow::Owned(limiter)),
+                            ];
+                            (labels, i64::try_from(keys).unwrap_or(i64::MAX))
+                        })
                 })
                 .collect()
         }),
@@ -485,6 +537,31 @@ impl Scrape {
                     Some(label) => with(row.labels(), label, value),
                     None => row.labels(),
                 };
+                samples.push((labels, n.load(Ordering::Relaxed)));
+            }
+        }
+        samples
+    }
+
+    /// One sample per upstream with an admission plugin and `(value,
+    /// counter)` pair that `counts` lists, labelled with the upstream, the
+    /// plugin and `label="value"` (no extra label when `label` is `None`).
+    fn per_admission(
+        &self,
+        counts: impl Fn(&StrategyStats) -> Vec<(&'static str, &AtomicU64)>,
+        label: Option<&'static str>,
+    ) -> Vec<(Labels<'_>, u64)> {
+        let mut samples = Vec::new();
+        for u in &self.table.upstreams {
+            let (Some(admission), Some(plugin)) = (&u.admission, &u.config.admission_plugin) else {
+                continue;
+            };
+            let admission = admission.load();
+            for (value, n) in counts(&admission.stats) {
+                let mut labels = labels([("upstream", u.name()), ("plugin", plugin.as_str())]);
+                if let Some(label) = label {
+                    labels = with(labels, label, value);
+                }
                 samples.push((labels, n.load(Ordering::Relaxed)));
             }
         }

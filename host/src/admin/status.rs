@@ -12,7 +12,7 @@ use crate::base::clock::unix_ms;
 use crate::base::stats::LATENCY_BOUNDS_US;
 use crate::gateway::upstream::Upstream;
 use crate::gateway::{Gateway, ReloadRecord};
-use crate::plugin::builtin;
+use crate::plugin::{StrategyStats, builtin};
 
 /// The whole `/status` document.
 #[derive(Debug, Serialize)]
@@ -57,6 +57,73 @@ struct AdmissionStatus {
     /// Let through by a limit in `dry-run` that would have refused them.
     dry_run: u64,
     limiters: Vec<LimiterStatus>,
+    /// `null` without `admission = "..."`.
+    plugin: Option<AdmissionPluginStatus>,
+}
+
+/// An upstream's admission plugin: its build, its calls and failures, and
+/// the limiters it declared.
+#[derive(Debug, Serialize)]
+struct AdmissionPluginStatus {
+    name: String,
+    plugin: String,
+    hash: String,
+    loaded_at_ms: u64,
+    /// Calls the plugin answered.
+    calls: u64,
+    failures: Failures,
+    instances: u64,
+    /// Mean time of a call (the cost it adds to a request).
+    call_us_mean: Option<f64>,
+    limiters: Vec<PluginLimiterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct PluginLimiterStatus {
+    /// As the plugin declared it.
+    name: String,
+    /// `rate`, `concurrency` or `counter`.
+    kind: &'static str,
+    keys: usize,
+    max_keys: usize,
+}
+
+fn admission_plugin(u: &Upstream) -> Option<AdmissionPluginStatus> {
+    let admission = u.admission.as_ref()?.load();
+    let compiled = &admission.compiled;
+    let st = &admission.stats;
+    let timed: u64 = st.pick_ns.counts().iter().sum();
+    Some(AdmissionPluginStatus {
+        name: u.config.admission_plugin.clone().unwrap_or_default(),
+        plugin: compiled.path.display().to_string(),
+        hash: format!("{:016x}", compiled.hash),
+        loaded_at_ms: unix_ms(compiled.loaded_at),
+        calls: st.picks.load(Ordering::Relaxed),
+        failures: failures(st),
+        instances: st.instances.load(Ordering::Relaxed),
+        call_us_mean: (timed > 0).then(|| st.pick_ns.sum() as f64 / timed as f64 / 1e3),
+        limiters: admission
+            .registry
+            .limiters()
+            .into_iter()
+            .map(|(name, kind, keys, max_keys)| PluginLimiterStatus {
+                name,
+                kind,
+                keys,
+                max_keys,
+            })
+            .collect(),
+    })
+}
+
+fn failures(st: &StrategyStats) -> Failures {
+    Failures {
+        trap: st.traps.load(Ordering::Relaxed),
+        timeout: st.timeouts.load(Ordering::Relaxed),
+        bad_answer: st.bad_answers.load(Ordering::Relaxed),
+        instantiate: st.instantiate_failures.load(Ordering::Relaxed),
+        skipped: st.skipped.load(Ordering::Relaxed),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +153,7 @@ fn admission(u: &Upstream) -> Option<AdmissionStatus> {
                 max_keys,
             })
             .collect(),
+        plugin: admission_plugin(u),
     })
 }
 
@@ -257,13 +325,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
             builtin,
             loaded_at_ms: unix_ms(compiled.loaded_at),
             picks: st.picks.load(Ordering::Relaxed),
-            failures: Failures {
-                trap: st.traps.load(Ordering::Relaxed),
-                timeout: st.timeouts.load(Ordering::Relaxed),
-                bad_answer: st.bad_answers.load(Ordering::Relaxed),
-                instantiate: st.instantiate_failures.load(Ordering::Relaxed),
-                skipped: st.skipped.load(Ordering::Relaxed),
-            },
+            failures: failures(st),
             instances: st.instances.load(Ordering::Relaxed),
             stateful: compiled.stateful(),
             handovers: st.handovers.load(Ordering::Relaxed),

@@ -32,7 +32,7 @@ use crate::base::clock::unix_ms;
 use crate::base::config::{ClientLimits, Config, NATIVE_STRATEGY};
 use crate::base::workers::{Connections, Tunnels};
 use crate::plugin::{
-    Compiled, PluginError, Runtime, Shadow, Strategy, Succession, builtin, content_hash,
+    Admission, Compiled, PluginError, Runtime, Shadow, Strategy, Succession, builtin, content_hash,
     plugin_path,
 };
 use crate::wire::tls::{Tls, TlsError};
@@ -393,14 +393,24 @@ impl Gateway {
     }
 
     /// Reacts to a change of the plugin file `path`: recompiles it and swaps
-    /// it into every upstream using it (as its strategy or its shadow), each
-    /// new strategy continuing the lineage of the one it replaces. Blocking.
+    /// it into every upstream using it (as its strategy, its shadow or its
+    /// admission plugin), each new strategy continuing the lineage of the
+    /// one it replaces, each admission plugin the limiters of the one it
+    /// replaces. Blocking.
     pub fn reload_plugin(&self, path: &Path) -> PluginReload {
         let mut state = self.lock();
         let table = self.routes.load_full();
         let dir = &state.config.plugins;
         // (upstream, as its shadow)
         let mut users: Vec<(&Arc<Upstream>, bool)> = Vec::new();
+        // Upstreams running it as their admission plugin.
+        let gate_users: Vec<&Arc<Upstream>> = (table.upstreams.iter())
+            .filter(|u| {
+                u.admission.is_some()
+                    && (u.config.admission_plugin.as_deref())
+                        .is_some_and(|s| plugin_path(dir, s) == path)
+            })
+            .collect();
         for u in &table.upstreams {
             if plugin_path(dir, &u.config.strategy) == path {
                 users.push((u, false));
@@ -475,13 +485,36 @@ impl Gateway {
                 }
             }
         }
+        let mut gates = Vec::with_capacity(gate_users.len());
+        for upstream in gate_users {
+            let Some(current) = &upstream.admission else {
+                continue;
+            };
+            match Admission::prepare(
+                &self.runtime,
+                Arc::clone(&compiled),
+                upstream.name(),
+                &upstream.config.admission_params,
+                state.config.plugin_limits,
+                upstream.config.admission.limit_keys,
+                Some(&current.load()),
+            ) {
+                Ok(admission) => gates.push((current, admission, upstream.name())),
+                Err(error) => {
+                    return PluginReload::Rejected {
+                        path: path.to_owned(),
+                        error,
+                    };
+                }
+            }
+        }
         state.compiled.insert(path.to_owned(), compiled);
-        if prepared.is_empty() {
+        if prepared.is_empty() && gates.is_empty() {
             return PluginReload::Unused {
                 path: path.to_owned(),
             };
         }
-        let upstreams = prepared
+        let mut upstreams: Vec<String> = prepared
             .into_iter()
             .map(|(upstream, shadow, strategy)| match &upstream.shadow {
                 Some(s) if shadow => {
@@ -494,6 +527,10 @@ impl Gateway {
                 }
             })
             .collect();
+        for (slot, admission, name) in gates {
+            slot.store(admission);
+            upstreams.push(format!("{name} (admission)"));
+        }
         PluginReload::Swapped {
             path: path.to_owned(),
             upstreams,
@@ -579,6 +616,9 @@ fn build_table(
         };
         let plugin = compiled_for(&uc.strategy)?;
         let shadow_plugin = uc.shadow.as_deref().map(&mut compiled_for).transpose()?;
+        let gate_plugin = (uc.admission_plugin.as_deref())
+            .map(&mut compiled_for)
+            .transpose()?;
         let prev = previous.and_then(|t| t.upstream(&uc.name));
         if let Some(prev) = prev {
             let strategy = prev.strategy.load();
@@ -587,9 +627,15 @@ fn build_table(
                 (Some(s), Some(p)) => Arc::ptr_eq(&s.strategy.load().compiled, p),
                 _ => false,
             };
+            let same_admission = match (&prev.admission, &gate_plugin) {
+                (None, None) => true,
+                (Some(a), Some(p)) => Arc::ptr_eq(&a.load().compiled, p),
+                _ => false,
+            };
             if prev.config == *uc
                 && Arc::ptr_eq(&strategy.compiled, &plugin)
                 && same_shadow
+                && same_admission
                 && strategy.limits() == config.plugin_limits
             {
                 upstreams.push(Arc::clone(prev));
@@ -638,10 +684,32 @@ fn build_table(
             }
             _ => None,
         };
+        // Its limiters go on from the upstream's admission plugin before.
+        let admission = match gate_plugin {
+            Some(gate_plugin) => {
+                let previous = prev
+                    .and_then(|p| p.admission.as_ref())
+                    .map(|a| a.load_full());
+                Some(
+                    Admission::prepare(
+                        runtime,
+                        gate_plugin,
+                        &uc.name,
+                        &uc.admission_params,
+                        config.plugin_limits,
+                        uc.admission.limit_keys,
+                        previous.as_deref(),
+                    )
+                    .map_err(plugin_err)?,
+                )
+            }
+            None => None,
+        };
         let discovered = discovered.into_inner().unwrap_or_else(|p| p.into_inner());
         upstreams.push(Arc::new(
             Upstream::new(uc.clone(), set, strategy, discovered, prev.map(|p| &**p))
-                .with_shadow(shadow),
+                .with_shadow(shadow)
+                .with_admission(admission),
         ));
     }
     Ok(RouteTable {

@@ -18,7 +18,7 @@ use crate::base::clock::Instant;
 use crate::base::config::{NATIVE_STRATEGY, UpstreamConfig};
 use crate::base::stats::StatusClasses;
 use crate::limit::Gate;
-use crate::plugin::{Shadow, Strategy};
+use crate::plugin::{Admission, Shadow, Strategy};
 
 /// One upstream: its backends, its strategy and its connection pool.
 pub struct Upstream {
@@ -45,6 +45,9 @@ pub struct Upstream {
     /// Its admission rules (`allow`, `deny`, `limit-req`, `limit-conn`);
     /// None when it has none.
     pub gate: Option<Gate>,
+    /// `admission = "..."`: the admission plugin asked after `gate`,
+    /// swapped on plugin reload.
+    pub admission: Option<ArcSwap<Admission>>,
     sequence: AtomicU64,
 }
 
@@ -75,8 +78,15 @@ impl Upstream {
             backends: ArcSwap::new(set),
             strategy: ArcSwap::new(strategy),
             shadow: None,
-            gate: (!config.admission.is_open())
-                .then(|| Gate::new(&config.admission, previous.and_then(|p| p.gate.as_ref()))),
+            admission: None,
+            // An admission plugin's verdicts are counted in the gate's tally.
+            gate: (!config.admission.is_open() || config.admission_plugin.is_some()).then(|| {
+                Gate::new(
+                    &config.admission,
+                    previous.and_then(|p| p.gate.as_ref()),
+                    config.admission_plugin.is_some(),
+                )
+            }),
             sequence: AtomicU64::new(previous.map_or(0, |p| p.sequence.load(Ordering::Relaxed))),
             config,
         }
@@ -85,6 +95,12 @@ impl Upstream {
     /// The upstream with `shadow` as its shadow strategy.
     pub fn with_shadow(mut self, shadow: Option<Shadow>) -> Self {
         self.shadow = shadow;
+        self
+    }
+
+    /// The upstream with `admission` as its admission plugin.
+    pub fn with_admission(mut self, admission: Option<Arc<Admission>>) -> Self {
+        self.admission = admission.map(ArcSwap::new);
         self
     }
 

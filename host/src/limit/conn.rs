@@ -130,6 +130,11 @@ impl Holds {
         self.0.push(held);
     }
 
+    /// Adds everything `other` holds.
+    pub fn append(&mut self, mut other: Holds) {
+        self.0.append(&mut other.0);
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -25,6 +25,10 @@ pub enum Reason {
     LimitReq,
     /// A `limit-conn` count is at its `max` (or its table is full).
     LimitConn,
+    /// The upstream's admission plugin denied it.
+    Plugin,
+    /// The admission plugin failed and the upstream fails closed (503).
+    PluginFailure,
 }
 
 impl Reason {
@@ -35,6 +39,8 @@ impl Reason {
             Reason::NotAllowed => "allow",
             Reason::LimitReq => "limit-req",
             Reason::LimitConn => "limit-conn",
+            Reason::Plugin => "plugin",
+            Reason::PluginFailure => "plugin-failure",
         }
     }
 }
@@ -73,6 +79,8 @@ impl Verdict {
                 Reason::NotAllowed => "denied:allow",
                 Reason::LimitReq => "limited:limit-req",
                 Reason::LimitConn => "limited:limit-conn",
+                Reason::Plugin => "denied:plugin",
+                Reason::PluginFailure => "denied:plugin-failure",
             },
         }
     }
@@ -83,10 +91,12 @@ impl Verdict {
 pub struct Tally([AtomicU64; TALLY.len()]);
 
 /// The rows of a [`Tally`]: verdict and reason.
-const TALLY: [(&str, &str); 7] = [
+const TALLY: [(&str, &str); 9] = [
     ("allowed", ""),
     ("denied", "deny"),
     ("denied", "allow"),
+    ("denied", "plugin"),
+    ("denied", "plugin-failure"),
     ("limited", "limit-req"),
     ("limited", "limit-conn"),
     ("dry-run", "limit-req"),
@@ -94,6 +104,17 @@ const TALLY: [(&str, &str); 7] = [
 ];
 
 impl Tally {
+    /// Counts a request let in.
+    pub fn allowed(&self) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the admission plugin turned away (`Plugin`), or
+    /// that its failure did (`PluginFailure`).
+    pub fn denied(&self, reason: Reason) {
+        self.count("denied", reason);
+    }
+
     fn count(&self, verdict: &str, reason: Reason) {
         let row = TALLY
             .iter()
@@ -136,6 +157,9 @@ pub struct Gate {
     allow: Vec<IpNet>,
     req: Vec<(LimitReq, usize, Arc<RateLimiter>)>,
     conn: Vec<(LimitConn, usize, Arc<ConnLimiter>)>,
+    /// An admission plugin decides after the rules: a request they pass is
+    /// counted as allowed once it has decided too.
+    then_plugin: bool,
     /// Requests by verdict.
     pub tally: Tally,
 }
@@ -143,7 +167,9 @@ pub struct Gate {
 impl Gate {
     /// The gate for `config`; a limiter of `previous` (the same upstream
     /// before a reload) with the same settings is kept, with its keys.
-    pub fn new(config: &Admission, previous: Option<&Gate>) -> Gate {
+    /// With `then_plugin`, an admission plugin decides after the rules, and
+    /// counts what it lets in itself ([`Tally::allowed`]).
+    pub fn new(config: &Admission, previous: Option<&Gate>, then_plugin: bool) -> Gate {
         let keys = config.limit_keys;
         let req = config
             .limit_req
@@ -188,6 +214,7 @@ impl Gate {
             allow: config.allow.clone(),
             req,
             conn,
+            then_plugin,
             tally: Tally::carried(previous.map(|p| &p.tally)),
         }
     }
@@ -241,13 +268,17 @@ impl Gate {
                 }
             }
         }
-        self.tally.0[0].fetch_add(1, Ordering::Relaxed);
+        if !self.then_plugin {
+            self.tally.allowed();
+        }
         Verdict::Pass(holds, dry)
     }
 
     fn refuse(&self, status: StatusCode, retry_after: Option<u64>, reason: Reason) -> Verdict {
         let verdict = match reason {
-            Reason::DenyList | Reason::NotAllowed => "denied",
+            Reason::DenyList | Reason::NotAllowed | Reason::Plugin | Reason::PluginFailure => {
+                "denied"
+            }
             Reason::LimitReq | Reason::LimitConn => "limited",
         };
         self.tally.count(verdict, reason);

@@ -5,7 +5,10 @@
 //!   and `limit-conn` limiters, asked once per request ([`Gate::check`]);
 //! - [`RateLimiter`]: a token bucket per key (GCRA: one timestamp a key);
 //! - [`ConnLimiter`]: requests in flight per key, each held by a [`Held`]
-//!   that the response keeps until it has been sent.
+//!   that the response keeps until it has been sent;
+//! - [`WindowCounter`]: sliding-window counts per key;
+//! - [`Registry`]: the limiters an admission plugin declares, kept by the
+//!   host per upstream and carried across reloads of the plugin.
 //!
 //! Limiters are global: every worker thread takes from the same table, so a
 //! client spread over connections and threads gets exactly its limit. They
@@ -24,11 +27,15 @@ mod conn;
 mod gate;
 mod key;
 mod rate;
+pub mod registry;
+mod window;
 
-pub use conn::{ConnLimiter, Held, Holds};
+pub use conn::{ConnLimiter, Held, Holds, Over};
 pub use gate::{Gate, Reason, Refusal, Tally, Verdict};
 pub use key::key_material;
 pub use rate::RateLimiter;
+pub use registry::{Limiter, Registry, Spec};
+pub use window::WindowCounter;
 
 use std::sync::{Mutex, MutexGuard};
 

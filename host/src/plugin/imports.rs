@@ -1,15 +1,19 @@
-//! What a strategy instance can call: the `request` and `backends` imports of
-//! the WIT world, served from the per-store [`GuestState`]. (The WASI a guest
-//! built with `std` needs is in [`super::sandbox`].)
+//! What a plugin instance can call: the `request` and `backends` imports of
+//! the `balancer` world, the `request` and `limits` imports of the
+//! `admission` world, served from the per-store [`GuestState`]. (The WASI a
+//! guest built with `std` needs is in [`super::sandbox`].)
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
-use super::bindings::{HttpMethod, backends, request, types};
+use super::bindings::{HttpMethod, backends, limits, request, types};
 use super::sandbox::{SandboxState, Sandboxed};
 use crate::backend::BackendSet;
+use crate::base::clock;
+use crate::limit::registry::{Limiter, MAX_KEY, Registry, Spec};
+use crate::limit::{Holds, Over};
 use crate::wire::head::host_of;
 
 /// Data of one instance's `Store`.
@@ -25,6 +29,16 @@ pub struct GuestState {
     pub(super) picking: bool,
     /// Backends this pick must avoid (already tried by this request).
     pub(super) exclude: Vec<u32>,
+    /// An admission plugin's: where its limiters are declared (the
+    /// upstream's, kept across versions).
+    pub(super) registry: Option<Arc<Registry>>,
+    /// The limiters this instance declared, found by name without a lock.
+    declared: Vec<(String, Limiter)>,
+    /// Whether `gate.init` is running (the only time `declare-*` works).
+    pub(super) declaring: bool,
+    /// What `limits.acquire` took during the `admit` in progress: handed
+    /// to the request afterwards.
+    pub(super) holds: Holds,
 }
 
 impl GuestState {
@@ -48,6 +62,10 @@ impl GuestState {
             request: http::Request::new(()).into_parts().0,
             picking: false,
             exclude: Vec::new(),
+            registry: None,
+            declared: Vec::new(),
+            declaring: false,
+            holds: Holds::default(),
         }
     }
 
@@ -55,8 +73,8 @@ impl GuestState {
         &mut self.limits
     }
 
-    /// The request head of the pick in progress; `None` outside a pick
-    /// (in `init`, `set-backends` or `state`).
+    /// The request head of the pick or admission in progress; `None`
+    /// outside them (in `init`, `set-backends` or `state`).
     fn request(&self) -> Option<&Parts> {
         self.picking.then_some(&self.request)
     }
@@ -136,5 +154,115 @@ impl backends::Host for GuestState {
         self.set
             .get(backend)
             .map_or(0, |b| b.latency.peak_ewma_ns())
+    }
+}
+
+impl GuestState {
+    fn declare(&mut self, name: String, spec: Spec) -> Result<(), String> {
+        if !self.declaring {
+            return Err("limiters are declared during `gate.init` only".into());
+        }
+        let Some(registry) = &self.registry else {
+            return Err("no limiter registry (not an admission plugin)".into());
+        };
+        let limiter = registry.declare(&name, spec)?;
+        if !self.declared.iter().any(|(n, _)| *n == name) {
+            self.declared.push((name, limiter));
+        }
+        Ok(())
+    }
+
+    /// The limiter declared as `name`; a trap when there is none.
+    fn declared(&self, name: &str, key: &str) -> wasmtime::Result<&Limiter> {
+        if key.len() > MAX_KEY {
+            wasmtime::bail!(
+                "limits: a key of {} bytes is over the {MAX_KEY} allowed (hash it first)",
+                key.len()
+            );
+        }
+        match self.declared.iter().find(|(n, _)| n == name) {
+            Some((_, limiter)) => Ok(limiter),
+            None => wasmtime::bail!("limits: no limiter `{name}` was declared in `init`"),
+        }
+    }
+}
+
+fn wrong_kind(name: &str, call: &str) -> wasmtime::Error {
+    wasmtime::format_err!("limits: `{name}` is not a limiter `{call}` works on")
+}
+
+impl limits::Host for GuestState {
+    fn declare_rate(
+        &mut self,
+        name: String,
+        requests: u32,
+        per_ms: u32,
+        burst: u32,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if requests == 0 || per_ms == 0 || burst == 0 {
+            return Ok(Err(format!(
+                "limiter `{name}`: requests, per-ms and burst must be at least 1"
+            )));
+        }
+        let interval_ns = (u64::from(per_ms) * 1_000_000 / u64::from(requests)).max(1);
+        Ok(self.declare(name, Spec::Rate { interval_ns, burst }))
+    }
+
+    fn take(&mut self, name: String, key: String, cost: u32) -> wasmtime::Result<Result<(), u64>> {
+        let Limiter::Rate(limiter) = self.declared(&name, &key)? else {
+            return Err(wrong_kind(&name, "take"));
+        };
+        Ok(limiter
+            .take(limiter.key(key.as_bytes()), cost, clock::now_ns())
+            .map_err(|wait_ns| wait_ns.div_ceil(1_000_000).max(1)))
+    }
+
+    fn declare_concurrency(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.declare(name, Spec::Concurrency))
+    }
+
+    fn acquire(
+        &mut self,
+        name: String,
+        key: String,
+        max: u32,
+    ) -> wasmtime::Result<Result<(), u32>> {
+        let Limiter::Concurrency(limiter) = self.declared(&name, &key)? else {
+            return Err(wrong_kind(&name, "acquire"));
+        };
+        if !self.picking {
+            // Outside `admit` there is no request to hold it.
+            return Ok(Err(0));
+        }
+        let key = limiter.key(key.as_bytes());
+        match limiter.acquire(key, max, false) {
+            Ok((held, _)) => {
+                self.holds.push(held);
+                Ok(Ok(()))
+            }
+            Err(Over::Max) => Ok(Err(limiter.in_flight(key))),
+            Err(Over::Full) => Ok(Err(0)),
+        }
+    }
+
+    fn declare_counter(
+        &mut self,
+        name: String,
+        window_ms: u32,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if window_ms == 0 {
+            return Ok(Err(format!(
+                "counter `{name}`: window-ms must be at least 1"
+            )));
+        }
+        let window_ns = u64::from(window_ms) * 1_000_000;
+        Ok(self.declare(name, Spec::Counter { window_ns }))
+    }
+
+    fn add(&mut self, name: String, key: String, n: u32) -> wasmtime::Result<u64> {
+        let Limiter::Counter(counter) = self.declared(&name, &key)? else {
+            return Err(wrong_kind(&name, "add"));
+        };
+        Ok(counter.add(counter.key(key.as_bytes()), n, clock::now_ns()))
     }
 }

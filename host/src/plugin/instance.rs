@@ -127,6 +127,8 @@ impl Instance {
             .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
         let bindings = compiled
             .indices
+            .as_ref()
+            .ok_or_else(|| InstanceError::Instantiate("not a strategy".into()))?
             .load(&mut store, &wasm)
             .map_err(|e| InstanceError::Instantiate(format!("{e:#}")))?;
         store.set_epoch_deadline(ticks);

@@ -22,6 +22,7 @@
 //! (pick inputs and answers, the host's round robin), [`strategy`] (the
 //! pick), [`shadow`], [`builtin`] (the reference strategies in the binary).
 
+pub mod admission;
 mod bindings;
 pub mod builtin;
 pub mod choice;
@@ -33,6 +34,7 @@ pub mod shadow;
 pub mod stats;
 pub mod strategy;
 
+pub use self::admission::{Admission, Gated};
 pub use self::bindings::ParamValue;
 pub use self::choice::{Choice, PickInput, fallback};
 pub use self::instance::{HandoverError, MAX_SNAPSHOT};

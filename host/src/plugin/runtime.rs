@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use wasmtime::Engine;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 
-use super::bindings::{self, BalancerIndices};
+use super::bindings::{self, AdmissionIndices, BalancerIndices};
 use super::imports::GuestState;
 use super::sandbox;
 use crate::base::clock::Stopwatch;
@@ -58,11 +58,16 @@ pub enum PluginError {
         /// The compiler's reason.
         reason: String,
     },
-    /// The component does not fit the `switchyard:balancer` world.
-    #[error("{path}: does not match the switchyard:balancer WIT world: {reason}")]
+    /// The component does not fit the world it is used for
+    /// (`switchyard:balancer/balancer` for a strategy,
+    /// `switchyard:balancer/admission` for an admission plugin).
+    #[error("{path}: does not match the switchyard:balancer{world} WIT world: {reason}")]
     Mismatch {
         /// The plugin file.
         path: PathBuf,
+        /// `""` (a strategy, whose world is the package's first) or
+        /// `"/admission"`.
+        world: &'static str,
         /// What is missing or mistyped.
         reason: String,
     },
@@ -125,6 +130,9 @@ impl Runtime {
             &mut linker,
             |s| s,
         )?;
+        // The admission world's own import (`types` and `request` are
+        // shared with the balancer world, defined above).
+        bindings::limits::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, weak) = (Arc::clone(&ticker_stop), engine.weak());
@@ -175,8 +183,12 @@ impl Runtime {
             path: path_buf(),
             reason: format!("{e:#}"),
         })?;
+        // A component exporting `gate` is an admission plugin; any other
+        // is checked as a strategy.
+        let admission = component.get_export_index(None, GATE_INTERFACE).is_some();
         let mismatch = |e: wasmtime::Error| PluginError::Mismatch {
             path: path_buf(),
+            world: if admission { ADMISSION_WORLD } else { "" },
             reason: format!("{e:#}"),
         };
         // WASI beyond the sandbox (files, sockets, ...) instantiates but
@@ -186,8 +198,14 @@ impl Runtime {
             .define_unknown_imports_as_traps(&component)
             .map_err(mismatch)?;
         let pre = linker.instantiate_pre(&component).map_err(mismatch)?;
-        let indices = BalancerIndices::new(&pre).map_err(mismatch)?;
-        let state = StateExports::find(&component).map_err(mismatch)?;
+        let (indices, gate, state) = if admission {
+            let gate = AdmissionIndices::new(&pre).map_err(mismatch)?;
+            (None, Some(gate), None)
+        } else {
+            let indices = BalancerIndices::new(&pre).map_err(mismatch)?;
+            let state = StateExports::find(&component).map_err(mismatch)?;
+            (Some(indices), None, state)
+        };
         let reads_request = component
             .component_type()
             .imports(&self.engine)
@@ -203,6 +221,7 @@ impl Runtime {
             loaded_at: SystemTime::now(),
             pre,
             indices,
+            gate,
             state,
             reads_request,
         }))
@@ -242,7 +261,10 @@ pub struct Compiled {
     /// When it was compiled.
     pub loaded_at: SystemTime,
     pub(super) pre: InstancePre<GuestState>,
-    pub(super) indices: BalancerIndices,
+    /// A strategy's exports (None: an admission plugin).
+    pub(super) indices: Option<BalancerIndices>,
+    /// An admission plugin's exports (None: a strategy).
+    pub(super) gate: Option<AdmissionIndices>,
     pub(super) state: Option<StateExports>,
     /// Whether the component imports the `request` interface: only then is
     /// a pick lent the request head.
@@ -256,6 +278,11 @@ impl Compiled {
         self.state.is_some()
     }
 
+    /// Whether the plugin is an admission plugin (world `admission`).
+    pub fn is_admission(&self) -> bool {
+        self.gate.is_some()
+    }
+
     /// Whether the plugin imports the `request` interface (can read the
     /// method, host, path, query and headers of the request it picks for).
     pub fn reads_request(&self) -> bool {
@@ -266,6 +293,12 @@ impl Compiled {
 /// The `request` interface, by the name the WIT gives it, without its
 /// version (any version the linker serves counts).
 const REQUEST_INTERFACE: &str = "switchyard:balancer/request";
+
+/// The admission plugin's export, by the name the WIT gives it.
+pub const GATE_INTERFACE: &str = "switchyard:balancer/gate@0.1.0";
+
+/// How a [`PluginError::Mismatch`] names the admission world.
+pub const ADMISSION_WORLD: &str = "/admission";
 
 /// The optional `state` interface, by the name the WIT gives it.
 pub const STATE_INTERFACE: &str = "switchyard:balancer/state@0.1.0";

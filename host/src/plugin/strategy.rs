@@ -137,6 +137,13 @@ impl Strategy {
         limits: PluginLimits,
         succession: Succession<'_>,
     ) -> Result<Arc<Strategy>, PluginError> {
+        if compiled.is_admission() {
+            return Err(PluginError::Mismatch {
+                path: compiled.path.clone(),
+                world: "",
+                reason: "it is an admission plugin (it exports `switchyard:balancer/gate`, world `admission`), not a strategy: name it in `admission = ...`".into(),
+            });
+        }
         let id = NEXT_STRATEGY_ID.fetch_add(1, Ordering::Relaxed);
         // The same plugin (by name) in the same place continues the line;
         // anything else starts a new one.
@@ -199,7 +206,7 @@ impl Strategy {
 /// How long creating an instance (instantiate, `init`, `set-backends`,
 /// and a hand-over's `snapshot` and `restore` each) may take.
 #[derive(Debug, Clone, Copy)]
-enum Budget {
+pub(super) enum Budget {
     /// Loading a plugin, off the request path: [`LOAD_DEADLINE`].
     Load,
     /// A worker thread's first pick: [`INSTANCE_DEADLINE_FACTOR`] picks.
@@ -209,7 +216,7 @@ enum Budget {
 impl Budget {
     /// The budget in epoch ticks, for a strategy whose pick deadline is
     /// `pick_ticks`.
-    fn ticks(self, pick_ticks: u64) -> u64 {
+    pub(super) fn ticks(self, pick_ticks: u64) -> u64 {
         match self {
             Budget::Load => (LOAD_DEADLINE.as_micros() / TICK.as_micros()) as u64,
             Budget::Request => pick_ticks * INSTANCE_DEADLINE_FACTOR,
@@ -226,12 +233,12 @@ pub const INSTANCE_DEADLINE_FACTOR: u64 = 5;
 
 /// Epoch ticks in one pick deadline (rounded up, plus the tick in
 /// progress).
-fn deadline_ticks(deadline: Duration) -> u64 {
+pub(super) fn deadline_ticks(deadline: Duration) -> u64 {
     u64::try_from(deadline.as_micros().div_ceil(TICK.as_micros())).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// TOML parameters as WIT values.
-fn params_to_wit(params: &toml::Table) -> Vec<(String, ParamValue)> {
+pub(super) fn params_to_wit(params: &toml::Table) -> Vec<(String, ParamValue)> {
     params
         .iter()
         .map(|(k, v)| {
@@ -550,7 +557,7 @@ fn checked(decision: Decision, input: &PickInput<'_>) -> Result<Choice, PickErro
     })
 }
 
-fn wit_ip(ip: IpAddr) -> IpAddress {
+pub(super) fn wit_ip(ip: IpAddr) -> IpAddress {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();

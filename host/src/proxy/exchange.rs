@@ -34,7 +34,7 @@ use crate::gateway::Gateway;
 use crate::gateway::router::RouteTable;
 use crate::gateway::upstream::Upstream;
 use crate::limit::{Holds, Reason, Refusal, Verdict};
-use crate::plugin::{Choice, PickInput, fallback};
+use crate::plugin::{Choice, Gated, PickInput, fallback};
 use crate::wire::body::ClientBody;
 use crate::wire::head::host_of;
 use crate::wire::{forwarded, front};
@@ -216,11 +216,11 @@ fn admit<'c>(
         );
         return Admission::Answered(answered_here(resp, log));
     };
-    let holds = match gate(&upstream, &parts, client_ip, &mut log) {
+    let holds = match gate(&upstream, &mut parts, client_ip, &mut log) {
         Ok(holds) => holds,
-        Err(refusal) => {
-            upstream.local_responses.record(refusal.status);
-            return Admission::Answered(answered_here(turned_away(refusal), log));
+        Err(resp) => {
+            upstream.local_responses.record(resp.status());
+            return Admission::Answered(answered_here(resp, log));
         }
     };
     let set = upstream.backends.load_full();
@@ -253,14 +253,19 @@ fn admit<'c>(
 }
 
 /// The upstream's admission rules (`deny`, `allow`, `limit-req`,
-/// `limit-conn`) applied to the request: Ok with the `limit-conn` counts
-/// it holds, or why it is turned away.
+/// `limit-conn`), then its admission plugin, applied to the request: Ok
+/// with the counts it holds (the plugin may have added headers to
+/// `parts`), or the answer that turns it away.
+#[allow(
+    clippy::result_large_err,
+    reason = "made once per request and answered at once; a box would be an allocation per refusal"
+)]
 fn gate(
     upstream: &Upstream,
-    parts: &Parts,
+    parts: &mut Parts,
     client_ip: IpAddr,
     log: &mut Option<Box<access::Entry>>,
-) -> Result<Holds, Refusal> {
+) -> Result<Holds, Response<ProxyBody>> {
     let Some(gate) = &upstream.gate else {
         return Ok(Holds::default());
     };
@@ -269,7 +274,12 @@ fn gate(
         log.admission(verdict.label());
     }
     let refusal = match verdict {
-        Verdict::Pass(holds, _) => return Ok(holds),
+        Verdict::Pass(holds, _) => match &upstream.admission {
+            None => return Ok(holds),
+            Some(admission) => {
+                return admit_plugin(upstream, admission, holds, parts, client_ip, log);
+            }
+        },
         Verdict::Refuse(refusal) => refusal,
     };
     // Not at `info`: a flood would flood the log; the access log and
@@ -279,7 +289,75 @@ fn gate(
         path = parts.uri.path(), status = refusal.status.as_u16(),
         reason = refusal.reason.as_str(), "refused by the upstream's admission rules"
     );
-    Err(refusal)
+    Err(turned_away(refusal))
+}
+
+/// The upstream's admission plugin asked about a request the rules let
+/// in: Ok with what the request holds (the rules' counts and the plugin's
+/// acquisitions), or its refusal; a failed plugin lets the request go on
+/// unless the upstream fails closed (503).
+#[allow(
+    clippy::result_large_err,
+    reason = "made once per request and answered at once; a box would be an allocation per refusal"
+)]
+fn admit_plugin(
+    upstream: &Upstream,
+    admission: &arc_swap::ArcSwap<crate::plugin::Admission>,
+    mut holds: Holds,
+    parts: &mut Parts,
+    client_ip: IpAddr,
+    log: &mut Option<Box<access::Entry>>,
+) -> Result<Holds, Response<ProxyBody>> {
+    let Some(gate) = &upstream.gate else {
+        return Ok(holds);
+    };
+    let gated = admission.load().admit(client_ip, parts, &mut holds);
+    let (status, message, retry_after, reason) = match gated {
+        Gated::Allow => {
+            gate.tally.allowed();
+            return Ok(holds);
+        }
+        Gated::Failed if upstream.config.plugin_failure == FailurePolicy::FailOpen => {
+            gate.tally.allowed();
+            return Ok(holds);
+        }
+        Gated::Failed => {
+            tracing::warn!(upstream = upstream.name(), client = %client_ip, method = %parts.method, path = parts.uri.path(), "admission plugin failed and the upstream fails closed: 503");
+            let message = "admission plugin failed".to_owned();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                message,
+                None,
+                Reason::PluginFailure,
+            )
+        }
+        Gated::Deny {
+            status,
+            reason,
+            retry_after,
+        } => (status, reason, retry_after, Reason::Plugin),
+    };
+    // Nothing the rules or the plugin acquired stays counted.
+    drop(holds);
+    gate.tally.denied(reason);
+    if let Some(log) = log {
+        log.admission(if reason == Reason::Plugin {
+            "denied:plugin"
+        } else {
+            "denied:plugin-failure"
+        });
+    }
+    tracing::debug!(
+        upstream = upstream.name(), client = %client_ip, method = %parts.method,
+        path = parts.uri.path(), status = status.as_u16(), reason = %message,
+        "refused by the upstream's admission plugin"
+    );
+    let mut resp = local_response(status, &message);
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Err(resp)
 }
 
 /// The answer to a request the admission rules turned away: 403, or 429
@@ -289,6 +367,8 @@ fn turned_away(refusal: Refusal) -> Response<ProxyBody> {
         Reason::DenyList | Reason::NotAllowed => "access denied",
         Reason::LimitReq => "too many requests: rate limit reached (limit-req)",
         Reason::LimitConn => "too many requests in flight (limit-conn)",
+        Reason::Plugin => "refused by the admission plugin",
+        Reason::PluginFailure => "admission plugin failed",
     };
     let mut resp = local_response(refusal.status, message);
     if let Some(secs) = refusal.retry_after {

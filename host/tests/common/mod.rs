@@ -33,6 +33,9 @@ pub const ROUND_ROBIN: &str = env!("SWITCHYARD_WASM_ROUND_ROBIN");
 pub const LEAST_CONN: &str = env!("SWITCHYARD_WASM_LEAST_CONN");
 pub const IP_HASH: &str = env!("SWITCHYARD_WASM_IP_HASH");
 pub const TEST_STRATEGY: &str = env!("SWITCHYARD_WASM_TEST_STRATEGY");
+pub const RATE_LIMIT: &str = env!("SWITCHYARD_WASM_RATE_LIMIT");
+pub const API_KEY: &str = env!("SWITCHYARD_WASM_API_KEY");
+pub const TEST_ADMISSION: &str = env!("SWITCHYARD_WASM_TEST_ADMISSION");
 
 /// Starts `n` demo backends ("Hello from backend N", N from 1).
 pub async fn backends(n: usize) -> Vec<DemoBackend> {

@@ -144,6 +144,13 @@ pub struct UpstreamConfig {
     /// `shadow-params`: parameters handed to the shadow's `init`. Default:
     /// empty.
     pub shadow_params: toml::Table,
+    /// `admission`: file stem of an admission plugin (world `admission`)
+    /// asked after the built-in admission rules, before the pick. Default:
+    /// none.
+    pub admission_plugin: Option<String>,
+    /// `admission-params`: parameters handed to the admission plugin's
+    /// `init`. Default: empty.
+    pub admission_params: toml::Table,
     /// The backend servers given as IP addresses.
     pub servers: Vec<ServerConfig>,
     /// The backend servers given as host names: resolved by the proxy at
@@ -537,6 +544,10 @@ struct RawUpstream {
     shadow: Option<String>,
     #[serde(default)]
     shadow_params: toml::Table,
+    #[serde(default)]
+    admission: Option<String>,
+    #[serde(default)]
+    admission_params: toml::Table,
     #[serde(default)]
     params: toml::Table,
     servers: Vec<RawServer>,
@@ -1046,6 +1057,18 @@ impl Validator<'_> {
                 "is only used with `shadow = \"<plugin>\"`",
             ));
         }
+        if let Some(plugin) = u.admission.as_deref().filter(|s| !is_plugin_stem(s)) {
+            return Err(self.err(
+                key("admission"),
+                format!("`{plugin}` must be a plugin file stem such as \"rate-limit\" (letters, digits, `-`, `_`, `.`; no path, no `.wasm`)"),
+            ));
+        }
+        if u.admission.is_none() && !u.admission_params.is_empty() {
+            return Err(self.err(
+                key("admission-params"),
+                "is only used with `admission = \"<plugin>\"`",
+            ));
+        }
         if u.servers.is_empty() {
             return Err(self.err(
                 key("servers"),
@@ -1199,6 +1222,8 @@ impl Validator<'_> {
             params: u.params,
             shadow: u.shadow,
             shadow_params: u.shadow_params,
+            admission_plugin: u.admission,
+            admission_params: u.admission_params,
             servers,
             names,
             resolve_interval: u.resolve_interval,

@@ -1,0 +1,173 @@
+//! Rate limiting as an admission plugin: the same verdicts as the built-in
+//! `limit-req` (a token bucket per key, kept by the host, so global across
+//! worker threads and kept across reloads of this plugin).
+//!
+//! Parameters (`admission-params`):
+//!
+//! - `rate` (required): `"N/s"`, `"N/m"` or `"N/h"`, N in 1 ..= 1 000 000;
+//! - `burst` (default 1): requests that may come at once, 1 ..= 100 000;
+//! - `key` (default `"client-ip"`): what requests are counted by:
+//!   `"client-ip"`, `"header:<name>"` or `"cookie:<name>"`; a request
+//!   without that header or cookie is not limited;
+//! - `status` (default 429): the answer over the limit, 400 ..= 599.
+//!
+//! A request over the limit is answered with `status` and `Retry-After`
+//! (seconds, rounded up).
+
+wit_bindgen::generate!({ path: "../../wit", world: "admission" });
+
+use std::cell::RefCell;
+
+use exports::switchyard::balancer::gate::{AdmissionRequest, Guest, Refusal, Verdict};
+use switchyard::balancer::types::{IpAddress, ParamValue};
+use switchyard::balancer::{limits, request};
+
+/// The host-kept limiter's name.
+const LIMITER: &str = "limit-req";
+
+/// What requests are counted by.
+#[derive(Clone, Debug, PartialEq)]
+enum Key {
+    ClientIp,
+    Header(String),
+    Cookie(String),
+}
+
+struct Settings {
+    key: Key,
+    status: u16,
+}
+
+thread_local! {
+    static SETTINGS: RefCell<Settings> = const {
+        RefCell::new(Settings { key: Key::ClientIp, status: 429 })
+    };
+}
+
+/// `"10/s"` as (requests, period in ms).
+fn parse_rate(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("rate-limit: `rate = \"{text}\"`: expected \"N/s\", \"N/m\" or \"N/h\"");
+    let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if !(1..=1_000_000).contains(&n) {
+        return Err(bad());
+    }
+    let per = match unit.trim() {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    Ok((n, per))
+}
+
+fn parse_key(text: &str) -> Result<Key, String> {
+    if text == "client-ip" {
+        return Ok(Key::ClientIp);
+    }
+    match text.split_once(':') {
+        Some(("header", name)) if !name.is_empty() => Ok(Key::Header(name.to_ascii_lowercase())),
+        Some(("cookie", name)) if !name.is_empty() => Ok(Key::Cookie(name.to_owned())),
+        _ => Err(format!(
+            "rate-limit: `key = \"{text}\"`: expected \"client-ip\", \"header:<name>\" or \"cookie:<name>\""
+        )),
+    }
+}
+
+/// The client's address as text; an IPv4 address reached over IPv6
+/// (`::ffff:a.b.c.d`) counts as itself, as the built-in limit does.
+fn ip_text(ip: &IpAddress) -> String {
+    match *ip {
+        IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}"),
+        IpAddress::Ipv6((0, 0, 0, 0, 0, 0xffff, hi, lo)) => {
+            format!("{}.{}.{}.{}", hi >> 8, hi & 0xff, lo >> 8, lo & 0xff)
+        }
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            format!("{a:x}:{b:x}:{c:x}:{d:x}:{e:x}:{f:x}:{g:x}:{h:x}")
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` header.
+fn cookie(name: &str) -> Option<String> {
+    let header = request::header("cookie")?;
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k.trim() == name && !v.trim().is_empty()).then(|| v.trim().to_owned())
+    })
+}
+
+struct RateLimit;
+
+impl Guest for RateLimit {
+    fn init(params: Vec<(String, ParamValue)>) -> Result<(), String> {
+        let mut rate = None;
+        let mut burst = 1u32;
+        let mut key = Key::ClientIp;
+        let mut status = 429u16;
+        for (name, value) in params {
+            match (name.as_str(), value) {
+                ("rate", ParamValue::Text(t)) => rate = Some(parse_rate(&t)?),
+                ("burst", ParamValue::Integer(n)) if (1..=100_000).contains(&n) => burst = n as u32,
+                ("key", ParamValue::Text(t)) => key = parse_key(&t)?,
+                ("status", ParamValue::Integer(n)) if (400..=599).contains(&n) => status = n as u16,
+                (other, value) => {
+                    return Err(format!(
+                        "rate-limit: unknown or invalid parameter `{other}` = {value:?} (rate = \"N/s\", burst = 1.., key = \"client-ip\" | \"header:<name>\" | \"cookie:<name>\", status = 400..=599)"
+                    ));
+                }
+            }
+        }
+        let (requests, per_ms) =
+            rate.ok_or("rate-limit: `rate` is required, e.g. rate = \"10/s\"")?;
+        limits::declare_rate(LIMITER, requests, per_ms, burst)?;
+        SETTINGS.with_borrow_mut(|s| *s = Settings { key, status });
+        Ok(())
+    }
+
+    fn admit(req: AdmissionRequest) -> Verdict {
+        SETTINGS.with_borrow(|s| {
+            let material = match &s.key {
+                Key::ClientIp => Some(ip_text(&req.client_ip)),
+                Key::Header(name) => request::header(name).filter(|v| !v.is_empty()),
+                Key::Cookie(name) => cookie(name),
+            };
+            let Some(material) = material else {
+                return Verdict::Allow;
+            };
+            match limits::take(LIMITER, &material, 1) {
+                Ok(()) => Verdict::Allow,
+                Err(wait_ms) => Verdict::Deny(Refusal {
+                    status: s.status,
+                    reason: "too many requests: rate limit reached (rate-limit plugin)".into(),
+                    retry_after: Some(wait_ms.div_ceil(1000).max(1).min(u64::from(u32::MAX)) as u32),
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+export!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_keys_parse_as_the_built_in_limit_reads_them() {
+        assert_eq!(parse_rate("10/s"), Ok((10, 1_000)));
+        assert_eq!(parse_rate("1/m"), Ok((1, 60_000)));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/d").is_err());
+        assert_eq!(
+            parse_key("header:X-Api-Key"),
+            Ok(Key::Header("x-api-key".into()))
+        );
+        assert!(parse_key("header:").is_err());
+        assert_eq!(
+            ip_text(&IpAddress::Ipv6((0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0007))),
+            "10.0.0.7"
+        );
+    }
+}
