@@ -28,6 +28,7 @@ mod gate;
 mod key;
 mod rate;
 pub mod registry;
+mod table;
 mod window;
 
 pub use conn::{ConnLimiter, Held, Holds, Over};

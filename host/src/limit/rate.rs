@@ -8,13 +8,7 @@
 //! when it would fit. So over `t` a key gets at most `burst + rate * t`
 //! requests, whichever threads they come through.
 
-use std::hash::BuildHasher;
-use std::hash::RandomState;
-use std::sync::Mutex;
-
-use lru::LruCache;
-
-use super::{lock, per_shard, shard_count};
+use super::table::Table;
 
 /// Keys of one shard a [`RateLimiter::sweep`] looks at (the shard's lock is
 /// held meanwhile: a few microseconds).
@@ -24,32 +18,25 @@ pub const SWEEP_LOOK: usize = 512;
 pub struct RateLimiter {
     interval: u64,
     capacity: u64,
-    per_shard: usize,
-    shards: Box<[Mutex<LruCache<u64, u64>>]>,
-    /// The secret keys are hashed under.
-    hasher: RandomState,
+    /// Each key's TAT.
+    table: Table<u64>,
 }
 
 impl RateLimiter {
     /// A limiter letting `burst` requests through at once and one more
     /// every `interval_ns`, remembering up to `keys` keys.
     pub fn new(interval_ns: u64, burst: u32, keys: usize) -> Self {
-        let shards = shard_count(keys);
         let interval = interval_ns.max(1);
         Self {
             interval,
             capacity: interval.saturating_mul(u64::from(burst.max(1))),
-            per_shard: per_shard(keys, shards),
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::unbounded()))
-                .collect(),
-            hasher: RandomState::new(),
+            table: Table::new(keys),
         }
     }
 
     /// The key `material` is remembered under.
     pub fn key(&self, material: &[u8]) -> u64 {
-        self.hasher.hash_one(material)
+        self.table.key(material)
     }
 
     /// Takes `cost` requests' worth for `key` at `now` (nanoseconds of the
@@ -58,7 +45,7 @@ impl RateLimiter {
     pub fn take(&self, key: u64, cost: u32, now: u64) -> Result<(), u64> {
         let need = self.interval.saturating_mul(u64::from(cost));
         let limit = now.saturating_add(self.capacity);
-        let mut shard = lock(&self.shards[self.shard(key)]);
+        let mut shard = self.table.shard(key);
         if let Some(tat) = shard.get_mut(&key) {
             let next = (*tat).max(now).saturating_add(need);
             if next > limit {
@@ -81,10 +68,7 @@ impl RateLimiter {
                 _ => break,
             }
         }
-        if shard.len() >= self.per_shard {
-            shard.pop_lru();
-        }
-        shard.put(key, next);
+        self.table.insert(&mut shard, key, next);
         Ok(())
     }
 
@@ -94,8 +78,7 @@ impl RateLimiter {
     /// gives memory back once clients go quiet. Returns how many it forgot.
     pub fn sweep(&self, now: u64) -> usize {
         let mut forgotten = 0;
-        for shard in &*self.shards {
-            let mut shard = lock(shard);
+        for mut shard in self.table.shards() {
             let idle: Vec<u64> = shard
                 .iter()
                 .rev()
@@ -113,17 +96,12 @@ impl RateLimiter {
 
     /// Keys remembered now.
     pub fn keys(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.table.keys()
     }
 
     /// Most keys remembered at once.
     pub fn capacity(&self) -> usize {
-        self.per_shard * self.shards.len()
-    }
-
-    fn shard(&self, key: u64) -> usize {
-        // The key is a SipHash value: its top bits are as good as any.
-        (key >> 58) as usize % self.shards.len()
+        self.table.capacity()
     }
 }
 

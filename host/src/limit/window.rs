@@ -4,12 +4,7 @@
 //! numbers a key, O(1) a call, exact when requests are spread evenly over
 //! the previous window.
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
-
-use lru::LruCache;
-
-use super::{lock, per_shard, shard_count};
+use super::table::Table;
 
 /// One key's two fixed windows.
 #[derive(Debug, Clone, Copy)]
@@ -23,29 +18,22 @@ struct Slot {
 /// Sliding-window counts for up to `keys` keys.
 pub struct WindowCounter {
     window: u64,
-    per_shard: usize,
-    shards: Box<[Mutex<LruCache<u64, Slot>>]>,
-    hasher: RandomState,
+    table: Table<Slot>,
 }
 
 impl WindowCounter {
     /// Counts over a window of `window_ns`, remembering up to `keys` keys
     /// (the least recently counted is forgotten first).
     pub fn new(window_ns: u64, keys: usize) -> Self {
-        let shards = shard_count(keys);
         Self {
             window: window_ns.max(1),
-            per_shard: per_shard(keys, shards),
-            shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::unbounded()))
-                .collect(),
-            hasher: RandomState::new(),
+            table: Table::new(keys),
         }
     }
 
     /// The key `material` is counted under.
     pub fn key(&self, material: &[u8]) -> u64 {
-        self.hasher.hash_one(material)
+        self.table.key(material)
     }
 
     /// Adds `n` to `key` at `now` (nanoseconds of the proxy's clock) and
@@ -53,22 +41,17 @@ impl WindowCounter {
     pub fn add(&self, key: u64, n: u32, now: u64) -> u64 {
         let index = now / self.window;
         let into = now % self.window;
-        let mut shard = lock(&self.shards[(key >> 58) as usize % self.shards.len()]);
+        let mut shard = self.table.shard(key);
         if shard.peek(&key).is_none() {
             if n == 0 {
                 return 0;
             }
-            if shard.len() >= self.per_shard {
-                shard.pop_lru();
-            }
-            shard.put(
-                key,
-                Slot {
-                    index,
-                    current: 0,
-                    previous: 0,
-                },
-            );
+            let fresh = Slot {
+                index,
+                current: 0,
+                previous: 0,
+            };
+            self.table.insert(&mut shard, key, fresh);
         }
         let Some(slot) = shard.get_mut(&key) else {
             return 0;
@@ -91,12 +74,12 @@ impl WindowCounter {
 
     /// Keys remembered now.
     pub fn keys(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.table.keys()
     }
 
     /// Most keys remembered at once.
     pub fn capacity(&self) -> usize {
-        self.per_shard * self.shards.len()
+        self.table.capacity()
     }
 }
 

@@ -24,7 +24,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::{AdmissionRequest, AdmissionWorld, ParamValue, WitVerdict};
 use super::imports::GuestState;
 use super::runtime::{Compiled, InstanceError, PluginError, Runtime};
-use super::stats::{FailureKind, StrategyStats};
+use super::stats::{Failed, FailureKind, StrategyStats};
 use super::strategy::{Budget, deadline_ticks, params_to_wit, wit_ip};
 use crate::backend::BackendSet;
 use crate::base::config::PluginLimits;
@@ -311,25 +311,14 @@ impl Admission {
     }
 
     fn failed(&self, error: &AdmitError) {
-        let kind = error.kind();
-        self.stats.count(kind);
-        if let Some(pause) = self.stats.failed_in_a_row() {
-            tracing::warn!(
-                upstream = %self.upstream,
-                plugin = %self.compiled.path.display(),
-                "admission plugin failed {} times in a row: not called for {pause:?}; the upstream's plugin-failure policy answers meanwhile",
-                self.stats.consecutive_failures.load(Ordering::Relaxed)
-            );
-        }
-        if self.stats.should_log() {
-            tracing::warn!(
-                upstream = %self.upstream,
-                plugin = %self.compiled.path.display(),
-                kind = kind.as_str(),
-                failures = self.stats.failures(),
-                "admission plugin failed; the upstream's plugin-failure policy decides: {error}"
-            );
-        }
+        let who = Failed {
+            upstream: &self.upstream,
+            plugin: &self.compiled.path,
+            what: "admission plugin",
+            meanwhile: "the upstream's plugin-failure policy answers meanwhile",
+            then: "the upstream's plugin-failure policy decides",
+        };
+        self.stats.failure(error.kind(), &who, error);
     }
 }
 

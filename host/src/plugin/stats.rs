@@ -94,7 +94,54 @@ impl Default for StrategyStats {
     }
 }
 
+/// Who failed, for the log lines of [`StrategyStats::failure`].
+pub(super) struct Failed<'a> {
+    /// The upstream it serves.
+    pub upstream: &'a str,
+    /// Its plugin file.
+    pub plugin: &'a std::path::Path,
+    /// What it is: `strategy`, `admission plugin`.
+    pub what: &'a str,
+    /// What answers while it is paused.
+    pub meanwhile: &'a str,
+    /// What became of the request it failed.
+    pub then: &'a str,
+}
+
 impl StrategyStats {
+    /// Counts a failure of `kind` (the breaker included) and logs it, at
+    /// most as often as [`StrategyStats::should_log`] lets, with `detail`;
+    /// a pause the breaker starts is always logged.
+    pub(super) fn failure(
+        &self,
+        kind: FailureKind,
+        who: &Failed<'_>,
+        detail: &dyn std::fmt::Display,
+    ) {
+        self.count(kind);
+        let Failed {
+            upstream,
+            plugin,
+            what,
+            meanwhile,
+            then,
+        } = who;
+        let plugin = plugin.display();
+        if let Some(pause) = self.failed_in_a_row() {
+            tracing::warn!(
+                upstream, %plugin,
+                "{what} failed {} times in a row: not called for {pause:?}; {meanwhile}",
+                self.consecutive_failures.load(Ordering::Relaxed)
+            );
+        }
+        if self.should_log() {
+            tracing::warn!(
+                upstream, %plugin, kind = kind.as_str(), failures = self.failures(),
+                "{what} failed, {then}: {detail}"
+            );
+        }
+    }
+
     pub(super) fn count(&self, kind: FailureKind) {
         let counter = match kind {
             FailureKind::Trap => &self.traps,

@@ -29,7 +29,7 @@ use super::bindings::{Decision, IpAddress, ParamValue, WitRequest};
 use super::choice::{Choice, PickInput, failed_over, next_usable};
 use super::instance::{HandoverError, Instance};
 use super::runtime::{Compiled, InstanceError, PluginError, Runtime, TICK};
-use super::stats::{FailureKind, StrategyStats};
+use super::stats::{Failed, FailureKind, StrategyStats};
 use crate::backend::BackendSet;
 use crate::base::clock;
 use crate::base::config::PluginLimits;
@@ -502,29 +502,19 @@ impl Strategy {
     }
 
     fn failed(&self, kind: FailureKind, detail: &str) {
-        self.stats.count(kind);
-        if let Some(pause) = self.stats.failed_in_a_row() {
-            tracing::warn!(
-                upstream = %self.upstream,
-                plugin = %self.compiled.path.display(),
-                "strategy failed {} times in a row: not called for {pause:?}; the host's round robin serves meanwhile",
-                self.stats.consecutive_failures.load(Ordering::Relaxed)
-            );
-        }
-        if self.stats.should_log() {
-            let then = if self.shadow {
-                "shadow strategy failed (traffic unaffected)"
-            } else {
-                "strategy failed, request served by host round robin"
-            };
-            tracing::warn!(
-                upstream = %self.upstream,
-                plugin = %self.compiled.path.display(),
-                kind = kind.as_str(),
-                failures = self.stats.failures(),
-                "{then}: {detail}"
-            );
-        }
+        let (what, then) = if self.shadow {
+            ("shadow strategy", "traffic unaffected")
+        } else {
+            ("strategy", "request served by host round robin")
+        };
+        let who = Failed {
+            upstream: &self.upstream,
+            plugin: &self.compiled.path,
+            what,
+            meanwhile: "the host's round robin serves meanwhile",
+            then,
+        };
+        self.stats.failure(kind, &who, &detail);
     }
 }
 
