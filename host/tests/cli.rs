@@ -109,6 +109,14 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
             "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nlimit-req = { rate = \"10/d\" }\n",
             "`upstream[0].limit-req.rate`: `10/d` is not a rate",
         ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nadmission = \"no-such-gate\"\n",
+            "no-such-gate.wasm",
+        ),
+        (
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nadmission = \"round-robin\"\n",
+            "switchyard:balancer/admission",
+        ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

@@ -563,6 +563,17 @@ mod tests {
             ),
             ("limit-keys = 0", "", "`limit-keys`"),
             ("", "limit-keys = 100000000", "`upstream[0].limit-keys`"),
+            (
+                "",
+                "admission = \"../rate-limit\"",
+                "`upstream[0].admission`",
+            ),
+            ("", "admission = \"x.wasm \"", "`upstream[0].admission`"),
+            (
+                "",
+                "admission-params = { rate = \"1/s\" }",
+                "`upstream[0].admission-params`",
+            ),
         ];
         for (top, upstream, key) in cases {
             let err = parse(top, upstream).expect_err("an error");
