@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 
 # Switchyard in one image: the proxy (`switchyard`), the example backend
-# (`switchyard-backend`) and the reference strategy plugins.
+# (`switchyard-backend`) and the reference strategy and admission plugins.
 #
 #   docker build -t switchyard .
 #   docker run --rm -p 8080:8080 switchyard   # the demo: proxy + 3 backends in one container
@@ -36,7 +36,7 @@ RUN --mount=type=cache,id=switchyard-cargo-registry,target=/usr/local/cargo/regi
     --mount=type=cache,id=switchyard-target,target=/src/target,sharing=locked \
     cargo build --release --locked -p switchyard -p switchyard-backend \
  && install -D -m 0755 -t /out/bin target/release/switchyard target/release/switchyard-backend \
- && for plugin in round-robin least-conn ip-hash; do \
+ && for plugin in round-robin least-conn ip-hash rate-limit api-key; do \
         install -D -m 0644 "target/plugins/wasm32-wasip2/release/$(echo "$plugin" | tr - _).wasm" \
             "/out/plugins/$plugin.wasm" || exit 1; \
     done

@@ -143,11 +143,12 @@ fn dockerfile_builds_like_the_readme() {
 
     // Every reference plugin host/build.rs installs ships in the image.
     let build_rs = read("host/build.rs");
+    // `const REFERENCE: [&str; N] = [...];`, on one line or several.
     let reference = build_rs
-        .lines()
-        .find(|l| l.starts_with("const REFERENCE"))
-        .and_then(|l| l.split_once('='))
-        .map(|(_, list)| list)
+        .split_once("const REFERENCE")
+        .and_then(|(_, rest)| rest.split_once('='))
+        .and_then(|(_, rest)| rest.split_once("];"))
+        .map(|(list, _)| list)
         .expect("host/build.rs lists the REFERENCE plugins");
     let loop_line = dockerfile
         .lines()
