@@ -12,10 +12,11 @@ WHAT IT MEASURES
             CONNS keep-alive connections at the same time for T seconds
             across both worker threads. Each should get B + R x T requests
             through (T measured around wrk); the rest are 429s.
-  cost      the same proxy with and without a limit-req that never refuses
-            (one key: every request takes the same bucket, the worst case
-            for its lock), wrk -c50, ROUNDS alternating rounds: requests per
-            second, and the median ratio with / without.
+  cost      the same proxy without admission rules, with a limit-req that
+            never refuses (one key: every request takes the same bucket,
+            the worst case for its lock), and with the rate-limit admission
+            plugin doing the same; wrk -c50, ROUNDS rounds taking the three
+            in turn: requests per second, and the median ratios.
   memory    `limit-req` keyed by a header, a new key on every request
             (KEYS requests): the limiter's keys (/status) and the proxy's
             RSS growth, with the default `limit-keys` (100 000) and with
@@ -149,24 +150,34 @@ def accuracy(b, args):
 
 
 def cost(b, args):
-    plain = b.proxy("plain", "")
-    limited = b.proxy("limited", 'limit-req = { rate = "1000000/s", burst = 1000000 }')
-    for p in (plain, limited):
+    proxies = [
+        ("without limits", b.proxy("plain", "")),
+        ("with limit-req", b.proxy("limited", 'limit-req = { rate = "1000000/s", burst = 1000000 }')),
+        (
+            "with the rate-limit plugin",
+            b.proxy(
+                "plugin",
+                'admission = "rate-limit"\nadmission-params = { rate = "1000000/s", burst = 100000 }',
+            ),
+        ),
+    ]
+    for _, p in proxies:
         wrk_result(wrk(p["port"], 50, 2))
     rows = []
     for _ in range(args.rounds):
-        a = wrk_result(wrk(plain["port"], 50, args.duration))[2]
-        c = wrk_result(wrk(limited["port"], 50, args.duration))[2]
-        rows.append((a, c))
-    print(f"\n## cost: wrk -t1 -c50, {args.rounds} alternating rounds of {args.duration} s")
-    print("| round | without limits (rps) | with limit-req (rps) | ratio |")
-    print("| ---: | ---: | ---: | ---: |")
-    for i, (a, c) in enumerate(rows, 1):
-        print(f"| {i} | {a:.0f} | {c:.0f} | {c / a:.3f} |")
-    print(f"median ratio: {statistics.median(c / a for a, c in rows):.3f}")
-    assert status(limited)["admission"]["limited"] == 0
-    b.stop(plain)
-    b.stop(limited)
+        rows.append([wrk_result(wrk(p["port"], 50, args.duration))[2] for _, p in proxies])
+    print(f"\n## cost: wrk -t1 -c50, {args.rounds} rounds of {args.duration} s, the proxies in turn")
+    print("| round | " + " | ".join(f"{name} (rps)" for name, _ in proxies) + " | ratios to the first |")
+    print("| ---: |" + " ---: |" * (len(proxies) + 1))
+    for i, row in enumerate(rows, 1):
+        ratios = " / ".join(f"{r / row[0]:.3f}" for r in row[1:])
+        print(f"| {i} | " + " | ".join(f"{r:.0f}" for r in row) + f" | {ratios} |")
+    for j, (name, _) in enumerate(proxies[1:], 1):
+        print(f"median ratio {name}: {statistics.median(row[j] / row[0] for row in rows):.3f}")
+    for name, p in proxies[1:]:
+        assert status(p)["admission"]["limited"] == 0, name
+    for _, p in proxies:
+        b.stop(p)
 
 
 LUA = """
