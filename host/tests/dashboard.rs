@@ -125,21 +125,52 @@ impl Traffic {
     }
 }
 
+/// A client sending `x-flood` every 50 ms: all but one a minute limited.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Flood {
+    fn start(proxy: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let (client, mut limited) = (client(), 0);
+            while !done.load(Ordering::Relaxed) {
+                let reply = get_with(&client, proxy, "/", &[("x-flood", "1")]).await;
+                limited += u64::from(reply.is_ok_and(|r| r.status == 429));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            limited
+        });
+        Self { stop, task }
+    }
+
+    /// Stops it; returns how many of its requests were limited.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("flood task")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     let root = repo_root();
     let browser_dir = root.join("host/tests/browser");
     require_browser_tools(&browser_dir);
 
-    // A shadow, so that its split bar is drawn too.
+    // A shadow, so that its split bar is drawn too; a rate limit on a
+    // header the clients below do not send, and a flood that sends it.
     let (_be, fx, proxy) = serve_three(
         &[("round-robin", ROUND_ROBIN), ("ip-hash", IP_HASH)],
         "round-robin",
-        "shadow = \"ip-hash\"",
+        "shadow = \"ip-hash\"\nlimit-req = { rate = \"1/m\", key = \"header:x-flood\" }",
     )
     .await;
     let admin = proxy.admin_addr().expect("the admin listener is on");
     let traffic = Traffic::start(proxy.addr(), 2);
+    let flood = Flood::start(proxy.addr());
 
     // The README's screenshot is rewritten only when asked for
     // (SWITCHYARD_UPDATE_SCREENSHOT=1), with a longer history in the chart.
@@ -206,6 +237,7 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     };
     let stderr = stderr_task.await.unwrap_or_default();
     let (ok, failed) = traffic.finish().await;
+    let limited = flood.finish().await;
 
     let report: serde_json::Value = output
         .iter()
@@ -219,6 +251,16 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     );
     eprintln!("dashboard: {report}");
 
+    assert!(limited > 0, "the flood was never limited");
+    assert_eq!(report["admissionShown"], true, "{report}");
+    let samples = report["limitedSamples"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        samples.iter().any(|v| v != "0" && v != "—"),
+        "limited requests per second never shown above 0: {samples:?}"
+    );
     assert!(ok > 0, "the client loop got no answer");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
     let new_reloads = report["newReloads"].as_array().cloned().unwrap_or_default();

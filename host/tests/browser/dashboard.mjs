@@ -36,7 +36,7 @@ const SHOT_DELAY_MS = Math.min(Number(process.env.SWITCHYARD_SHOT_DELAY_MS) || 2
 
 const [base, shot] = process.argv.slice(2);
 const started = Date.now();
-const observed = { url: base, rpsSamples: [], requestSamples: [] };
+const observed = { url: base, rpsSamples: [], requestSamples: [], limitedSamples: [] };
 let browser = null;
 let profile = null;
 
@@ -131,7 +131,12 @@ async function main() {
         detail: e.querySelector('.detail').textContent,
       }));
       const strategy = q('[data-testid="strategy"]');
+      const admission = q('[data-testid="upstream-admission"]');
       return {
+        // The first upstream's refusals per second (shown only with rules).
+        admission: admission
+          ? { shown: !admission.hidden, limited: q('[data-testid="upstream-limited"]').textContent.trim() }
+          : null,
         state: q('[data-testid="connection-state"]').textContent.trim(),
         totalRps: q('[data-testid="total-rps"]').textContent.trim(),
         rows,
@@ -168,6 +173,11 @@ async function main() {
     if (s.state !== 'live') return false;
     if (observed.rpsSamples[observed.rpsSamples.length - 1] !== s.totalRps) observed.rpsSamples.push(s.totalRps);
     if (s.totalRps !== firstRps && s.totalRps !== '0' && s.totalRps !== '—') rpsMoved = true;
+    if (s.admission) {
+      observed.admissionShown = s.admission.shown;
+      const last = observed.limitedSamples[observed.limitedSamples.length - 1];
+      if (last !== s.admission.limited) observed.limitedSamples.push(s.admission.limited);
+    }
     for (const r of s.rows) {
       if (!requestsMoved && firstRequests[r.id] !== undefined && firstRequests[r.id] !== r.requests) {
         requestsMoved = true;
