@@ -163,9 +163,14 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     // A shadow, so that its split bar is drawn too; a rate limit on a
     // header the clients below do not send, and a flood that sends it.
     let (_be, fx, proxy) = serve_three(
-        &[("round-robin", ROUND_ROBIN), ("ip-hash", IP_HASH)],
+        &[
+            ("round-robin", ROUND_ROBIN),
+            ("ip-hash", IP_HASH),
+            ("rate-limit", RATE_LIMIT),
+        ],
         "round-robin",
-        "shadow = \"ip-hash\"\nlimit-req = { rate = \"1/m\", key = \"header:x-flood\" }",
+        "shadow = \"ip-hash\"\nlimit-req = { rate = \"1/m\", key = \"header:x-flood\" }\n\
+         admission = \"rate-limit\"\nadmission-params = { rate = \"1/m\", key = \"header:x-never-sent\" }",
     )
     .await;
     let admin = proxy.admin_addr().expect("the admin listener is on");
@@ -253,6 +258,7 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
 
     assert!(limited > 0, "the flood was never limited");
     assert_eq!(report["admissionShown"], true, "{report}");
+    assert_eq!(report["admissionPlugin"], "rate-limit", "{report}");
     let samples = report["limitedSamples"]
         .as_array()
         .cloned()

@@ -137,6 +137,9 @@ async function main() {
         admission: admission
           ? { shown: !admission.hidden, limited: q('[data-testid="upstream-limited"]').textContent.trim() }
           : null,
+        admissionPlugin: q('[data-testid="admission-plugin"]') && !q('[data-testid="admission-plugin"]').hidden
+          ? q('[data-testid="admission-plugin-name"]').textContent.trim()
+          : null,
         state: q('[data-testid="connection-state"]').textContent.trim(),
         totalRps: q('[data-testid="total-rps"]').textContent.trim(),
         rows,
@@ -173,6 +176,7 @@ async function main() {
     if (s.state !== 'live') return false;
     if (observed.rpsSamples[observed.rpsSamples.length - 1] !== s.totalRps) observed.rpsSamples.push(s.totalRps);
     if (s.totalRps !== firstRps && s.totalRps !== '0' && s.totalRps !== '—') rpsMoved = true;
+    observed.admissionPlugin = s.admissionPlugin;
     if (s.admission) {
       observed.admissionShown = s.admission.shown;
       const last = observed.limitedSamples[observed.limitedSamples.length - 1];
