@@ -158,7 +158,8 @@ impl backends::Host for GuestState {
 }
 
 impl GuestState {
-    fn declare(&mut self, name: String, spec: Spec) -> Result<(), String> {
+    /// Declares `name` (see the `limits` interface); its handle.
+    fn declare(&mut self, name: String, spec: Spec) -> Result<u32, String> {
         if !self.declaring {
             return Err("limiters are declared during `gate.init` only".into());
         }
@@ -166,29 +167,42 @@ impl GuestState {
             return Err("no limiter registry (not an admission plugin)".into());
         };
         let limiter = registry.declare(&name, spec)?;
-        if !self.declared.iter().any(|(n, _)| *n == name) {
-            self.declared.push((name, limiter));
-        }
-        Ok(())
+        let handle = match self.declared.iter().position(|(n, _)| *n == name) {
+            Some(handle) => handle,
+            None => {
+                self.declared.push((name, limiter));
+                self.declared.len() - 1
+            }
+        };
+        Ok(u32::try_from(handle).unwrap_or(u32::MAX))
     }
 
-    /// The limiter declared as `name`; a trap when there is none.
-    fn declared(&self, name: &str, key: &str) -> wasmtime::Result<&Limiter> {
+    /// The limiter behind `handle`, for a call with `key`; a trap when no
+    /// declaration answered it, or the key is too long.
+    fn declared(&self, handle: u32, key: &str) -> wasmtime::Result<&Limiter> {
         if key.len() > MAX_KEY {
             wasmtime::bail!(
                 "limits: a key of {} bytes is over the {MAX_KEY} allowed (hash it first)",
                 key.len()
             );
         }
-        match self.declared.iter().find(|(n, _)| n == name) {
+        match self.declared.get(handle as usize) {
             Some((_, limiter)) => Ok(limiter),
-            None => wasmtime::bail!("limits: no limiter `{name}` was declared in `init`"),
+            None => {
+                wasmtime::bail!("limits: no limiter was declared with handle {handle} in `init`")
+            }
         }
     }
-}
 
-fn wrong_kind(name: &str, call: &str) -> wasmtime::Error {
-    wasmtime::format_err!("limits: `{name}` is not a limiter `{call}` works on")
+    fn wrong_kind(&self, handle: u32, call: &str) -> wasmtime::Error {
+        let name = self
+            .declared
+            .get(handle as usize)
+            .map_or("?", |(n, _)| n.as_str());
+        wasmtime::format_err!(
+            "limits: `{name}` (handle {handle}) is not a limiter `{call}` works on"
+        )
+    }
 }
 
 impl limits::Host for GuestState {
@@ -198,7 +212,7 @@ impl limits::Host for GuestState {
         requests: u32,
         per_ms: u32,
         burst: u32,
-    ) -> wasmtime::Result<Result<(), String>> {
+    ) -> wasmtime::Result<Result<u32, String>> {
         if requests == 0 || per_ms == 0 || burst == 0 {
             return Ok(Err(format!(
                 "limiter `{name}`: requests, per-ms and burst must be at least 1"
@@ -208,27 +222,22 @@ impl limits::Host for GuestState {
         Ok(self.declare(name, Spec::Rate { interval_ns, burst }))
     }
 
-    fn take(&mut self, name: String, key: String, cost: u32) -> wasmtime::Result<Result<(), u64>> {
-        let Limiter::Rate(limiter) = self.declared(&name, &key)? else {
-            return Err(wrong_kind(&name, "take"));
+    fn take(&mut self, handle: u32, key: String, cost: u32) -> wasmtime::Result<Result<(), u64>> {
+        let Limiter::Rate(limiter) = self.declared(handle, &key)? else {
+            return Err(self.wrong_kind(handle, "take"));
         };
         Ok(limiter
             .take(limiter.key(key.as_bytes()), cost, clock::now_ns())
             .map_err(|wait_ns| wait_ns.div_ceil(1_000_000).max(1)))
     }
 
-    fn declare_concurrency(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+    fn declare_concurrency(&mut self, name: String) -> wasmtime::Result<Result<u32, String>> {
         Ok(self.declare(name, Spec::Concurrency))
     }
 
-    fn acquire(
-        &mut self,
-        name: String,
-        key: String,
-        max: u32,
-    ) -> wasmtime::Result<Result<(), u32>> {
-        let Limiter::Concurrency(limiter) = self.declared(&name, &key)? else {
-            return Err(wrong_kind(&name, "acquire"));
+    fn acquire(&mut self, handle: u32, key: String, max: u32) -> wasmtime::Result<Result<(), u32>> {
+        let Limiter::Concurrency(limiter) = self.declared(handle, &key)? else {
+            return Err(self.wrong_kind(handle, "acquire"));
         };
         if !self.picking {
             // Outside `admit` there is no request to hold it.
@@ -249,7 +258,7 @@ impl limits::Host for GuestState {
         &mut self,
         name: String,
         window_ms: u32,
-    ) -> wasmtime::Result<Result<(), String>> {
+    ) -> wasmtime::Result<Result<u32, String>> {
         if window_ms == 0 {
             return Ok(Err(format!(
                 "counter `{name}`: window-ms must be at least 1"
@@ -259,9 +268,9 @@ impl limits::Host for GuestState {
         Ok(self.declare(name, Spec::Counter { window_ns }))
     }
 
-    fn add(&mut self, name: String, key: String, n: u32) -> wasmtime::Result<u64> {
-        let Limiter::Counter(counter) = self.declared(&name, &key)? else {
-            return Err(wrong_kind(&name, "add"));
+    fn add(&mut self, handle: u32, key: String, n: u32) -> wasmtime::Result<u64> {
+        let Limiter::Counter(counter) = self.declared(handle, &key)? else {
+            return Err(self.wrong_kind(handle, "add"));
         };
         Ok(counter.add(counter.key(key.as_bytes()), n, clock::now_ns()))
     }

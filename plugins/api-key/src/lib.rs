@@ -37,6 +37,8 @@ struct Client {
     key: String,
     /// The limiter of its rate (`"10/s"`).
     limiter: String,
+    /// The host's handle of that limiter (declared in `init`).
+    handle: limits::Limiter,
 }
 
 #[derive(Default)]
@@ -131,6 +133,7 @@ fn clients(table: &str) -> Result<Vec<Client>, String> {
                 name,
                 key: key.to_owned(),
                 limiter: rate.trim().to_owned(),
+                handle: 0,
             })
         })
         .collect()
@@ -161,10 +164,11 @@ impl Guest for ApiKey {
             }
         }
         settings.clients = keys.ok_or("api-key: `keys` is required")?;
-        for client in &settings.clients {
-            // Each distinct rate is one host limiter, counting per client.
+        for client in &mut settings.clients {
+            // Each distinct rate is one host limiter, counting per client
+            // (declaring a rate again answers the same handle).
             if let Some((n, per)) = parse_rate(&client.limiter) {
-                limits::declare_rate(&client.limiter, n, per, n)?;
+                client.handle = limits::declare_rate(&client.limiter, n, per, n)?;
             }
         }
         SETTINGS.with_borrow_mut(|s| *s = settings);
@@ -184,7 +188,7 @@ impl Guest for ApiKey {
                     retry_after: None,
                 });
             };
-            match limits::take(&client.limiter, &client.name, 1) {
+            match limits::take(client.handle, &client.name, 1) {
                 Ok(()) => Verdict::AllowWith(vec![(s.identity.clone(), client.name.clone())]),
                 Err(wait_ms) => Verdict::Deny(Refusal {
                     status: 429,

@@ -36,11 +36,13 @@ enum Key {
 struct Settings {
     key: Key,
     status: u16,
+    /// The host's handle of the limiter declared in `init`.
+    limiter: limits::Limiter,
 }
 
 thread_local! {
     static SETTINGS: RefCell<Settings> = const {
-        RefCell::new(Settings { key: Key::ClientIp, status: 429 })
+        RefCell::new(Settings { key: Key::ClientIp, status: 429, limiter: 0 })
     };
 }
 
@@ -188,8 +190,14 @@ impl Guest for RateLimit {
         }
         let (requests, per_ms) =
             rate.ok_or("rate-limit: `rate` is required, e.g. rate = \"10/s\"")?;
-        limits::declare_rate(LIMITER, requests, per_ms, burst)?;
-        SETTINGS.with_borrow_mut(|s| *s = Settings { key, status });
+        let limiter = limits::declare_rate(LIMITER, requests, per_ms, burst)?;
+        SETTINGS.with_borrow_mut(|s| {
+            *s = Settings {
+                key,
+                status,
+                limiter,
+            }
+        });
         Ok(())
     }
 
@@ -213,7 +221,7 @@ impl Guest for RateLimit {
             let Some(material) = material else {
                 return Verdict::Allow;
             };
-            match limits::take(LIMITER, material, 1) {
+            match limits::take(s.limiter, material, 1) {
                 Ok(()) => Verdict::Allow,
                 Err(wait_ms) => Verdict::Deny(Refusal {
                     status: s.status,

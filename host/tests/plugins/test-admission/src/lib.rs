@@ -30,11 +30,13 @@ use switchyard::balancer::{limits, request};
 struct Settings {
     mode: String,
     max: u32,
+    inflight: limits::Limiter,
+    hits: limits::Limiter,
 }
 
 thread_local! {
     static SETTINGS: RefCell<Settings> = const {
-        RefCell::new(Settings { mode: String::new(), max: 1 })
+        RefCell::new(Settings { mode: String::new(), max: 1, inflight: 0, hits: 0 })
     };
 }
 
@@ -64,15 +66,23 @@ impl Guest for TestAdmission {
                 (other, _) => return Err(format!("test-admission: bad parameter `{other}`")),
             }
         }
-        limits::declare_concurrency("inflight")?;
-        limits::declare_counter("hits", window)?;
+        let inflight = limits::declare_concurrency("inflight")?;
+        let hits = limits::declare_counter("hits", window)?;
         let max = max.unwrap_or(if mode == "count" { 3 } else { 1 });
-        SETTINGS.with_borrow_mut(|s| *s = Settings { mode, max });
+        SETTINGS.with_borrow_mut(|s| {
+            *s = Settings {
+                mode,
+                max,
+                inflight,
+                hits,
+            }
+        });
         Ok(())
     }
 
     fn admit(_req: AdmissionRequest) -> Verdict {
-        let (mode, max) = SETTINGS.with_borrow(|s| (s.mode.clone(), s.max));
+        let (mode, max, inflight, hits) =
+            SETTINGS.with_borrow(|s| (s.mode.clone(), s.max, s.inflight, s.hits));
         let mode = if mode == "by-path" {
             let path = request::path();
             path.trim_start_matches('/')
@@ -112,24 +122,25 @@ impl Guest for TestAdmission {
                 reason: "test says no".into(),
                 retry_after: Some(7),
             }),
-            "inflight" => match limits::acquire("inflight", "all", max) {
+            "inflight" => match limits::acquire(inflight, "all", max) {
                 Ok(()) => Verdict::Allow,
                 Err(n) => deny(429, format!("in flight: {n}")),
             },
             "count" => {
-                let n = limits::add("hits", "all", 1);
+                let n = limits::add(hits, "all", 1);
                 if n > u64::from(max) {
                     deny(429, format!("count: {n}"))
                 } else {
                     Verdict::Allow
                 }
             }
-            "undeclared" => match limits::take("never-declared", "k", 1) {
+            // A handle no declaration answered.
+            "undeclared" => match limits::take(99, "k", 1) {
                 Ok(()) => Verdict::Allow,
                 Err(_) => deny(429, "limited".into()),
             },
             "late-declare" => match limits::declare_rate("late", 1, 1000, 1) {
-                Ok(()) => deny(418, "declared late".into()),
+                Ok(_) => deny(418, "declared late".into()),
                 Err(e) => deny(418, e),
             },
             _ => Verdict::Allow,
