@@ -23,7 +23,7 @@ use crate::base::stats::{CLASSES, Histogram};
 use crate::gateway::router::RouteTable;
 use crate::gateway::upstream::Upstream;
 use crate::gateway::{Gateway, ReloadKind, ReloadResult};
-use crate::plugin::{Strategy, StrategyStats};
+use crate::plugin::{Admission, Strategy, StrategyStats};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -144,47 +144,37 @@ const FAMILIES: &[Family] = &[
         help: "Keys a limiter remembers now (at most the upstream's `limit-keys`).",
         unit: None,
         samples: Samples::Gauge(|s| {
-            s.table
-                .upstreams
-                .iter()
-                .filter_map(|u| Some((u.name(), u.gate.as_ref()?)))
-                .flat_map(|(upstream, gate)| {
-                    gate.limiters().into_iter().map(move |(limiter, keys, _)| {
-                        let labels = vec![
-                            ("upstream", Cow::Borrowed(upstream)),
-                            ("limiter", Cow::Owned(limiter)),
-                        ];
-                        (labels, i64::try_from(keys).unwrap_or(i64::MAX))
-                    })
-                })
-                .collect()
+            s.limiter_keys(|u| {
+                let gate = u.gate.as_ref()?;
+                Some(
+                    gate.limiters()
+                        .into_iter()
+                        .map(|(name, keys, _)| (name, keys))
+                        .collect(),
+                )
+            })
         }),
     },
     Family {
         name: "admission_plugin_calls",
         help: "Calls of the upstream's admission plugin it answered (allow or deny).",
         unit: None,
-        samples: Samples::Counter(|s| {
-            s.per_admission(|st| [("", &st.picks)].into_iter().collect(), None)
-        }),
+        samples: Samples::Counter(|s| s.per_plugin(&s.admissions, None, |st| [("", &st.picks)])),
     },
     Family {
         name: "admission_plugin_failures",
         help: "Admission plugin failures by kind (skipped: not called while paused after failing again and again); each such request went on (fail-open) or was answered 503 (fail-closed).",
         unit: None,
         samples: Samples::Counter(|s| {
-            s.per_admission(
-                |st| {
-                    vec![
-                        ("trap", &st.traps),
-                        ("timeout", &st.timeouts),
-                        ("bad_answer", &st.bad_answers),
-                        ("instantiate", &st.instantiate_failures),
-                        ("skipped", &st.skipped),
-                    ]
-                },
-                Some("kind"),
-            )
+            s.per_plugin(&s.admissions, Some("kind"), |st| {
+                [
+                    ("trap", &st.traps),
+                    ("timeout", &st.timeouts),
+                    ("bad_answer", &st.bad_answers),
+                    ("instantiate", &st.instantiate_failures),
+                    ("skipped", &st.skipped),
+                ]
+            })
         }),
     },
     Family {
@@ -192,24 +182,15 @@ const FAMILIES: &[Family] = &[
         help: "Keys a limiter an admission plugin declared remembers now.",
         unit: None,
         samples: Samples::Gauge(|s| {
-            s.table
-                .upstreams
-                .iter()
-                .filter_map(|u| Some((u.name(), u.admission.as_ref()?.load_full())))
-                .flat_map(|(upstream, admission)| {
-                    admission
-                        .registry
-                        .limiters()
+            s.limiter_keys(|u| {
+                let limiters = u.admission.as_ref()?.load().registry.limiters();
+                Some(
+                    limiters
                         .into_iter()
-                        .map(move |(limiter, _, keys, _)| {
-                            let labels = vec![
-                                ("upstream", Cow::Borrowed(upstream)),
-                                ("limiter", Cow::Owned(limiter)),
-                            ];
-                            (labels, i64::try_from(keys).unwrap_or(i64::MAX))
-                        })
-                })
-                .collect()
+                        .map(|(name, _, keys, _)| (name, keys))
+                        .collect(),
+                )
+            })
         }),
     },
     Family {
@@ -228,14 +209,14 @@ const FAMILIES: &[Family] = &[
         name: "plugin_picks",
         help: "Picks answered by the plugin.",
         unit: None,
-        samples: Samples::Counter(|s| s.per_strategy(None, |st| [("", &st.picks)])),
+        samples: Samples::Counter(|s| s.per_plugin(&s.strategies, None, |st| [("", &st.picks)])),
     },
     Family {
         name: "plugin_failures",
         help: "Plugin failures by kind; each such pick was served by the fallback or answered 503.",
         unit: None,
         samples: Samples::Counter(|s| {
-            s.per_strategy(Some("kind"), |st| {
+            s.per_plugin(&s.strategies, Some("kind"), |st| {
                 [
                     ("trap", &st.traps),
                     ("timeout", &st.timeouts),
@@ -249,14 +230,14 @@ const FAMILIES: &[Family] = &[
         name: "plugin_skipped_picks",
         help: "Picks served by the host's round robin without calling the plugin, paused after failing again and again.",
         unit: None,
-        samples: Samples::Counter(|s| s.per_strategy(None, |st| [("", &st.skipped)])),
+        samples: Samples::Counter(|s| s.per_plugin(&s.strategies, None, |st| [("", &st.skipped)])),
     },
     Family {
         name: "plugin_handovers",
         help: "Worker threads whose instance of a new plugin version continued from their instance of the previous one (`state` export), by result.",
         unit: None,
         samples: Samples::Counter(|s| {
-            s.per_strategy(Some("result"), |st| {
+            s.per_plugin(&s.strategies, Some("result"), |st| {
                 [("ok", &st.handovers), ("failed", &st.handover_failures)]
             })
         }),
@@ -442,6 +423,8 @@ struct Scrape {
     backends: Vec<BackendRow>,
     /// Every upstream's live strategy.
     strategies: Vec<StrategyRow>,
+    /// Every upstream's admission plugin, where it has one.
+    admissions: Vec<AdmissionRow>,
     /// Reloads since start by `(kind, result)`.
     reloads: Vec<((ReloadKind, ReloadResult), u64)>,
     /// Client connections open on each worker.
@@ -482,6 +465,44 @@ impl StrategyRow {
     }
 }
 
+/// An upstream and its admission plugin.
+struct AdmissionRow {
+    upstream: Arc<Upstream>,
+    admission: Arc<Admission>,
+}
+
+/// A row of plugin counters: a strategy or an admission plugin.
+trait PluginRow {
+    /// `upstream="...",plugin="<as configured>"`.
+    fn labels(&self) -> Labels<'_>;
+    /// Its counters.
+    fn stats(&self) -> &StrategyStats;
+}
+
+impl PluginRow for StrategyRow {
+    fn labels(&self) -> Labels<'_> {
+        StrategyRow::labels(self)
+    }
+
+    fn stats(&self) -> &StrategyStats {
+        &self.strategy.stats
+    }
+}
+
+impl PluginRow for AdmissionRow {
+    fn labels(&self) -> Labels<'_> {
+        let plugin = self.upstream.config.admission_plugin.as_deref();
+        labels([
+            ("upstream", self.upstream.name()),
+            ("plugin", plugin.unwrap_or("")),
+        ])
+    }
+
+    fn stats(&self) -> &StrategyStats {
+        &self.admission.stats
+    }
+}
+
 impl Scrape {
     fn new(gateway: &Gateway) -> Scrape {
         let table = arc_swap::Guard::into_inner(gateway.routes());
@@ -504,9 +525,20 @@ impl Scrape {
                 strategy: u.strategy.load_full(),
             })
             .collect();
+        let admissions = table
+            .upstreams
+            .iter()
+            .filter_map(|u| {
+                Some(AdmissionRow {
+                    upstream: Arc::clone(u),
+                    admission: u.admission.as_ref()?.load_full(),
+                })
+            })
+            .collect();
         Scrape {
             backends,
             strategies,
+            admissions,
             table,
             reloads: gateway.reload_counts(),
             connections: gateway.connections().open(),
@@ -522,17 +554,18 @@ impl Scrape {
             .collect()
     }
 
-    /// One sample per strategy and `(value, counter)` pair that `counts`
-    /// lists, labelled with the upstream, the plugin and `label="value"`
-    /// (no extra label when `label` is `None`).
-    fn per_strategy<const N: usize>(
+    /// One sample per plugin of `rows` and `(value, counter)` pair that
+    /// `counts` lists, labelled with the upstream, the plugin and
+    /// `label="value"` (no extra label when `label` is `None`).
+    fn per_plugin<'r, R: PluginRow, const N: usize>(
         &self,
+        rows: &'r [R],
         label: Option<&'static str>,
         counts: impl Fn(&StrategyStats) -> [(&'static str, &AtomicU64); N],
-    ) -> Vec<(Labels<'_>, u64)> {
+    ) -> Vec<(Labels<'r>, u64)> {
         let mut samples = Vec::new();
-        for row in &self.strategies {
-            for (value, n) in counts(&row.strategy.stats) {
+        for row in rows {
+            for (value, n) in counts(row.stats()) {
                 let labels = match label {
                     Some(label) => with(row.labels(), label, value),
                     None => row.labels(),
@@ -543,26 +576,21 @@ impl Scrape {
         samples
     }
 
-    /// One sample per upstream with an admission plugin and `(value,
-    /// counter)` pair that `counts` lists, labelled with the upstream, the
-    /// plugin and `label="value"` (no extra label when `label` is `None`).
-    fn per_admission(
+    /// One sample per limiter that `limiters` lists for an upstream (`None`:
+    /// the upstream has none of that kind): the keys it holds, labelled with
+    /// the upstream and the limiter's name.
+    fn limiter_keys(
         &self,
-        counts: impl Fn(&StrategyStats) -> Vec<(&'static str, &AtomicU64)>,
-        label: Option<&'static str>,
-    ) -> Vec<(Labels<'_>, u64)> {
+        limiters: impl Fn(&Upstream) -> Option<Vec<(String, usize)>>,
+    ) -> Vec<(Labels<'_>, i64)> {
         let mut samples = Vec::new();
         for u in &self.table.upstreams {
-            let (Some(admission), Some(plugin)) = (&u.admission, &u.config.admission_plugin) else {
-                continue;
-            };
-            let admission = admission.load();
-            for (value, n) in counts(&admission.stats) {
-                let mut labels = labels([("upstream", u.name()), ("plugin", plugin.as_str())]);
-                if let Some(label) = label {
-                    labels = with(labels, label, value);
-                }
-                samples.push((labels, n.load(Ordering::Relaxed)));
+            for (name, keys) in limiters(u).unwrap_or_default() {
+                let labels = vec![
+                    ("upstream", Cow::Borrowed(u.name())),
+                    ("limiter", Cow::Owned(name)),
+                ];
+                samples.push((labels, i64::try_from(keys).unwrap_or(i64::MAX)));
             }
         }
         samples

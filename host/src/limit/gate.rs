@@ -43,6 +43,17 @@ impl Reason {
             Reason::PluginFailure => "plugin-failure",
         }
     }
+
+    /// What the proxy's answer says (a plugin's refusal says its own).
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::DenyList | Reason::NotAllowed => "access denied",
+            Reason::LimitReq => "too many requests: rate limit reached (limit-req)",
+            Reason::LimitConn => "too many requests in flight (limit-conn)",
+            Reason::Plugin => "refused by the admission plugin",
+            Reason::PluginFailure => "admission plugin failed",
+        }
+    }
 }
 
 /// A request the gate turned away.
@@ -54,6 +65,21 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     /// Which rule refused it.
     pub reason: Reason,
+}
+
+impl Refusal {
+    /// As the access log writes it: `denied:deny`, `limited:limit-req`,
+    /// `denied:plugin`, ...
+    pub fn label(&self) -> &'static str {
+        match self.reason {
+            Reason::DenyList => "denied:deny",
+            Reason::NotAllowed => "denied:allow",
+            Reason::LimitReq => "limited:limit-req",
+            Reason::LimitConn => "limited:limit-conn",
+            Reason::Plugin => "denied:plugin",
+            Reason::PluginFailure => "denied:plugin-failure",
+        }
+    }
 }
 
 /// What [`Gate::check`] decided.
@@ -74,14 +100,7 @@ impl Verdict {
             Verdict::Pass(_, None) => "allowed",
             Verdict::Pass(_, Some(Reason::LimitConn)) => "dry-run:limit-conn",
             Verdict::Pass(_, Some(_)) => "dry-run:limit-req",
-            Verdict::Refuse(r) => match r.reason {
-                Reason::DenyList => "denied:deny",
-                Reason::NotAllowed => "denied:allow",
-                Reason::LimitReq => "limited:limit-req",
-                Reason::LimitConn => "limited:limit-conn",
-                Reason::Plugin => "denied:plugin",
-                Reason::PluginFailure => "denied:plugin-failure",
-            },
+            Verdict::Refuse(refusal) => refusal.label(),
         }
     }
 }

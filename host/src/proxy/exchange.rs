@@ -33,7 +33,7 @@ use crate::base::workers::{self, Tunnels};
 use crate::gateway::Gateway;
 use crate::gateway::router::RouteTable;
 use crate::gateway::upstream::Upstream;
-use crate::limit::{Holds, Reason, Refusal, Verdict};
+use crate::limit::{Gate, Holds, Reason, Refusal, Verdict};
 use crate::plugin::{Choice, Gated, PickInput, fallback};
 use crate::wire::body::ClientBody;
 use crate::wire::head::host_of;
@@ -277,7 +277,7 @@ fn gate(
         Verdict::Pass(holds, _) => match &upstream.admission {
             None => return Ok(holds),
             Some(admission) => {
-                return admit_plugin(upstream, admission, holds, parts, client_ip, log);
+                return admit_plugin(upstream, gate, admission, holds, parts, client_ip, log);
             }
         },
         Verdict::Refuse(refusal) => refusal,
@@ -289,7 +289,7 @@ fn gate(
         path = parts.uri.path(), status = refusal.status.as_u16(),
         reason = refusal.reason.as_str(), "refused by the upstream's admission rules"
     );
-    Err(turned_away(refusal))
+    Err(turned_away(&refusal, refusal.reason.message()))
 }
 
 /// The upstream's admission plugin asked about a request the rules let
@@ -302,15 +302,13 @@ fn gate(
 )]
 fn admit_plugin(
     upstream: &Upstream,
+    gate: &Gate,
     admission: &arc_swap::ArcSwap<crate::plugin::Admission>,
     mut holds: Holds,
     parts: &mut Parts,
     client_ip: IpAddr,
     log: &mut Option<Box<access::Entry>>,
 ) -> Result<Holds, Response<ProxyBody>> {
-    let Some(gate) = &upstream.gate else {
-        return Ok(holds);
-    };
     let gated = admission.load().admit(client_ip, parts, &mut holds);
     let (status, message, retry_after, reason) = match gated {
         Gated::Allow => {
@@ -323,12 +321,12 @@ fn admit_plugin(
         }
         Gated::Failed => {
             tracing::warn!(upstream = upstream.name(), client = %client_ip, method = %parts.method, path = parts.uri.path(), "admission plugin failed and the upstream fails closed: 503");
-            let message = "admission plugin failed".to_owned();
+            let reason = Reason::PluginFailure;
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                message,
+                reason.message().to_owned(),
                 None,
-                Reason::PluginFailure,
+                reason,
             )
         }
         Gated::Deny {
@@ -339,37 +337,27 @@ fn admit_plugin(
     };
     // Nothing the rules or the plugin acquired stays counted.
     drop(holds);
+    let refusal = Refusal {
+        status,
+        retry_after: retry_after.map(u64::from),
+        reason,
+    };
     gate.tally.denied(reason);
     if let Some(log) = log {
-        log.admission(if reason == Reason::Plugin {
-            "denied:plugin"
-        } else {
-            "denied:plugin-failure"
-        });
+        log.admission(refusal.label());
     }
     tracing::debug!(
         upstream = upstream.name(), client = %client_ip, method = %parts.method,
         path = parts.uri.path(), status = status.as_u16(), reason = %message,
         "refused by the upstream's admission plugin"
     );
-    let mut resp = local_response(status, &message);
-    if let Some(secs) = retry_after {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    Err(resp)
+    Err(turned_away(&refusal, &message))
 }
 
-/// The answer to a request the admission rules turned away: 403, or 429
-/// (or the limit's `status`) with `Retry-After` when the limit says when.
-fn turned_away(refusal: Refusal) -> Response<ProxyBody> {
-    let message = match refusal.reason {
-        Reason::DenyList | Reason::NotAllowed => "access denied",
-        Reason::LimitReq => "too many requests: rate limit reached (limit-req)",
-        Reason::LimitConn => "too many requests in flight (limit-conn)",
-        Reason::Plugin => "refused by the admission plugin",
-        Reason::PluginFailure => "admission plugin failed",
-    };
+/// The answer to a request turned away by the admission rules or plugin:
+/// its status (403, 429, the limit's or the plugin's), `message`, and
+/// `Retry-After` when the refusal says when.
+fn turned_away(refusal: &Refusal, message: &str) -> Response<ProxyBody> {
     let mut resp = local_response(refusal.status, message);
     if let Some(secs) = refusal.retry_after {
         resp.headers_mut()
