@@ -5,17 +5,14 @@
 //! requests in flight, and at most `keys` of them: past that a new key is
 //! refused (nginx answers so when its zone is full).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::{lock, per_shard, shard_count};
+use super::table::Table;
 
 /// In-flight counts per key.
 pub struct ConnLimiter {
-    per_shard: usize,
-    shards: Box<[Mutex<HashMap<u64, u32>>]>,
-    hasher: RandomState,
+    /// Each key's count, never 0 (such keys are dropped).
+    table: Table<u32>,
 }
 
 /// Why [`ConnLimiter::acquire`] did not count a request.
@@ -30,17 +27,14 @@ pub enum Over {
 impl ConnLimiter {
     /// Counts for up to `keys` keys at once.
     pub fn new(keys: usize) -> Self {
-        let shards = shard_count(keys);
         Self {
-            per_shard: per_shard(keys, shards),
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            table: Table::new(keys),
         }
     }
 
     /// The key `material` is counted under.
     pub fn key(&self, material: &[u8]) -> u64 {
-        self.hasher.hash_one(material)
+        self.table.key(material)
     }
 
     /// Counts one more request for `key` if it has fewer than `max` in
@@ -54,16 +48,22 @@ impl ConnLimiter {
         max: u32,
         dry_run: bool,
     ) -> Result<(Held, bool), Over> {
-        let mut shard = lock(&self.shards[self.shard(key)]);
-        let over = match shard.get(&key) {
+        let mut shard = self.table.shard(key);
+        let over = match shard.peek(&key) {
             Some(&n) => n >= max,
-            None if shard.len() >= self.per_shard => return Err(Over::Full),
+            None if self.table.is_full(&shard) => return Err(Over::Full),
             None => max == 0,
         };
         if over && !dry_run {
             return Err(Over::Max);
         }
-        *shard.entry(key).or_insert(0) += 1;
+        match shard.peek_mut(&key) {
+            Some(n) => *n += 1,
+            // Not full (checked above): nothing is forgotten.
+            None => {
+                shard.put(key, 1);
+            }
+        }
         let held = Held {
             limiter: Arc::clone(self),
             key,
@@ -73,27 +73,20 @@ impl ConnLimiter {
 
     /// Keys with requests in flight now.
     pub fn keys(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.table.keys()
     }
 
     /// Requests in flight for `key` now.
     pub fn in_flight(&self, key: u64) -> u32 {
-        lock(&self.shards[self.shard(key)])
-            .get(&key)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn shard(&self, key: u64) -> usize {
-        (key >> 58) as usize % self.shards.len()
+        self.table.shard(key).peek(&key).copied().unwrap_or(0)
     }
 
     fn release(&self, key: u64) {
-        let mut shard = lock(&self.shards[self.shard(key)]);
-        if let Some(n) = shard.get_mut(&key) {
+        let mut shard = self.table.shard(key);
+        if let Some(n) = shard.peek_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                shard.remove(&key);
+                shard.pop(&key);
             }
         }
     }

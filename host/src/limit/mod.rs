@@ -40,19 +40,6 @@ pub use window::WindowCounter;
 
 use std::sync::{Mutex, MutexGuard};
 
-/// Shards of a table that remembers `keys` keys: enough that two workers
-/// rarely meet on a lock, few enough that each shard's share of the bound
-/// stays large (the bound is kept per shard).
-fn shard_count(keys: usize) -> usize {
-    (keys / 1024).clamp(1, 64).next_power_of_two().min(64)
-}
-
-/// Each shard's share of `keys` (rounded up: the table may hold up to one
-/// key per shard more than `keys`).
-fn per_shard(keys: usize, shards: usize) -> usize {
-    keys.div_ceil(shards).max(1)
-}
-
 /// A shard's lock; a panic elsewhere while it was held leaves counts that
 /// are still counts, so a poisoned lock is taken as it is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

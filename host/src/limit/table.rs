@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use lru::LruCache;
 
-use super::{lock, per_shard, shard_count};
+use super::lock;
 
 /// Per-key state `V` for up to `keys` keys (plus at most one per shard).
 pub(super) struct Table<V> {
@@ -41,10 +41,15 @@ impl<V> Table<V> {
         lock(&self.shards[(key >> 58) as usize % self.shards.len()])
     }
 
+    /// Whether `shard` (locked) holds its share of the keys already.
+    pub(super) fn is_full(&self, shard: &LruCache<u64, V>) -> bool {
+        shard.len() >= self.per_shard
+    }
+
     /// Puts `key` into its (locked) `shard`, forgetting the shard's least
     /// recently seen key first when it is full.
     pub(super) fn insert(&self, shard: &mut LruCache<u64, V>, key: u64, value: V) {
-        if shard.len() >= self.per_shard {
+        if self.is_full(shard) {
             shard.pop_lru();
         }
         shard.put(key, value);
@@ -64,4 +69,17 @@ impl<V> Table<V> {
     pub(super) fn capacity(&self) -> usize {
         self.per_shard * self.shards.len()
     }
+}
+
+/// Shards of a table that remembers `keys` keys: enough that two workers
+/// rarely meet on a lock, few enough that each shard's share of the bound
+/// stays large (the bound is kept per shard).
+fn shard_count(keys: usize) -> usize {
+    (keys / 1024).clamp(1, 64).next_power_of_two().min(64)
+}
+
+/// Each shard's share of `keys` (rounded up: the table may hold up to one
+/// key per shard more than `keys`).
+fn per_shard(keys: usize, shards: usize) -> usize {
+    keys.div_ceil(shards).max(1)
 }
