@@ -279,10 +279,11 @@ async fn demo(
         toml::Value::String(listen.to_string()),
         toml::Value::String(admin),
         toml::Value::String(plugins.display().to_string()),
-        toml::Value::String(strategy),
+        toml::Value::String(strategy.clone()),
         toml::Value::Array(servers),
     );
     let config = Config::parse(&text, Path::new("<demo>"))?;
+    let strategy_stem = strategy;
     let proxy = Proxy::start(
         config,
         Options {
@@ -291,15 +292,20 @@ async fn demo(
         },
     )
     .await?;
+    let file = plugins.join(format!("{strategy_stem}.wasm"));
     println!(
-        "switchyard demo: proxy on http://{} -> {} demo backends on 127.0.0.1:{}-{}\n\
-         try: curl http://{}/   (drop a .wasm into {}/ to change the strategy)",
+        "switchyard demo: proxy on http://{} -> {} demo backends on 127.0.0.1:{}-{}, strategy `{strategy_stem}`\n\
+         try:     curl http://{}/\n\
+         swap:    cp {}/least-conn.wasm {}   (any strategy component; it serves the next request)\n\
+         undo:    rm {}   (back to the built-in copy)",
         proxy.addr(),
         count,
         first_port,
         first_port + count.saturating_sub(1),
         proxy.addr(),
-        plugins.display()
+        plugins.display(),
+        file.display(),
+        file.display(),
     );
     if let Some(admin) = proxy.admin_addr() {
         println!("dashboard: http://{admin}/   (also /status, /metrics, /events)");

@@ -6,8 +6,9 @@
 //! ways without moving a client or failing a request.
 //!
 //! The component is built by `examples/js-strategy/build.sh` (Node.js >= 20
-//! and npm needed; the test fails, never skips, without them) unless
-//! `SWITCHYARD_WASM_JS` names a prebuilt one.
+//! and npm needed: `.ci/setup node` installs them when it can; the test
+//! fails, never skips, without them) unless `SWITCHYARD_WASM_JS` names a
+//! prebuilt one.
 
 mod common;
 
@@ -54,6 +55,8 @@ fn build_js_strategy() -> Result<String, String> {
          or set {PREBUILT_ENV} to a component built elsewhere.",
         script.display()
     );
+    // Node.js and npm, installed if missing (as .ci/run does).
+    setup("node");
     let started = Instant::now();
     let output = Command::new("bash")
         .arg(&script)

@@ -427,7 +427,7 @@ async fn in_flight_requests_finish_on_the_old_plugin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_arrives() {
+async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_arrives_and_after_it_goes() {
     let (_be, fx, proxy) = serve_three(&[], "round-robin", "").await;
     let client = client();
     let mut replies = Vec::new();
@@ -455,6 +455,25 @@ async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_
     })
     .await;
     assert!(switched.is_some(), "the dropped plugin never took over");
+
+    // And `rm` undoes it: a reference plugin's file removed is served from
+    // the built-in copy again, exact round robin.
+    std::fs::remove_file(fx.plugins().join("round-robin.wasm")).expect("remove the plugin");
+    let back = eventually(Duration::from_secs(3), || {
+        let client = client.clone();
+        async move {
+            let mut replies = Vec::new();
+            for _ in 0..6 {
+                replies.push(get(&client, addr, "/").await);
+            }
+            tally(&replies).values().copied().collect::<Vec<_>>() == [2, 2, 2]
+        }
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "removing round-robin.wasm did not bring back the built-in round robin"
+    );
 }
 
 /// The soak (`examples/bench/soak.sh`, 100 changes at 2000 req/s) in small:

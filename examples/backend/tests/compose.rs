@@ -3,8 +3,9 @@
 //! what the README builds, the way the README builds it.
 //!
 //! Needs `docker compose` or `docker-compose` (no Docker engine: `config`
-//! only reads files). Without either the test fails rather than passing
-//! silently; CI (`.ci/run`) installs Debian's `docker-compose`.
+//! only reads files); `.ci/setup compose` installs Debian's
+//! `docker-compose` when neither is there. When it cannot, the test fails
+//! rather than passing silently.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,8 +29,20 @@ fn runs(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// `docker compose` (v2) when it works, else `docker-compose` (v1).
+/// `docker compose` (v2) when it works, else `docker-compose` (v1),
+/// installed by `.ci/setup compose` (as .ci/run does) when neither is.
 fn compose() -> Command {
+    let setup = repo().join(".ci/setup");
+    let installed = Command::new("bash")
+        .arg(&setup)
+        .arg("compose")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed,
+        "`{} compose` could not install docker-compose (see its message above)",
+        setup.display()
+    );
     if runs("docker", &["compose", "version"]) {
         let mut cmd = Command::new("docker");
         cmd.arg("compose");
@@ -39,8 +52,7 @@ fn compose() -> Command {
     } else {
         panic!(
             "neither `docker compose` nor `docker-compose` is installed, so compose.yaml \
-             cannot be validated. .ci/run must install it: \
-             `apt-get install -y --no-install-recommends docker-compose`"
+             cannot be validated: `apt-get install -y --no-install-recommends docker-compose`"
         )
     }
 }

@@ -15,6 +15,7 @@ pub mod reload;
 pub mod router;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -422,11 +423,24 @@ impl Gateway {
             }
         }
         let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Cow::Owned(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return PluginReload::Removed {
-                    path: path.to_owned(),
-                };
+                // A reference plugin's file removed: back to the copy built
+                // into the binary, as at start without the file (so the
+                // README's hot swap is undone with `rm`). Any other plugin
+                // keeps the build it loaded.
+                let stem = path.file_stem().and_then(|s| s.to_str());
+                match stem.and_then(builtin::named) {
+                    Some(bytes) => {
+                        tracing::info!(file = %path.display(), "plugin file removed: serving the built-in `{}`", stem.unwrap_or_default());
+                        Cow::Borrowed(bytes)
+                    }
+                    None => {
+                        return PluginReload::Removed {
+                            path: path.to_owned(),
+                        };
+                    }
+                }
             }
             Err(error) => {
                 return PluginReload::Rejected {

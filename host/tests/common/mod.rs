@@ -319,3 +319,22 @@ where
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Installs what a test needs beyond rustup when it is missing, with the
+/// script CI runs too (`.ci/setup compose|browser|node`); the test fails
+/// with the script's message when it cannot.
+pub fn setup(what: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/setup");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(what)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "`.ci/setup {what}` could not provide what this test needs ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
