@@ -160,7 +160,8 @@ pub fn options(url: &str, args: &[&str]) -> Options {
     let argv = ["switchyard-stress", "-u", url]
         .into_iter()
         .chain(args.iter().copied());
-    let mut options = Options::from(Cli::try_parse_from(argv).expect("valid arguments"));
+    let mut options = Options::try_from(Cli::try_parse_from(argv).expect("valid arguments"))
+        .expect("a target URL");
     options.progress = false;
     options
 }
