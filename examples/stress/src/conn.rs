@@ -75,11 +75,9 @@ impl Connector {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| Failure::Connect(handshake_failure(&e)))?;
+                    .map_err(|e| Failure::Connect(self.handshake_failure(&e)))?;
                 if self.http2 && tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-                    return Err(Failure::Connect(Reason::Borrowed(
-                        "the server did not agree to HTTP/2 (ALPN h2); leave out --h2 for HTTP/1.1",
-                    )));
+                    return Err(Failure::Connect(Reason::Borrowed(NO_H2)));
                 }
                 Stream::Tls(Box::new(tls))
             }
@@ -244,12 +242,24 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Why a TLS handshake failed, e.g. `TLS handshake failed: invalid peer
-/// certificate: UnknownIssuer`.
-fn handshake_failure(error: &io::Error) -> Reason {
-    match tls_error(error) {
-        Some(tls) => Reason::Owned(format!("TLS handshake failed: {tls}")),
-        None => Reason::Owned(format!("TLS handshake failed: {}", describe_io(error))),
+/// The failure of a TLS connection whose server will not speak HTTP/2.
+const NO_H2: &str = "the server did not agree to HTTP/2 (ALPN h2); leave out --h2 for HTTP/1.1";
+
+impl Connector {
+    /// Why a TLS handshake failed, e.g. `TLS handshake failed: invalid
+    /// peer certificate: UnknownIssuer`.
+    fn handshake_failure(&self, error: &io::Error) -> Reason {
+        match tls_error(error) {
+            // A server may refuse outright to speak none of the protocols
+            // offered, rather than pick none.
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol))
+                if self.http2 =>
+            {
+                Reason::Borrowed(NO_H2)
+            }
+            Some(tls) => Reason::Owned(format!("TLS handshake failed: {tls}")),
+            None => Reason::Owned(format!("TLS handshake failed: {}", describe_io(error))),
+        }
     }
 }
 
