@@ -257,6 +257,10 @@ impl Connector {
             {
                 Reason::Borrowed(NO_H2)
             }
+            // What a plain-HTTP server answers reads as garbage.
+            Some(tls @ rustls::Error::InvalidMessage(_)) => Reason::Owned(format!(
+                "TLS handshake failed: {tls} (not a TLS port? try http://)"
+            )),
             Some(tls) => Reason::Owned(format!("TLS handshake failed: {tls}")),
             None => Reason::Owned(format!("TLS handshake failed: {}", describe_io(error))),
         }
@@ -308,6 +312,13 @@ pub(crate) fn describe(error: &hyper::Error) -> Reason {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    if error.is_parse() {
+        // What an HTTP/1.1 client reads from a server that speaks HTTP/2
+        // only, or TLS.
+        text.push_str(
+            ": not an HTTP/1.1 response (for a server that speaks only HTTP/2 try --h2, for a TLS port try https://)",
+        );
     }
     Reason::Owned(text)
 }

@@ -228,5 +228,43 @@ async fn plain_http_to_a_tls_port_fails_per_request() {
     let report = run(options(&url, &["-n", "3", "-c", "1", "--timeout", "5s"])).await;
 
     assert_eq!((report.total, report.successes), (3, 0), "{report:?}");
-    assert!(report.most_common_failure().is_some());
+    let reasons = &report.failures.reasons;
+    assert!(
+        reasons.keys().any(|reason| reason.contains("try https://")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_to_an_http2_only_server_suggests_h2() {
+    let backend = Backend::speaking(Protocol::Http2, versioned).await;
+
+    let report = run(options(&backend.url, &["-n", "3", "-c", "1"])).await;
+
+    assert_eq!((report.total, report.successes), (3, 0), "{report:?}");
+    let reasons = &report.failures.reasons;
+    assert!(
+        reasons.keys().any(
+            |reason| reason.contains("not an HTTP/1.1 response") && reason.contains("try --h2")
+        ),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_plain_http_port_suggests_http() {
+    let backend = Backend::speaking(Protocol::Http1, versioned).await;
+    let url = backend.url.replacen("http://", "https://", 1);
+
+    let report = run(options(&url, &["-n", "3", "-c", "1", "--insecure"])).await;
+
+    assert_eq!((report.total, report.successes), (3, 0), "{report:?}");
+    assert_eq!(report.failures.connect, 3);
+    let (reason, count) = report.most_common_failure().expect("failures");
+    assert_eq!(count, 3);
+    assert!(reason.starts_with("TLS handshake failed: "), "{reason}");
+    assert!(
+        reason.ends_with("(not a TLS port? try http://)"),
+        "{reason}"
+    );
 }
