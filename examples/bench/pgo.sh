@@ -139,7 +139,9 @@ EOF
     url="http://$(address_in "$log" "listen=")/"
     for conns in 1 50 256; do
         step "training: $strategy, $conns connections, ${TRAIN}s"
-        report=$("$STRESS_BIN" -u "$url" -c "$conns" -d "${TRAIN}s")
+        # Exit 1 (some request failed) is judged from the report below.
+        report=$("$STRESS_BIN" -u "$url" -c "$conns" -d "${TRAIN}s") || (($? == 1)) ||
+            die "switchyard-stress could not run ($log)"
         grep -E '^(GET|ok)' <<<"$report" >&2
         # A profile of failing requests would train the error paths.
         grep -q '^ok .*, failed 0$' <<<"$report" || die "requests failed while training ($log)"

@@ -140,7 +140,10 @@ for ((i = 0; i < CHANGES; i++)); do
     fi
     sleep "$INTERVAL"
 done
-wait "$STRESS" || die "switchyard-stress failed: $(cat "$TMP/stress.log")"
+# Exit 1 means some requests failed: the report is written, and judged below.
+stress_status=0
+wait "$STRESS" || stress_status=$?
+((stress_status <= 1)) || die "switchyard-stress failed: $(cat "$TMP/stress.log")"
 sleep 1
 
 # --- report ---------------------------------------------------------------------

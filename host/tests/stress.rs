@@ -1,5 +1,6 @@
 //! The stress tool (`examples/stress`) against a real proxy with a known
-//! strategy: its per-backend map is the split the strategy makes.
+//! strategy: its per-backend map is the split the strategy makes, over
+//! HTTP/1.1 and HTTP/2 alike.
 
 mod common;
 
@@ -13,12 +14,14 @@ async fn split(
     requests: u64,
     concurrency: usize,
     by: &str,
+    http2: bool,
 ) -> Vec<(String, u64)> {
     let target = format!("http://{}/", proxy.addr()).parse().expect("url");
     let mut options = Options::new(target);
     options.requests = Some(requests);
     options.concurrency = NonZeroUsize::new(concurrency).expect("non-zero");
     options.by = by.parse::<BackendKey>().expect("--by");
+    options.http2 = http2;
     let report = run(options).await.expect("run");
     assert_eq!(report.total, requests);
     assert_eq!(report.successes, requests, "{report:?}");
@@ -42,7 +45,7 @@ async fn the_stress_map_is_the_round_robin_split() {
 
     // One connection, then ten: round robin is exact and global.
     for concurrency in [1, 10] {
-        let map = split(&proxy, 300, concurrency, "x-upstream").await;
+        let map = split(&proxy, 300, concurrency, "x-upstream", false).await;
         let expected: Vec<(String, u64)> = be.iter().map(|b| (b.addr.to_string(), 100)).collect();
         let mut sorted = map.clone();
         sorted.sort();
@@ -51,13 +54,14 @@ async fn the_stress_map_is_the_round_robin_split() {
         assert_eq!(sorted, want, "-c {concurrency}: {map:?}");
     }
     // The demo backends' own header gives the same split, by number.
-    let map = split(&proxy, 30, 3, "x-backend").await;
-    assert_eq!(
-        map,
-        vec![
-            ("1".to_string(), 10),
-            ("2".to_string(), 10),
-            ("3".to_string(), 10)
-        ]
-    );
+    let by_number = vec![
+        ("1".to_string(), 10),
+        ("2".to_string(), 10),
+        ("3".to_string(), 10),
+    ];
+    let map = split(&proxy, 30, 3, "x-backend", false).await;
+    assert_eq!(map, by_number);
+    // The same over HTTP/2 with prior knowledge (`--h2`).
+    let map = split(&proxy, 30, 3, "x-backend", true).await;
+    assert_eq!(map, by_number, "--h2");
 }

@@ -2,31 +2,70 @@
 //! into [`Options`]. Values are parsed by clap's value parsers, so a bad URL
 //! or header is reported like any other bad flag, before anything runs.
 
-use std::{num::NonZeroUsize, time::Duration};
+use std::{num::NonZeroUsize, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::{BackendKey, Error, Options, Target, options::parse_header};
 
+/// What `--help` says after the flags: exit status and examples.
+const AFTER_HELP: &str = "\
+Exit status:
+  0  every request succeeded (status below 400), and at least one completed
+  1  some request failed (4xx/5xx status, refused, timed out, broken), or
+     none completed; the report is printed all the same
+  2  nothing was run: bad command line, unreadable --ca file, host that does
+     not resolve (the reason is on stderr)
+
+The headline rate counts successful responses only; when none succeeded
+the report says so, with the most common failure, instead of a rate.
+
+Examples:
+  switchyard-stress http://127.0.0.1:8080/ -n 3000 -c 50
+  switchyard-stress --n 20000 --c 50 --u http://127.0.0.1:8080/
+  switchyard-stress https://localhost:8443/ --ca ca.pem --h2 -d 10s";
+
 /// Load-test an HTTP endpoint (typically a Switchyard proxy) and report how
 /// many requests each backend served.
-///
-/// Example: switchyard-stress -u http://127.0.0.1:8080/ -n 3000 -c 50
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchyard-stress", version, about, long_about = None)]
+#[command(
+    name = "switchyard-stress",
+    version,
+    about,
+    long_about = None,
+    after_help = AFTER_HELP,
+    override_usage = "switchyard-stress [OPTIONS] <URL>\n       switchyard-stress [OPTIONS] -u <URL>",
+    group(ArgGroup::new("target").required(true).args(["url", "url_arg"])),
+)]
 pub struct Cli {
+    /// Target URL, http:// or https://, e.g. http://127.0.0.1:8080/ (or
+    /// give it with -u)
+    #[arg(value_name = "URL")]
+    pub url_arg: Option<Target>,
+
     /// Total number of requests [default: 1000 unless --duration is given]
-    #[arg(short = 'n', long, value_name = "N")]
+    #[arg(
+        short = 'n',
+        long,
+        visible_aliases = ["n", "number"],
+        value_name = "N"
+    )]
     pub requests: Option<u64>,
 
     /// Concurrent connections, each with one request in flight
-    #[arg(short, long, value_name = "C", default_value = "10")]
+    #[arg(
+        short,
+        long,
+        visible_aliases = ["c", "concurrent"],
+        value_name = "C",
+        default_value = "10"
+    )]
     pub concurrency: NonZeroUsize,
 
-    /// Target URL (plain http:// only), e.g. http://127.0.0.1:8080/
-    #[arg(short, long, value_name = "URL")]
-    pub url: Target,
+    /// Target URL, as the positional URL (give one or the other)
+    #[arg(short, long, visible_alias = "u", value_name = "URL")]
+    pub url: Option<Target>,
 
     /// Stop after this long, e.g. 10s or 1m30s; with -n, whichever comes
     /// first
@@ -68,18 +107,37 @@ pub struct Cli {
     )]
     pub by: BackendKey,
 
+    /// Speak HTTP/2: prior knowledge over http://, ALPN h2 over https://
+    #[arg(long)]
+    pub h2: bool,
+
+    /// For https://: trust the CA certificates in this PEM file instead of
+    /// the system's roots
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// For https://: accept any server certificate, whoever it names and
+    /// whoever signed it
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+
     /// Print the final report as JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
 
-impl From<Cli> for Options {
-    fn from(cli: Cli) -> Self {
+impl TryFrom<Cli> for Options {
+    type Error = Error;
+
+    /// The options the command line asks for. Fails only without a target
+    /// URL, which clap has already refused for a parsed command line.
+    fn try_from(cli: Cli) -> Result<Self, Error> {
+        let target = cli.url.or(cli.url_arg).ok_or(Error::MissingUrl)?;
         let mut headers = HeaderMap::with_capacity(cli.headers.len());
         for (name, value) in cli.headers {
             headers.append(name, value);
         }
-        Self {
+        Ok(Self {
             requests: cli.requests,
             duration: cli.duration,
             concurrency: cli.concurrency,
@@ -89,8 +147,11 @@ impl From<Cli> for Options {
             timeout: cli.timeout,
             by: cli.by,
             progress: true,
-            ..Self::new(cli.url)
-        }
+            http2: cli.h2,
+            ca: cli.ca,
+            insecure: cli.insecure,
+            ..Self::new(target)
+        })
     }
 }
 
@@ -117,17 +178,70 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn options(args: &[&str]) -> Options {
+        let cli = Cli::try_parse_from(["switchyard-stress"].iter().chain(args))
+            .expect("valid command line");
+        Options::try_from(cli).expect("a target")
+    }
+
     #[test]
     fn defaults() {
-        let cli = Cli::try_parse_from(["switchyard-stress", "-u", "http://127.0.0.1:1/"])
-            .expect("valid command line");
-        let options = Options::from(cli);
+        let options = options(&["-u", "http://127.0.0.1:1/"]);
         assert_eq!(options.request_limit(), Some(1000));
         assert_eq!(options.concurrency.get(), 10);
         assert_eq!(options.method, Method::GET);
         assert_eq!(options.timeout, Duration::from_secs(10));
         assert_eq!(options.by.to_string(), "x-upstream,x-backend");
         assert!(options.rate.is_none() && options.duration.is_none());
+        assert!(!options.http2 && !options.insecure && options.ca.is_none());
+    }
+
+    #[test]
+    fn the_seed_scripts_spelling_is_accepted() {
+        for args in [
+            &["--n", "20000", "--c", "50", "--u", "http://h:8080/"][..],
+            &[
+                "--number",
+                "20000",
+                "--concurrent",
+                "50",
+                "--url",
+                "http://h:8080/",
+            ],
+            &["-n", "20000", "-c", "50", "-u", "http://h:8080/"],
+            &["http://h:8080/", "-n", "20000", "-c", "50"],
+            &["-n", "20000", "http://h:8080/", "--concurrency", "50"],
+            &["--requests", "20000", "-c50", "http://h:8080/"],
+        ] {
+            let options = options(args);
+            assert_eq!(options.request_limit(), Some(20000), "{args:?}");
+            assert_eq!(options.concurrency.get(), 50, "{args:?}");
+            assert_eq!(options.target.url(), "http://h:8080/", "{args:?}");
+        }
+    }
+
+    #[test]
+    fn one_url_exactly() {
+        let both = Cli::try_parse_from(["switchyard-stress", "http://a/", "-u", "http://b/"])
+            .expect_err("two URLs");
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let none = Cli::try_parse_from(["switchyard-stress", "-n", "5"]).expect_err("no URL");
+        assert_eq!(none.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn tls_and_http2_flags() {
+        let insecure = options(&["http://h/", "-k"]).insecure;
+        let options = options(&[
+            "https://localhost:8443/",
+            "--h2",
+            "--ca",
+            "ca.pem",
+            "--insecure",
+        ]);
+        assert!(options.target.is_https() && options.http2 && options.insecure);
+        assert_eq!(options.ca, Some(PathBuf::from("ca.pem")));
+        assert!(insecure);
     }
 
     #[test]
@@ -158,7 +272,7 @@ mod tests {
         ])
         .expect("valid command line");
         assert!(cli.json);
-        let options = Options::from(cli);
+        let options = Options::try_from(cli).expect("a target");
         assert_eq!(options.request_limit(), Some(5));
         assert_eq!(options.duration, Some(Duration::from_secs(90)));
         assert_eq!(options.rate, Some(12.5));
@@ -170,16 +284,18 @@ mod tests {
 
     #[test]
     fn duration_alone_lifts_the_default_request_count() {
-        let cli = Cli::try_parse_from(["switchyard-stress", "-u", "http://h/", "-d", "2s"])
-            .expect("valid command line");
-        assert_eq!(Options::from(cli).request_limit(), None);
+        assert_eq!(
+            options(&["-u", "http://h/", "-d", "2s"]).request_limit(),
+            None
+        );
     }
 
     #[test]
     fn bad_values_are_flag_errors() {
         for args in [
-            &["-u", "https://h/"][..],
+            &["-u", "ftp://h/"][..],
             &["-u", "h:80"],
+            &["h:80"],
             &["-u", "http://h/", "-c", "0"],
             &["-u", "http://h/", "--rate", "0"],
             &["-u", "http://h/", "--rate", "-3"],

@@ -1,6 +1,7 @@
-//! `switchyard-stress`: a load-test client for Switchyard (or any plain
-//! HTTP/1.1 server) that reports which backend served each response, e.g.
-//! `backends: {1: 333, 2: 333, 3: 334}` behind a round-robin upstream.
+//! `switchyard-stress`: a load-test client for Switchyard (or any HTTP/1.1
+//! or HTTP/2 server, plain or over TLS) that reports which backend served
+//! each response, e.g. `backends: {1: 333, 2: 333, 3: 334}` behind a
+//! round-robin upstream.
 //!
 //! The `switchyard-stress` binary is a thin wrapper around [`run_until`];
 //! tests can drive the same code in-process:
@@ -20,11 +21,13 @@
 //! ```
 
 mod cli;
+mod conn;
 mod error;
 mod load;
 mod options;
 mod progress;
 mod report;
+mod tls;
 
 pub use cli::Cli;
 pub use error::Error;

@@ -1,5 +1,6 @@
 //! The load generator. One task per connection: each holds a keep-alive
-//! HTTP/1.1 connection (hyper's connection-level client, no pool), takes the
+//! connection (HTTP/1.1 or HTTP/2, over TCP or TLS: see [`conn`]; hyper's
+//! connection-level client, no pool) with one request in flight, takes the
 //! next request number from a shared counter, sends the request, reads the
 //! response and counts the outcome in its own [`Tally`]. A broken or closed
 //! connection is replaced before the next request.
@@ -16,22 +17,16 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::Poll,
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header::HOST};
 use http_body_util::{BodyExt, Empty};
-use hyper::{
-    body::Incoming,
-    client::conn::http1::{self, SendRequest},
-};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use tokio::{
-    net::TcpStream,
     sync::oneshot,
     task::JoinSet,
     time::{Instant, MissedTickBehavior},
@@ -39,13 +34,12 @@ use tokio::{
 
 use crate::{
     BackendKey, Error, Options, Report,
+    conn::{self, Body, Connector, Driver, Sender},
     options::MAX_BODY_KEY,
     progress::{Counters, Progress},
-    report::{Failure, RunInfo, Tally},
+    report::{Failure, Reason, RunInfo, Tally},
+    tls,
 };
-
-type Sender = SendRequest<Empty<Bytes>>;
-type Driver = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 
 /// How often the progress bar is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -61,6 +55,14 @@ pub(crate) async fn run(
     {
         return Err(Error::InvalidRate { rate });
     }
+    let tls = if options.target.is_https() {
+        Some((
+            tls::client_config(&options)?,
+            tls::server_name(options.target.host())?,
+        ))
+    } else {
+        None
+    };
     let addrs = resolve(options.target.host(), options.target.port()).await?;
     let limit = options.request_limit();
     let concurrency = options.concurrency.get();
@@ -77,9 +79,24 @@ pub(crate) async fn run(
     let counters = progress.as_ref().map(|_| Arc::new(Counters::default()));
 
     let mut headers = options.headers;
-    if !headers.contains_key(HOST) {
-        headers.insert(HOST, options.target.host_header().clone());
-    }
+    let uri = if options.http2 {
+        // HTTP/2 names the host in `:authority`, taken from the URI, and
+        // has no Host header.
+        let host = headers
+            .remove(HOST)
+            .unwrap_or_else(|| options.target.host_header().clone());
+        options
+            .target
+            .absolute_form(&host)
+            .ok_or_else(|| Error::InvalidAuthority {
+                host: String::from_utf8_lossy(host.as_bytes()).into_owned(),
+            })?
+    } else {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, options.target.host_header().clone());
+        }
+        options.target.origin_form()
+    };
     let run_info = RunInfo {
         url: options.target.url().to_owned(),
         method: options.method.to_string(),
@@ -90,10 +107,9 @@ pub(crate) async fn run(
 
     let start = Instant::now();
     let plan = Arc::new(Plan {
-        addrs,
-        preferred: AtomicUsize::new(0),
+        connector: Connector::new(addrs, tls, options.http2),
         method: options.method,
-        uri: options.target.origin_form(),
+        uri,
         headers,
         timeout: options.timeout,
         by: options.by,
@@ -190,14 +206,12 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
 
 /// What every worker needs, shared read-only (bar the counters).
 struct Plan {
-    /// The target's addresses, tried in turn from `preferred`.
-    addrs: Vec<SocketAddr>,
-    /// Index in `addrs` of the address that last accepted a connection.
-    preferred: AtomicUsize,
+    /// How to open a connection to the target.
+    connector: Connector,
     method: Method,
-    /// Origin-form request target.
+    /// Request target: origin form for HTTP/1.1, absolute for HTTP/2.
     uri: Uri,
-    /// Headers sent on every request, `Host` included.
+    /// Headers sent on every request, `Host` included for HTTP/1.1.
     headers: HeaderMap,
     timeout: Duration,
     by: BackendKey,
@@ -213,37 +227,12 @@ struct Plan {
 
 impl Plan {
     /// A fresh request: hyper takes requests by value.
-    fn request(&self) -> Request<Empty<Bytes>> {
+    fn request(&self) -> Request<Body> {
         let mut request = Request::new(Empty::new());
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         request
-    }
-
-    /// A TCP connection to the first address that accepts, starting with
-    /// the one that accepted last.
-    async fn connect(&self) -> Result<TcpStream, Failure> {
-        let first = self.preferred.load(Ordering::Relaxed);
-        let candidates = self
-            .addrs
-            .iter()
-            .enumerate()
-            .cycle()
-            .skip(first)
-            .take(self.addrs.len());
-        for (index, addr) in candidates {
-            let Ok(stream) = TcpStream::connect(addr).await else {
-                continue;
-            };
-            if index != first {
-                self.preferred.store(index, Ordering::Relaxed);
-            }
-            // Small requests and responses: do not let Nagle hold them back.
-            stream.set_nodelay(true).map_err(|_| Failure::Connect)?;
-            return Ok(stream);
-        }
-        Err(Failure::Connect)
     }
 }
 
@@ -346,9 +335,10 @@ impl Worker {
                 // Whatever state the connection is in, it is not reusable.
                 self.conn = None;
             }
+            let failed = !matches!(&outcome, Ok(status) if status.as_u16() < 400);
             self.tally.record(outcome, sent.elapsed());
             if let Some(counters) = &self.plan.counters {
-                counters.record(!outcome.is_ok_and(|status| status.as_u16() < 400));
+                counters.record(failed);
             }
         }
         self.tally
@@ -375,7 +365,7 @@ impl Worker {
             open,
         }) = &mut self.conn
         else {
-            return Err(Failure::Connect);
+            return Err(Failure::Connect(Reason::Borrowed("no connection")));
         };
         let outcome = drive(
             driver,
@@ -399,9 +389,9 @@ async fn send(
     buf: &mut Vec<u8>,
 ) -> Result<StatusCode, Failure> {
     let response = sender
-        .send_request(plan.request())
+        .send(plan.request())
         .await
-        .map_err(|_| Failure::Io)?;
+        .map_err(|e| Failure::Io(conn::describe(&e)))?;
     let status = response.status();
     let (parts, mut body) = response.into_parts();
     match &plan.by {
@@ -423,7 +413,7 @@ async fn send(
     Ok(status)
 }
 
-/// A keep-alive HTTP/1.1 connection, driven by the worker that owns it: its
+/// A keep-alive connection, driven by the worker that owns it: its
 /// I/O runs inside that worker's task, only while a request is under way,
 /// rather than in a task of its own that every request would have to wake.
 struct Conn {
@@ -436,10 +426,7 @@ struct Conn {
 impl Conn {
     /// A new connection, ready for a request.
     async fn open(plan: &Plan) -> Result<Self, Failure> {
-        let stream = plan.connect().await?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Failure::Connect)?;
+        let (sender, driver) = plan.connector.open().await?;
         let mut conn = Self {
             sender,
             driver,
@@ -448,7 +435,9 @@ impl Conn {
         if conn.ready().await {
             Ok(conn)
         } else {
-            Err(Failure::Connect)
+            Err(Failure::Connect(Reason::Borrowed(
+                "connection closed before the first request",
+            )))
         }
     }
 
@@ -457,7 +446,7 @@ impl Conn {
     async fn ready(&mut self) -> bool {
         let ready = self.sender.ready();
         drive(&mut self.driver, &mut self.open, async {
-            ready.await.map_err(|_| Failure::Io)
+            ready.await.map_err(|e| Failure::Io(conn::describe(&e)))
         })
         .await
         .is_ok()
@@ -481,7 +470,9 @@ async fn drive<T>(
             *open = false;
         }
         match work.as_mut().poll(cx) {
-            Poll::Pending if !*open => Poll::Ready(Err(Failure::Io)),
+            Poll::Pending if !*open => Poll::Ready(Err(Failure::Io(Reason::Borrowed(
+                "connection closed before the response was complete",
+            )))),
             polled => polled,
         }
     })
@@ -491,7 +482,7 @@ async fn drive<T>(
 /// Reads and discards a response body.
 async fn drain(body: &mut Incoming) -> Result<(), Failure> {
     while let Some(frame) = body.frame().await {
-        frame.map_err(|_| Failure::Io)?;
+        frame.map_err(|e| Failure::Io(conn::describe(&e)))?;
     }
     Ok(())
 }
@@ -499,7 +490,7 @@ async fn drain(body: &mut Incoming) -> Result<(), Failure> {
 /// Reads a response body, keeping its first [`MAX_BODY_KEY`] bytes in `buf`.
 async fn read_prefix(body: &mut Incoming, buf: &mut Vec<u8>) -> Result<(), Failure> {
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Failure::Io)?;
+        let frame = frame.map_err(|e| Failure::Io(conn::describe(&e)))?;
         if let Some(data) = frame.data_ref() {
             let room = MAX_BODY_KEY.saturating_sub(buf.len());
             buf.extend_from_slice(&data[..data.len().min(room)]);

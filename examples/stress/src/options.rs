@@ -2,9 +2,12 @@
 //! the backend that served each response is recognised. Everything is parsed
 //! and validated here, once, so the request loop only clones ready-made parts.
 
-use std::{fmt, num::NonZeroUsize, str::FromStr, time::Duration};
+use std::{fmt, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, uri::PathAndQuery};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Uri,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 
 use crate::Error;
 
@@ -51,6 +54,15 @@ pub struct Options {
     /// Draw a progress bar on stderr while running (only if stderr is a
     /// terminal). Default `false`; the command line turns it on.
     pub progress: bool,
+    /// Speak HTTP/2: with prior knowledge over `http://`, negotiated by
+    /// ALPN (`h2`) over `https://`. Default `false`: HTTP/1.1.
+    pub http2: bool,
+    /// For `https://`: trust the certificates in this PEM file instead of
+    /// the system's roots. Ignored for `http://`.
+    pub ca: Option<PathBuf>,
+    /// For `https://`: accept any server certificate (the handshake's
+    /// signatures are still checked). Ignored for `http://`.
+    pub insecure: bool,
 }
 
 impl Options {
@@ -67,6 +79,9 @@ impl Options {
             timeout: DEFAULT_TIMEOUT,
             by: BackendKey::default(),
             progress: false,
+            http2: false,
+            ca: None,
+            insecure: false,
         }
     }
 
@@ -80,10 +95,11 @@ impl Options {
     }
 }
 
-/// A parsed `http://host[:port][/path][?query]` URL.
+/// A parsed `http://` or `https://host[:port][/path][?query]` URL.
 #[derive(Debug, Clone)]
 pub struct Target {
     url: String,
+    tls: bool,
     host: String,
     port: u16,
     host_header: HeaderValue,
@@ -96,12 +112,18 @@ impl Target {
         &self.url
     }
 
+    /// Whether the URL is `https://`: TLS to the target.
+    pub fn is_https(&self) -> bool {
+        self.tls
+    }
+
     /// Host name or IP address to connect to (IPv6 without brackets).
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// TCP port to connect to (80 unless the URL names one).
+    /// TCP port to connect to (80 for `http://`, 443 for `https://`, unless
+    /// the URL names one).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -121,7 +143,29 @@ impl Target {
     pub(crate) fn origin_form(&self) -> Uri {
         Uri::from(self.path.clone())
     }
+
+    /// The URI put on each HTTP/2 request: absolute form, from which the
+    /// `:scheme`, `:authority` and `:path` pseudo-headers are taken.
+    /// `authority` is the `Host` header in effect (the URL's, or `-H
+    /// Host:`); `None` if that is not a valid authority.
+    pub(crate) fn absolute_form(&self, authority: &HeaderValue) -> Option<Uri> {
+        let authority = Authority::try_from(authority.as_bytes()).ok()?;
+        let scheme = if self.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(self.path.clone())
+            .build()
+            .ok()
+    }
 }
+
+/// The URL forms a [`Target`] takes, for error messages.
+const EXPECTED_URL: &str = "http://host[:port][/path] or https://...";
 
 impl FromStr for Target {
     type Err = Error;
@@ -132,31 +176,26 @@ impl FromStr for Target {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
-            invalid(&format!("{e}; expected http://host[:port][/path]"))
+            invalid(&format!("{e}; expected {EXPECTED_URL}"))
         })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "https is not supported: this client speaks plain HTTP/1.1, use http://",
-                ));
-            }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(invalid(&format!(
-                    "unsupported scheme `{other}`, expected http://"
+                    "unsupported scheme `{other}`, expected http:// or https://"
                 )));
             }
             None => {
-                return Err(invalid(
-                    "missing scheme, expected http://host[:port][/path]",
-                ));
+                return Err(invalid(&format!("missing scheme, expected {EXPECTED_URL}")));
             }
-        }
+        };
         let authority = uri
             .authority()
             .filter(|authority| !authority.host().is_empty())
-            .ok_or_else(|| invalid("missing host, expected http://host[:port][/path]"))?;
+            .ok_or_else(|| invalid(&format!("missing host, expected {EXPECTED_URL}")))?;
         let port = match authority.port() {
+            None if tls => 443,
             None => 80,
             Some(port) => port
                 .as_str()
@@ -180,6 +219,7 @@ impl FromStr for Target {
         };
         Ok(Self {
             url: url.to_owned(),
+            tls,
             host: host.to_owned(),
             port,
             host_header,
@@ -284,12 +324,23 @@ mod tests {
         let t = target("http://user:pw@[::1]:81/").expect("valid");
         assert_eq!((t.host(), t.port()), ("::1", 81));
         assert_eq!(t.host_header(), "[::1]:81");
+        assert!(!t.is_https());
+    }
+
+    #[test]
+    fn parses_https_urls() {
+        let t = target("https://example.com/x").expect("valid");
+        assert!(t.is_https());
+        assert_eq!((t.host(), t.port()), ("example.com", 443));
+        let t = target("https://127.0.0.1:8443").expect("valid");
+        assert_eq!((t.host(), t.port()), ("127.0.0.1", 8443));
+        let uri = t.absolute_form(t.host_header()).expect("authority");
+        assert_eq!(uri.to_string(), "https://127.0.0.1:8443/");
     }
 
     #[test]
     fn refuses_what_it_cannot_speak() {
         for (url, expected) in [
-            ("https://example.com/", "https is not supported"),
             ("ftp://example.com/", "unsupported scheme `ftp`"),
             ("example.com:8080", "missing scheme"),
             ("/just/a/path", "missing scheme"),

@@ -90,9 +90,11 @@ impl Progress {
                 .bar
                 .set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
         }
+        // Successful responses only, as in the report: failures (refused
+        // connections) come back fast and would inflate the rate.
         #[expect(clippy::cast_precision_loss, reason = "request counts fit in f64")]
-        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
-        let mut message = format!("{rate:.0} req/s");
+        let rate = done.saturating_sub(failed) as f64 / elapsed.as_secs_f64().max(1e-3);
+        let mut message = format!("{rate:.0} successful req/s");
         if matches!(self.goal, Goal::Millis(_)) {
             message = format!("{done} requests, {message}");
         }

@@ -4,6 +4,7 @@
 //! serialises to JSON.
 
 use std::{
+    borrow::Cow,
     cmp::Ordering,
     collections::{BTreeMap, HashMap},
     fmt,
@@ -20,15 +21,23 @@ use crate::Error;
 /// are counted.
 pub const UNIDENTIFIED: &str = "(none)";
 
+/// Why a request got no HTTP response, in words for people ("connection
+/// refused"): static for the common causes, so counting them allocates
+/// nothing.
+pub(crate) type Reason = Cow<'static, str>;
+
+/// The reason given for requests that time out.
+pub(crate) const TIMED_OUT: &str = "timed out";
+
 /// Why a request got no HTTP response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
     /// No connection: refused, unreachable, or the handshake failed.
-    Connect,
+    Connect(Reason),
     /// No complete response within the per-request timeout.
     Timeout,
     /// The connection broke while the request or response was in transit.
-    Io,
+    Io(Reason),
 }
 
 /// One worker's counts. Merged into a [`Report`] at the end of the run.
@@ -42,6 +51,8 @@ pub(crate) struct Tally {
     connect: u64,
     timeout: u64,
     io: u64,
+    /// Requests without a response, by reason.
+    reasons: HashMap<Reason, u64>,
     /// Responses per backend name (raw bytes, as they came off the wire).
     backends: HashMap<Box<[u8]>, u64>,
     unidentified: u64,
@@ -59,6 +70,7 @@ impl Tally {
             connect: 0,
             timeout: 0,
             io: 0,
+            reasons: HashMap::new(),
             backends: HashMap::new(),
             unidentified: 0,
         })
@@ -93,9 +105,23 @@ impl Tally {
                     self.successes += 1;
                 }
             }
-            Err(Failure::Connect) => self.connect += 1,
-            Err(Failure::Timeout) => self.timeout += 1,
-            Err(Failure::Io) => self.io += 1,
+            Err(failure) => {
+                let reason = match failure {
+                    Failure::Connect(reason) => {
+                        self.connect += 1;
+                        reason
+                    }
+                    Failure::Timeout => {
+                        self.timeout += 1;
+                        Cow::Borrowed(TIMED_OUT)
+                    }
+                    Failure::Io(reason) => {
+                        self.io += 1;
+                        reason
+                    }
+                };
+                *self.reasons.entry(reason).or_default() += 1;
+            }
         }
     }
 
@@ -113,6 +139,9 @@ impl Tally {
         self.connect += other.connect;
         self.timeout += other.timeout;
         self.io += other.io;
+        for (reason, count) in other.reasons {
+            *self.reasons.entry(reason).or_default() += count;
+        }
         for (name, count) in other.backends {
             *self.backends.entry(name).or_default() += count;
         }
@@ -132,6 +161,11 @@ impl Tally {
             connect: self.connect,
             timeout: self.timeout,
             io: self.io,
+            reasons: self
+                .reasons
+                .into_iter()
+                .map(|(reason, count)| (reason.into_owned(), count))
+                .collect(),
         };
         let total = self.successes + failures.total;
         let latency = (!self.latency.is_empty()).then(|| Latency::of(&self.latency));
@@ -169,6 +203,7 @@ impl Tally {
             failures,
             elapsed,
             rps: per_second(total, elapsed),
+            success_rps: per_second(self.successes, elapsed),
             latency,
             backends,
         }
@@ -209,8 +244,12 @@ pub struct Report {
     /// Wall-clock time of the run.
     #[serde(rename = "elapsed_s", serialize_with = "seconds")]
     pub elapsed: Duration,
-    /// Completed requests per second.
+    /// Completed requests per second, failures included (JSON `rps`). The
+    /// text report's headline is [`success_rps`](Self::success_rps).
     pub rps: f64,
+    /// Successful responses (status below 400) per second: the rate the
+    /// target actually served (JSON `success_rps`).
+    pub success_rps: f64,
     /// Latency of the HTTP responses (any status); `None` if there were
     /// none. Failures without a response are not included.
     pub latency: Option<Latency>,
@@ -235,6 +274,52 @@ pub struct Failures {
     pub timeout: u64,
     /// Requests whose connection broke (closed, reset) in transit.
     pub io: u64,
+    /// The requests without a response (`connect`, `timeout`, `io`) by
+    /// reason, e.g. `"connection refused": 50`, `"timed out": 2`,
+    /// `"TLS handshake failed: invalid peer certificate: UnknownIssuer"`.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// Whether the run went as it should: at least one request succeeded
+    /// and none failed. The binary exits 0 exactly when this holds.
+    pub fn all_succeeded(&self) -> bool {
+        self.successes > 0 && self.failures.total == 0
+    }
+
+    /// The most frequent cause of failure and how many requests it failed:
+    /// a reason such as `connection refused`, or an error status such as
+    /// `HTTP 503 Service Unavailable`. `None` if nothing failed. Ties go to
+    /// the reason first in alphabetical order.
+    pub fn most_common_failure(&self) -> Option<(String, u64)> {
+        let statuses = self
+            .failures
+            .server_errors
+            .iter()
+            .chain(&self.failures.client_errors)
+            .map(|(&code, &count)| (status_text(code), count));
+        let reasons = self
+            .failures
+            .reasons
+            .iter()
+            .map(|(reason, &count)| (reason.clone(), count));
+        statuses
+            .chain(reasons)
+            .filter(|&(_, count)| count > 0)
+            .min_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)))
+    }
+}
+
+/// `HTTP 503 Service Unavailable`, or just `HTTP 599` for a code without a
+/// standard reason phrase.
+fn status_text(code: u16) -> String {
+    match StatusCode::from_u16(code)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+    {
+        Some(reason) => format!("HTTP {code} {reason}"),
+        None => format!("HTTP {code}"),
+    }
 }
 
 /// Latency figures in milliseconds, recorded with microsecond precision.
@@ -362,18 +447,35 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "{} {}: {} requests in {:.3} s, {:.1} req/s, {} connections",
+            "{} {}: {} requests in {:.3} s, ",
             self.method,
             self.url,
             self.total,
             self.elapsed.as_secs_f64(),
-            self.rps,
-            self.concurrency,
         )?;
+        // The rate is of successful responses: failures (refused
+        // connections above all) come back fast and would inflate it.
+        if self.successes > 0 {
+            write!(f, "{:.1} successful req/s, ", self.success_rps)?;
+        }
+        write!(f, "{} connections", self.concurrency)?;
         if let Some(rate) = self.rate {
             write!(f, ", target {rate} req/s")?;
         }
         writeln!(f)?;
+        if self.total == 0 {
+            writeln!(f, "no request completed")?;
+        } else if self.successes == 0 {
+            write!(f, "no request succeeded")?;
+            if let Some((reason, count)) = self.most_common_failure() {
+                write!(
+                    f,
+                    "; most common failure: {reason} ({count} of {})",
+                    self.total
+                )?;
+            }
+            writeln!(f)?;
+        }
 
         write!(
             f,
@@ -403,6 +505,15 @@ impl fmt::Display for Report {
             write!(f, " ({})", kinds.join(", "))?;
         }
         writeln!(f)?;
+        if !failures.reasons.is_empty() {
+            let mut reasons: Vec<(&String, &u64)> = failures.reasons.iter().collect();
+            reasons.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+            let reasons: Vec<String> = reasons
+                .into_iter()
+                .map(|(reason, count)| format!("{reason}: {count}"))
+                .collect();
+            writeln!(f, "no response: {}", reasons.join(", "))?;
+        }
 
         if let Some(l) = &self.latency {
             write!(
@@ -483,12 +594,12 @@ mod tests {
             a.record(Ok(StatusCode::OK), ms(1));
         }
         a.record(Ok(StatusCode::SERVICE_UNAVAILABLE), ms(3));
-        a.record(Err(Failure::Connect), ms(0));
+        a.record(Err(Failure::Connect("connection refused".into())), ms(0));
         let mut b = tally();
         b.backend(b"2");
         b.record(Ok(StatusCode::NOT_FOUND), ms(2));
         b.record(Err(Failure::Timeout), ms(0));
-        b.record(Err(Failure::Io), ms(0));
+        b.record(Err(Failure::Io("connection reset".into())), ms(0));
         b.record(Ok(StatusCode::FOUND), ms(2));
         a.merge(b);
 
@@ -513,6 +624,21 @@ mod tests {
             (1, 1, 1)
         );
         assert!((report.rps - 5.5).abs() < 1e-9);
+        assert!((report.success_rps - 3.0).abs() < 1e-9);
+        assert_eq!(
+            report.failures.reasons,
+            BTreeMap::from([
+                ("connection refused".to_owned(), 1),
+                ("connection reset".to_owned(), 1),
+                ("timed out".to_owned(), 1),
+            ])
+        );
+        assert!(!report.all_succeeded());
+        // Five kinds, one each: the tie goes to the first alphabetically.
+        assert_eq!(
+            report.most_common_failure(),
+            Some(("HTTP 404 Not Found".to_owned(), 1))
+        );
         let latency = report.latency.expect("responses were recorded");
         // Three significant digits: 3 ms lands in a 2 µs wide bucket.
         assert_eq!(latency.min_ms, 1.0);
@@ -535,5 +661,69 @@ mod tests {
             text.contains("failed 5 (503: 1, 404: 1, connect: 1, timeout: 1, io: 1)"),
             "{text}"
         );
+        assert!(
+            text.contains(": 11 requests in 2.000 s, 3.0 successful req/s, 2 connections"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no response: connection refused: 1, connection reset: 1, timed out: 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_succeeded_says_why_instead_of_a_rate() {
+        let mut a = tally();
+        for _ in 0..48 {
+            a.record(
+                Err(Failure::Connect("connection refused".into())),
+                Duration::ZERO,
+            );
+        }
+        a.record(Err(Failure::Timeout), Duration::ZERO);
+        a.record(Ok(StatusCode::BAD_GATEWAY), Duration::from_millis(1));
+        let run = RunInfo {
+            url: "http://h/".into(),
+            method: "GET".into(),
+            concurrency: 5,
+            rate: None,
+            interrupted: false,
+        };
+        let report = a.into_report(run, Duration::from_millis(2));
+
+        assert!(!report.all_succeeded());
+        assert_eq!(
+            report.most_common_failure(),
+            Some(("connection refused".to_owned(), 48))
+        );
+        let text = report.to_string();
+        assert!(!text.contains("req/s"), "{text}");
+        assert!(
+            text.contains("GET http://h/: 50 requests in 0.002 s, 5 connections\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "no request succeeded; most common failure: connection refused (48 of 50)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_completed_is_said_too() {
+        let run = RunInfo {
+            url: "http://h/".into(),
+            method: "GET".into(),
+            concurrency: 1,
+            rate: None,
+            interrupted: true,
+        };
+        let report = tally().into_report(run, Duration::from_secs(1));
+        assert!(!report.all_succeeded());
+        assert_eq!(report.most_common_failure(), None);
+        let text = report.to_string();
+        assert!(text.contains("no request completed"), "{text}");
+        assert!(!text.contains("req/s"), "{text}");
     }
 }

@@ -1,6 +1,8 @@
-//! A tiny HTTP/1.1 backend for the tests, bound to `127.0.0.1:0`: a closure
+//! A tiny HTTP backend for the tests, bound to `127.0.0.1:0`: a closure
 //! decides how to answer the k-th request (counted from 0 across all
-//! connections), so the expected report can be computed exactly.
+//! connections), so the expected report can be computed exactly. It speaks
+//! HTTP/1.1 by default, or HTTP/2, over TCP or TLS ([`Protocol`]), with a
+//! self-signed certificate made on the spot ([`Cert`]).
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
@@ -19,10 +21,23 @@ use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, StatusCode, request::Parts};
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    body::Incoming,
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use switchyard_stress::{Cli, Options, Report};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    task::JoinHandle,
+};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{ServerConfig, crypto::ring},
+};
 
 /// How the test backend answers one request.
 #[derive(Debug, Clone)]
@@ -50,9 +65,57 @@ pub fn rotating(k: u64) -> Reply {
     Reply::Upstream((k % 3 + 1).to_string())
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1`, its PEM in a
+/// file of a temporary directory (removed on drop).
+pub struct Cert {
+    /// The PEM file: what `--ca` and `SSL_CERT_FILE` take.
+    pub pem: std::path::PathBuf,
+    der: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cert {
+    /// A new key and certificate, `name` its subject (and issuer): two
+    /// certificates of different names cannot be taken for each other's
+    /// issuer.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("certificate");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pem = dir.path().join("cert.pem");
+        std::fs::write(&pem, cert.pem()).expect("write the certificate");
+        Self {
+            pem,
+            der: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            _dir: dir,
+        }
+    }
+}
+
+/// What the test backend speaks.
+#[derive(Clone, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP.
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP (prior knowledge, no upgrade).
+    Http2,
+    /// TLS with this certificate, offering these ALPN protocols (`h2`,
+    /// `http/1.1`); HTTP/2 if the client agrees to `h2`, else HTTP/1.1.
+    Tls(Arc<Cert>, Vec<&'static str>),
+}
+
 /// A running test backend; stops (with all its connections) when dropped.
 pub struct Backend {
-    /// `http://127.0.0.1:<port>/`
+    /// `http://127.0.0.1:<port>/`, or `https://` for [`Protocol::Tls`].
     pub url: String,
     connections: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
@@ -60,13 +123,32 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts a backend answering request `k` with `reply(k, request)`.
+    /// Starts an HTTP/1.1 backend answering request `k` with
+    /// `reply(k, request)`.
     pub async fn start<F>(reply: F) -> Self
     where
         F: Fn(u64, &Parts) -> Reply + Send + Sync + 'static,
     {
+        Self::speaking(Protocol::Http1, reply).await
+    }
+
+    /// Starts a backend speaking `protocol`, answering request `k` with
+    /// `reply(k, request)`.
+    pub async fn speaking<F>(protocol: Protocol, reply: F) -> Self
+    where
+        F: Fn(u64, &Parts) -> Reply + Send + Sync + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/", listener.local_addr().expect("local addr"));
+        let scheme = match protocol {
+            Protocol::Tls(..) => "https",
+            Protocol::Http1 | Protocol::Http2 => "http",
+        };
+        let url = format!("{scheme}://{}/", listener.local_addr().expect("local addr"));
+        let tls = match &protocol {
+            Protocol::Tls(cert, alpn) => Some(tls_acceptor(cert, alpn)),
+            Protocol::Http1 | Protocol::Http2 => None,
+        };
+        let http2 = matches!(protocol, Protocol::Http2);
         let connections = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let reply = Arc::new(reply);
@@ -84,14 +166,23 @@ impl Backend {
                     connections.fetch_add(1, Ordering::SeqCst);
                     let requests = Arc::clone(&requests);
                     let reply = Arc::clone(&reply);
-                    let service = service_fn(move |request: Request<Incoming>| {
+                    let service = move |request: Request<Incoming>| {
                         let k = requests.fetch_add(1, Ordering::SeqCst);
                         let (parts, _) = request.into_parts();
                         answer(reply(k, &parts))
+                    };
+                    let tls = tls.clone();
+                    served.spawn(async move {
+                        let Some(tls) = tls else {
+                            serve(stream, http2, service).await;
+                            return;
+                        };
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve(stream, h2, service).await;
                     });
-                    served.spawn(
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-                    );
                     while served.try_join_next().is_some() {}
                 }
             }
@@ -122,6 +213,38 @@ impl Drop for Backend {
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, std::io::Error>> + Send>>;
+
+/// Serves one connection, HTTP/2 or HTTP/1.1, until it closes.
+async fn serve<S, F>(stream: S, http2: bool, service: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
+{
+    let io = TokioIo::new(stream);
+    let service = service_fn(service);
+    // Errors (a dropped connection) end the connection, as they should.
+    if http2 {
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    } else {
+        let _ = http1::Builder::new().serve_connection(io, service).await;
+    }
+}
+
+fn tls_acceptor(cert: &Cert, alpn: &[&str]) -> TlsAcceptor {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der.clone()],
+            PrivateKeyDer::Pkcs8(cert.key.clone_key()),
+        )
+        .expect("certificate and key");
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
+}
 
 fn answer(reply: Reply) -> Answer {
     Box::pin(async move {
@@ -160,7 +283,8 @@ pub fn options(url: &str, args: &[&str]) -> Options {
     let argv = ["switchyard-stress", "-u", url]
         .into_iter()
         .chain(args.iter().copied());
-    let mut options = Options::from(Cli::try_parse_from(argv).expect("valid arguments"));
+    let mut options = Options::try_from(Cli::try_parse_from(argv).expect("valid arguments"))
+        .expect("a target URL");
     options.progress = false;
     options
 }
