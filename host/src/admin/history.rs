@@ -54,7 +54,10 @@ pub struct Point {
 
 /// The size of one stored point.
 pub const POINT_BYTES: usize = std::mem::size_of::<Point>();
-const _: () = assert!(POINT_BYTES <= 48, "the memory figures above assume 48 bytes");
+const _: () = assert!(
+    POINT_BYTES <= 48,
+    "the memory figures above assume 48 bytes"
+);
 
 /// The counters at the last tick, to take differences from.
 #[derive(Debug)]
@@ -150,11 +153,13 @@ fn point(t_ms: u64, d: &Delta, healthy: bool) -> Point {
 
 impl History {
     /// Takes one sample of every upstream and backend in `table`, `now`;
-    /// forgets the series of those no longer in it.
-    pub fn record(&self, table: &RouteTable, now: Instant) {
+    /// forgets the series of those no longer in it. Returns the sample's
+    /// wall-clock time (Unix ms), which the `stats` event of the same tick
+    /// carries too.
+    pub fn record(&self, table: &RouteTable, now: Instant) -> u64 {
         let t_ms = unix_ms(SystemTime::now());
         let Ok(mut all) = self.0.lock() else {
-            return;
+            return t_ms;
         };
         all.retain(|name, _| table.upstream(name).is_some());
         for upstream in &table.upstreams {
@@ -190,6 +195,7 @@ impl History {
                 ups.total.push(point(t_ms, &d, all_up));
             }
         }
+        t_ms
     }
 
     /// The latest point of `upstream` (with `backend`: of that backend).

@@ -112,10 +112,10 @@ async fn sample(gateway: Arc<Gateway>, history: Arc<History>, stats: broadcast::
                 b.window.sample(now, b.requests(), &b.latency);
             }
         }
-        history.record(&table, crate::base::clock::now());
+        let t_ms = history.record(&table, crate::base::clock::now());
         drop(table);
         if stats.receiver_count() > 0 {
-            let _ = stats.send(event("stats", &status::stats(&gateway, &history)));
+            let _ = stats.send(event("stats", &status::stats(&gateway, &history, t_ms)));
         }
     }
 }

@@ -572,8 +572,8 @@ struct BackendStats {
     last: Option<LastSecond>,
 }
 
-/// The `stats` event from the latest samples.
-pub fn stats(gateway: &Gateway, history: &History) -> Stats {
+/// The `stats` event from the latest samples, taken at `t_ms` (Unix ms).
+pub fn stats(gateway: &Gateway, history: &History, t_ms: u64) -> Stats {
     let table = gateway.routes();
     let upstreams = table
         .upstreams
@@ -609,8 +609,5 @@ pub fn stats(gateway: &Gateway, history: &History) -> Stats {
             }
         })
         .collect();
-    Stats {
-        t_ms: unix_ms(SystemTime::now()),
-        upstreams,
-    }
+    Stats { t_ms, upstreams }
 }

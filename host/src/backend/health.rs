@@ -239,11 +239,19 @@ impl Health {
                 .store(now.saturating_add(window), Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             self.last_fail_ms.store(0, Ordering::Relaxed);
+            let count = if fails == 1 {
+                "a request failed".to_owned()
+            } else {
+                format!(
+                    "{fails} requests failed, each within {:?} of the one before",
+                    policy.fail_timeout
+                )
+            };
             write(
                 &self.passive_why,
                 format!(
-                    "{fails} failed request(s) within {:?} of each other (max-fails {}); last: {why}",
-                    policy.fail_timeout, policy.max_fails
+                    "{count} (max-fails {}), out for {:?}; last: {why}",
+                    policy.max_fails, policy.fail_timeout
                 ),
             );
             self.mark_down();
