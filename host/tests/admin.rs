@@ -437,4 +437,28 @@ async fn status_and_history_say_what_a_new_user_asks() {
             .is_some_and(|h| h.iter().any(|v| v == false)),
         "{dead_hist}"
     );
+
+    // A config reload that keeps `app` and one of its backends (and drops
+    // the rest) keeps their history; what was dropped is gone.
+    let first = t.first().cloned();
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\npath-prefix = \"/\"\nservers = [\"{}\"]\nmax-fails = 0\n",
+        be[0].addr
+    ));
+    wait_status(&proxy, Duration::from_secs(10), "the reload", |s| {
+        s["upstreams"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    let r = admin_get(&proxy, "/history").await;
+    let h: Value = serde_json::from_str(&r.body).expect("/history is JSON");
+    assert_eq!(h["upstreams"].as_array().map(Vec::len), Some(1), "{h}");
+    let app = &h["upstreams"][0];
+    assert_eq!(app["series"]["t_ms"][0], first.unwrap_or_default(), "{app}");
+    assert_eq!(app["backends"][0]["id"], be[0].addr.to_string());
+    assert!(
+        app["backends"][0]["series"]["rps"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|v| v.as_f64() > Some(0.0))),
+        "the kept backend's history: {app}"
+    );
 }

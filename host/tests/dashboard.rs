@@ -387,6 +387,14 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
         shown("latencyLegend").iter().any(|l| l.starts_with("p99")),
         "{report}"
     );
+    // The total line: off at first, on when asked for.
+    assert!(
+        !shown("legendBefore").iter().any(|l| l == "Total")
+            && shown("legendWithTotal").iter().any(|l| l == "Total"),
+        "legend before {:?}, with the total {:?}",
+        shown("legendBefore"),
+        shown("legendWithTotal")
+    );
     // No sideways scroll at 1280 px, the last column inside the table.
     let wide = &report["layout1280"];
     assert!(

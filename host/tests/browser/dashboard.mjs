@@ -277,6 +277,15 @@ async function main() {
       tableBox: wrap ? wrap.clientWidth : 0,
     };
   });
+  // The total line is the user's choice (off by default: next to a few
+  // backends it flattens them), and so is a log scale.
+  const legend = () => page.evaluate(() =>
+    [...document.querySelectorAll('[data-testid="rps-legend"] > span > span')].map((n) => n.textContent));
+  observed.legendBefore = await legend();
+  await page.locator('[data-testid="show-total"]').first().check();
+  await page.locator('[data-testid="log-scale"]').first().check();
+  await page.waitForTimeout(200);
+  observed.legendWithTotal = await legend();
   observed.layout1280 = await layout();
   await page.setViewportSize({ width: 1024, height: 768 });
   await page.waitForTimeout(300);
