@@ -103,7 +103,13 @@ impl Proxy {
         discovery.resolve_all(&gateway).await;
         let discovery = background::spawn(Arc::clone(&gateway), discovery);
         let admin = admin_listener
-            .map(|l| admin::Admin::start(l, Arc::clone(&gateway), addr))
+            .map(|l| {
+                let listeners = admin::status::Listeners {
+                    http: addr,
+                    https: tls_addr,
+                };
+                admin::Admin::start(l, Arc::clone(&gateway), listeners)
+            })
             .transpose()?;
         let reloader = if options.watch {
             Some(reload::spawn(Arc::clone(&gateway), options.config_path)?)

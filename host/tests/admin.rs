@@ -304,3 +304,161 @@ async fn events_stream_status_stats_and_reloads() {
     );
     assert!(errors.is_some_and(|n| n >= 1.0), "{errors:?}");
 }
+
+/// What a new user asks of the dashboard, over plain HTTP: the routes and
+/// listeners in `/status`; why a backend is down and since when (a dead one,
+/// taken out passively; one whose health check answers 503, actively); per
+/// backend bytes, retries and connections in `/status` and `/metrics`; and
+/// `/history`, the last seconds of every upstream and backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_history_say_what_a_new_user_asks() {
+    let be = backends(2).await;
+    let sick = Scripted::start(3, true, |_| false, |_| Act::Status(503)).await;
+    let dead = closed_port();
+    let fx = Fixture::new(&[("round-robin", ROUND_ROBIN)]);
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"site\"\nhosts = [\"app.example\", \"*.app.example\"]\nservers = [\"{}\"]\n\
+         [[upstream]]\nname = \"app\"\npath-prefix = \"/\"\n\
+         servers = [\"{}\", \"{}\", \"{dead}\"]\nmax-fails = 1\nfail-timeout = \"60s\"\nretries = 2\n\
+         [[upstream]]\nname = \"checked\"\npath-prefix = \"/checked\"\nservers = [\"{}\", \"{}\"]\nmax-fails = 0\n\
+         [upstream.health-check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\nrise = 1\n",
+        be[0].addr, be[0].addr, be[1].addr, be[0].addr, sick.addr
+    ));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let proxy = fx.start().await;
+    // Bodies both ways; the dead backend's refused connects are retried.
+    for i in 0..12 {
+        let r = send(proxy.addr(), "POST", "/", &format!("body number {i}")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    let s = status(&proxy).await;
+    assert_eq!(
+        s["listeners"][0]["address"],
+        proxy.addr().to_string(),
+        "{s:?}"
+    );
+    assert_eq!(s["listeners"][0]["tls"], false, "{s:?}");
+    assert_eq!(s["routes"][0]["upstream"], "site");
+    assert_eq!(
+        s["routes"][0]["hosts"],
+        serde_json::json!(["app.example", "*.app.example"])
+    );
+    assert_eq!(s["routes"][1]["hosts"], serde_json::json!([]));
+    assert_eq!(s["routes"][2]["path_prefix"], "/checked");
+    let app = &s["upstreams"][1]["backends"];
+    let down = &app[2];
+    assert_eq!(down["healthy"], false, "{down}");
+    assert_eq!(down["down"][0]["check"], "passive", "{down}");
+    let reason = down["down"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("connect failed") && reason.contains("max-fails 1"),
+        "{reason}"
+    );
+    let since = down["since_ms"].as_u64().unwrap_or_default();
+    assert!(since >= before, "down since {since}, test began {before}");
+    assert!(down["retried"].as_u64() >= Some(1), "{down}");
+    for b in [&app[0], &app[1]] {
+        assert_eq!(b["down"], serde_json::json!([]), "{b}");
+        assert!(b["since_ms"].as_u64() >= Some(before), "up since: {b}");
+        assert!(b["bytes_sent"].as_u64() >= Some(6 * 13), "{b}");
+        assert!(b["bytes_received"].as_u64() > Some(0), "{b}");
+        assert!(b["connections"]["opened"].as_u64() >= Some(1), "{b}");
+        assert!(b["connections"]["idle"].is_u64(), "{b}");
+    }
+
+    // The health check of /checked finds the sick backend answering 503.
+    let why = wait_for(Duration::from_secs(5), "the sick backend down", || async {
+        let s = status(&proxy).await;
+        let b = s["upstreams"][2]["backends"][1].clone();
+        if b["healthy"] == false {
+            Ok(b)
+        } else {
+            Err(b.to_string())
+        }
+    })
+    .await;
+    assert_eq!(why["down"][0]["check"], "active", "{why}");
+    assert_eq!(
+        why["down"][0]["reason"], "GET /healthz answered 503 Service Unavailable",
+        "{why}"
+    );
+
+    let metrics = admin_get(&proxy, "/metrics").await.body;
+    for name in [
+        "switchyard_backend_sent_bytes_total",
+        "switchyard_backend_received_bytes_total",
+        "switchyard_backend_retries_total",
+        "switchyard_backend_connections_opened_total",
+        "switchyard_backend_connections_idle",
+    ] {
+        let nonzero = metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .any(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"));
+        assert!(
+            nonzero || name.ends_with("idle"),
+            "{name} never above 0:\n{metrics}"
+        );
+        assert!(metrics.contains(name), "{name} missing");
+    }
+
+    // The history holds the seconds of the traffic above, per upstream and
+    // per backend, and the dead backend as down.
+    let h = wait_for(Duration::from_secs(5), "history with traffic", || async {
+        let r = admin_get(&proxy, "/history").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let h: Value = serde_json::from_str(&r.body).expect("/history is JSON");
+        let rps = h["upstreams"][1]["series"]["rps"].as_array().cloned();
+        if rps.is_some_and(|r| r.iter().any(|v| v.as_f64() > Some(0.0))) {
+            Ok(h)
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    assert_eq!(h["span_secs"], 900);
+    let app = &h["upstreams"][1];
+    assert_eq!(app["name"], "app");
+    let t = app["series"]["t_ms"].as_array().expect("t_ms");
+    assert_eq!(
+        app["series"]["p99_ms"].as_array().map(Vec::len),
+        Some(t.len())
+    );
+    assert!(app["series"]["responses"]["2xx"].is_array(), "{app}");
+    let dead_hist = &app["backends"][2];
+    assert_eq!(dead_hist["id"], dead.to_string());
+    assert!(
+        dead_hist["series"]["healthy"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|v| v == false)),
+        "{dead_hist}"
+    );
+
+    // A config reload that keeps `app` and one of its backends (and drops
+    // the rest) keeps their history; what was dropped is gone.
+    let first = t.first().cloned();
+    fx.write_config(&format!(
+        "[[upstream]]\nname = \"app\"\npath-prefix = \"/\"\nservers = [\"{}\"]\nmax-fails = 0\n",
+        be[0].addr
+    ));
+    wait_status(&proxy, Duration::from_secs(10), "the reload", |s| {
+        s["upstreams"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    let r = admin_get(&proxy, "/history").await;
+    let h: Value = serde_json::from_str(&r.body).expect("/history is JSON");
+    assert_eq!(h["upstreams"].as_array().map(Vec::len), Some(1), "{h}");
+    let app = &h["upstreams"][0];
+    assert_eq!(app["series"]["t_ms"][0], first.unwrap_or_default(), "{app}");
+    assert_eq!(app["backends"][0]["id"], be[0].addr.to_string());
+    assert!(
+        app["backends"][0]["series"]["rps"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|v| v.as_f64() > Some(0.0))),
+        "the kept backend's history: {app}"
+    );
+}

@@ -1,8 +1,12 @@
 //! The admin dashboard in a real browser: three demo backends behind the
 //! proxy, a client sending requests, and `host/tests/browser/dashboard.mjs`
 //! (headless Chromium through playwright-core) watching `GET /` on the admin
-//! listener. The page must go live, show traffic flowing, show the reload
-//! when a plugin is hot-swapped, and show the strategy `/status` reports.
+//! listener. Traffic runs a few seconds before the page is opened: the page
+//! must start with that history (`GET /history`), go live, show traffic
+//! flowing, show the reload when a plugin is hot-swapped and the strategy
+//! `/status` reports, show a backend killed meanwhile as down with a reason
+//! and a since-time, show the routes and listeners, bytes and retries, and
+//! not scroll sideways at 1280 px.
 //! With `SWITCHYARD_UPDATE_SCREENSHOT=1` its screenshot replaces
 //! `docs/dashboard.png`, shown in the README.
 //!
@@ -125,6 +129,45 @@ impl Traffic {
     }
 }
 
+/// A client posting a small body every 100 ms (bytes to the backends);
+/// counts the answers that were 200.
+struct Posts {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Posts {
+    fn start(proxy: std::net::SocketAddr) -> Self {
+        use http_body_util::Full;
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let client: Client<_, Full<bytes::Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut ok = 0;
+            while !done.load(Ordering::Relaxed) {
+                let req = http::Request::post(format!("http://{proxy}/"))
+                    .body(Full::new(bytes::Bytes::from_static(
+                        b"a small request body",
+                    )))
+                    .expect("request");
+                let sent = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await;
+                ok += u64::from(matches!(sent, Ok(Ok(r)) if r.status() == 200));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ok
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("posts task")
+    }
+}
+
 /// A client sending `x-flood` every 50 ms: all but one a minute limited.
 struct Flood {
     stop: Arc<AtomicBool>,
@@ -162,7 +205,7 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
 
     // A shadow, so that its split bar is drawn too; a rate limit on a
     // header the clients below do not send, and a flood that sends it.
-    let (_be, fx, proxy) = serve_three(
+    let (mut be, fx, proxy) = serve_three(
         &[
             ("round-robin", ROUND_ROBIN),
             ("ip-hash", IP_HASH),
@@ -176,6 +219,18 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     let admin = proxy.admin_addr().expect("the admin listener is on");
     let traffic = Traffic::start(proxy.addr(), 2);
     let flood = Flood::start(proxy.addr());
+    let posts = Posts::start(proxy.addr());
+
+    // Some seconds of history before the page is opened.
+    let history = eventually(Duration::from_secs(15), || async {
+        let h = get(&client(), admin, "/history").await;
+        let h: serde_json::Value = serde_json::from_str(&h.body).unwrap_or_default();
+        h["upstreams"][0]["series"]["t_ms"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 4)
+    })
+    .await;
+    assert!(history.is_some(), "/history never held 4 seconds");
 
     // The README's screenshot is rewritten only when asked for
     // (SWITCHYARD_UPDATE_SCREENSHOT=1), with a longer history in the chart.
@@ -222,11 +277,15 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     })
     .await
     .unwrap_or(false);
+    let last = be.pop();
+    let killed = last.as_ref().map(|b| b.addr);
     if ready {
-        // Hot swap: the test strategy over round-robin.wasm.
+        // Hot swap: the test strategy over round-robin.wasm; and a backend
+        // stops (dropped), which the page must show down.
         fx.install("round-robin", TEST_STRATEGY);
     }
-    let rest = tokio::time::timeout(Duration::from_secs(45), async {
+    drop(last);
+    let rest = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
             output.push(line);
         }
@@ -237,12 +296,13 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
         Ok(status) => status.expect("wait for node"),
         Err(_) => {
             let _ = child.kill().await;
-            panic!("dashboard.mjs did not finish within 45 s; stdout: {output:?}");
+            panic!("dashboard.mjs did not finish within 60 s; stdout: {output:?}");
         }
     };
     let stderr = stderr_task.await.unwrap_or_default();
     let (ok, failed) = traffic.finish().await;
     let limited = flood.finish().await;
+    let posted = posts.finish().await;
 
     let report: serde_json::Value = output
         .iter()
@@ -257,6 +317,90 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
     eprintln!("dashboard: {report}");
 
     assert!(limited > 0, "the flood was never limited");
+    assert!(posted > 0, "no POST was answered 200");
+
+    // The history was there from the first moment.
+    let points = report["historyPoints"].as_u64().unwrap_or(0);
+    assert!(
+        points >= 4,
+        "the page started with {points} points of history: {report}"
+    );
+    // The killed backend: down, with the failed check and since when.
+    let down = &report["down"];
+    let killed = killed.map(|a| a.to_string()).unwrap_or_default();
+    assert_eq!(down["id"], killed.as_str(), "{report}");
+    let reason = down["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("passive") && reason.contains("connect"),
+        "down reason shown: {reason:?}"
+    );
+    assert!(
+        down["since"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("down since ")),
+        "{down}"
+    );
+    let shown = |key: &str| -> Vec<String> {
+        report[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        shown("upSince").iter().all(|s| s.starts_with("up since ")),
+        "{report}"
+    );
+    // Bytes both ways and the retries the killed backend caused.
+    assert!(
+        shown("retried").iter().any(|r| !r.starts_with("0 ")),
+        "retries: {:?}",
+        shown("retried")
+    );
+    assert!(
+        shown("bytesIn").iter().any(|b| b != "↓ 0 B"),
+        "{:?}",
+        shown("bytesIn")
+    );
+    assert!(
+        shown("bytesOut").iter().any(|b| b != "↑ 0 B"),
+        "{:?}",
+        shown("bytesOut")
+    );
+    // Routes and listeners.
+    assert!(
+        shown("routes").iter().any(|r| r.contains("app")),
+        "routes: {:?}",
+        shown("routes")
+    );
+    assert!(
+        shown("listeners")
+            .iter()
+            .any(|l| l.contains(&proxy.addr().to_string()) && l.contains("HTTP")),
+        "listeners: {:?}",
+        shown("listeners")
+    );
+    assert!(
+        shown("latencyLegend").iter().any(|l| l.starts_with("p99")),
+        "{report}"
+    );
+    // The total line: off at first, on when asked for.
+    assert!(
+        !shown("legendBefore").iter().any(|l| l == "Total")
+            && shown("legendWithTotal").iter().any(|l| l == "Total"),
+        "legend before {:?}, with the total {:?}",
+        shown("legendBefore"),
+        shown("legendWithTotal")
+    );
+    // No sideways scroll at 1280 px, the last column inside the table.
+    let wide = &report["layout1280"];
+    assert!(
+        wide["scrollWidth"].as_u64() <= wide["clientWidth"].as_u64() && wide["tableFits"] == true,
+        "at 1280 px: {wide}"
+    );
     assert_eq!(report["admissionShown"], true, "{report}");
     assert_eq!(report["admissionPlugin"], "rate-limit", "{report}");
     let samples = report["limitedSamples"]

@@ -191,6 +191,15 @@ async fn https_serves_the_same_routes_with_round_robin_and_says_https() {
     let (_fx, proxy) = tls_proxy(&first).await;
     let https = proxy.tls_addr().expect("tls listener");
     assert_ne!(https, proxy.addr());
+    // /status (and the dashboard) name both listeners.
+    let listeners = status(&proxy).await["listeners"].clone();
+    assert_eq!(
+        listeners,
+        serde_json::json!([
+            { "address": proxy.addr().to_string(), "tls": false },
+            { "address": https.to_string(), "tls": true },
+        ])
+    );
 
     let h1 = connector(&[&first], &[b"http/1.1"]);
     let mut order = Vec::new();

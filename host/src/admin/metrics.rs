@@ -105,6 +105,38 @@ const FAMILIES: &[Family] = &[
         samples: Samples::Gauge(|s| s.per_backend(|b| i64::from(b.healthy()))),
     },
     Family {
+        name: "backend_retries",
+        help: "Tries of a backend that failed (an error, or a status in retry-on-status) and were tried again.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.retried())),
+    },
+    Family {
+        name: "backend_sent_bytes",
+        help: "Request body bytes sent to a backend.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.bytes_sent())),
+    },
+    Family {
+        name: "backend_received_bytes",
+        help: "Response body bytes received from a backend.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.bytes_received())),
+    },
+    Family {
+        name: "backend_connections_opened",
+        help: "New connections opened to a backend.",
+        unit: None,
+        samples: Samples::Counter(|s| s.per_backend(|b| b.connects())),
+    },
+    Family {
+        name: "backend_connections_idle",
+        help: "Keep-alive connections to a backend idle in the pool now.",
+        unit: None,
+        samples: Samples::Gauge(|s| {
+            s.per_backend(|b| i64::try_from(b.pool.idle()).unwrap_or(i64::MAX))
+        }),
+    },
+    Family {
         name: "retries",
         help: "Tries after the first, on another backend.",
         unit: None,

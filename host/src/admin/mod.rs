@@ -5,14 +5,17 @@
 //! - `GET /status` every upstream, strategy and backend as JSON
 //!   ([`status`]);
 //! - `GET /metrics` the OpenMetrics/Prometheus exposition ([`metrics`]);
+//! - `GET /history` the last 15 minutes of every upstream and backend, one
+//!   point a second ([`history`]), so a new dashboard starts full;
 //! - `GET /events` Server-Sent Events: `status` once on connect, `stats`
 //!   every second, `reload` on every plugin or config reload (then a fresh
 //!   `status`).
 //!
-//! A sampler task snapshots every backend's counters once a second; RPS and
-//! recent latency quantiles come from those snapshots, so the request path
-//! only ever increments atomics.
+//! A sampler task snapshots every backend's counters once a second; RPS,
+//! recent latency quantiles and the history come from those snapshots, so
+//! the request path only ever increments atomics.
 
+pub mod history;
 pub mod metrics;
 pub mod status;
 
@@ -35,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use self::history::History;
+use self::status::Listeners;
 use crate::gateway::Gateway;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -63,15 +68,21 @@ impl Admin {
     pub fn start(
         listener: TcpListener,
         gateway: Arc<Gateway>,
-        proxy: SocketAddr,
+        proxy: Listeners,
     ) -> std::io::Result<Admin> {
         let addr = listener.local_addr()?;
         let (stats_tx, _) = broadcast::channel::<Bytes>(4);
-        let sampler = tokio::spawn(sample(Arc::clone(&gateway), stats_tx.clone()));
+        let history = Arc::new(History::default());
+        let sampler = tokio::spawn(sample(
+            Arc::clone(&gateway),
+            Arc::clone(&history),
+            stats_tx.clone(),
+        ));
         let shared = Arc::new(Shared {
             gateway,
             stats: stats_tx,
             proxy,
+            history,
         });
         let server = tokio::spawn(serve(listener, shared));
         Ok(Admin {
@@ -87,8 +98,9 @@ impl Admin {
     }
 }
 
-/// Samples every backend each [`TICK`] and publishes the `stats` event.
-async fn sample(gateway: Arc<Gateway>, stats: broadcast::Sender<Bytes>) {
+/// Samples every backend each [`TICK`], keeps the history and publishes
+/// the `stats` event.
+async fn sample(gateway: Arc<Gateway>, history: Arc<History>, stats: broadcast::Sender<Bytes>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -100,9 +112,10 @@ async fn sample(gateway: Arc<Gateway>, stats: broadcast::Sender<Bytes>) {
                 b.window.sample(now, b.requests(), &b.latency);
             }
         }
+        let t_ms = history.record(&table, crate::base::clock::now());
         drop(table);
         if stats.receiver_count() > 0 {
-            let _ = stats.send(event("stats", &status::stats(&gateway)));
+            let _ = stats.send(event("stats", &status::stats(&gateway, &history, t_ms)));
         }
     }
 }
@@ -111,8 +124,10 @@ async fn sample(gateway: Arc<Gateway>, stats: broadcast::Sender<Bytes>) {
 struct Shared {
     gateway: Arc<Gateway>,
     stats: broadcast::Sender<Bytes>,
-    /// Where the proxy listens (bound address).
-    proxy: SocketAddr,
+    /// Where the proxy listens (bound addresses).
+    proxy: Listeners,
+    /// The last 15 minutes, for `/history`.
+    history: Arc<History>,
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -155,10 +170,17 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<AdminBody> {
             Ok(text) => full(StatusCode::OK, metrics::CONTENT_TYPE, text),
             Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
         },
+        "/history" => {
+            let doc = shared.history.snapshot(&gateway.routes());
+            match serde_json::to_string(&doc) {
+                Ok(json) => full(StatusCode::OK, "application/json", json),
+                Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
         "/events" => events(shared),
         _ => plain(
             StatusCode::NOT_FOUND,
-            "admin: GET /, /status, /metrics or /events\n",
+            "admin: GET /, /status, /metrics, /history or /events\n",
         ),
     }
 }

@@ -1,5 +1,27 @@
-//! `GET /status`: every upstream, its strategy and its backends, as JSON;
-//! and the smaller per-second `stats` event of `/events`.
+//! `GET /status`: every upstream, its strategy and its backends, as JSON,
+//! with the listeners and the routes; and the smaller per-second `stats`
+//! event of `/events`.
+//!
+//! Fields added for the dashboard (all times are wall-clock Unix ms):
+//!
+//! - `listeners`: `[{address, tls}]`, the plain HTTP listener and the
+//!   HTTPS one when `[tls]` is on;
+//! - `routes`: `[{upstream, hosts, path_prefix}]` in config order (`hosts`
+//!   empty: any host; `*.example.com` for a wildcard); a request goes to
+//!   the most specific host, then the longest prefix;
+//! - per backend: `since_ms` (down since it went down, up since it came
+//!   back or joined), `down` (`[{check, reason}]`, empty when up: `check`
+//!   is `active` with the failed probe, e.g. `GET /health answered 503
+//!   Service Unavailable` or `GET /health: connect failed: Connection
+//!   refused`, or `passive` with the failure count and the last error),
+//!   `connections` (`{idle, opened}`: kept in the pool now, opened since it
+//!   joined; in use is about `in_flight`), `bytes_sent` / `bytes_received`
+//!   (request / response body bytes) and `retried` (its failed tries that
+//!   were tried again).
+//!
+//! The `stats` event carries, per upstream and backend, the last second's
+//! point of the history (`p50_ms`, `p99_ms`, `responses`; see
+//! [`super::history`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,8 +29,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::history::{History, Point};
+use crate::backend::health::DownReason;
 use crate::backend::{Backend, BackendSet};
 use crate::base::clock::unix_ms;
+use crate::base::config::HostPattern;
 use crate::base::stats::LATENCY_BOUNDS_US;
 use crate::gateway::upstream::Upstream;
 use crate::gateway::{Gateway, ReloadRecord};
@@ -21,10 +46,41 @@ pub struct Status {
     started_at_ms: u64,
     uptime_secs: f64,
     listen: String,
+    /// Where the proxy takes requests.
+    listeners: Vec<ListenerStatus>,
+    /// Which requests go to which upstream, in config order.
+    routes: Vec<RouteStatus>,
     /// Upgraded connections (WebSockets and other tunnels) open now.
     tunnels: usize,
     upstreams: Vec<UpstreamStatus>,
     reloads: Vec<ReloadRecord>,
+}
+
+/// One listener of the proxy.
+#[derive(Debug, Serialize)]
+struct ListenerStatus {
+    /// The bound address.
+    address: String,
+    /// HTTPS (`[tls]`) or plain HTTP.
+    tls: bool,
+}
+
+/// One upstream's route.
+#[derive(Debug, Serialize)]
+struct RouteStatus {
+    upstream: String,
+    /// Host names it serves (`*.example.com` for a wildcard); empty: any.
+    hosts: Vec<String>,
+    path_prefix: String,
+}
+
+/// Where the proxy listens: plain HTTP, and HTTPS when `[tls]` is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    /// The plain HTTP listener.
+    pub http: SocketAddr,
+    /// The HTTPS listener.
+    pub https: Option<SocketAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -235,6 +291,26 @@ struct BackendStatus {
     /// response.
     latency_estimate_ns: u64,
     share: f64,
+    /// Down since (when down), up since (when up).
+    since_ms: u64,
+    /// Why it is down; empty when up.
+    down: Vec<DownReason>,
+    connections: Connections,
+    /// Request body bytes sent to it.
+    bytes_sent: u64,
+    /// Response body bytes received from it.
+    bytes_received: u64,
+    /// Its failed tries that were tried again.
+    retried: u64,
+}
+
+/// A backend's connections.
+#[derive(Debug, Serialize)]
+struct Connections {
+    /// Kept idle in the pool now.
+    idle: usize,
+    /// Opened since the backend joined.
+    opened: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -268,16 +344,43 @@ fn up(ok: bool) -> &'static str {
 }
 
 /// The current status of `gateway`, serving on `listen`.
-pub fn status(gateway: &Gateway, listen: SocketAddr) -> Status {
+pub fn status(gateway: &Gateway, listen: Listeners) -> Status {
     let table = gateway.routes();
     let started = gateway.started();
+    let mut listeners = vec![ListenerStatus {
+        address: listen.http.to_string(),
+        tls: false,
+    }];
+    listeners.extend(listen.https.map(|a| ListenerStatus {
+        address: a.to_string(),
+        tls: true,
+    }));
+    let routes = table
+        .upstreams
+        .iter()
+        .map(|u| RouteStatus {
+            upstream: u.name().to_owned(),
+            hosts: u
+                .config
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    HostPattern::Exact(name) => name.clone(),
+                    HostPattern::Suffix(suffix) => format!("*{suffix}"),
+                })
+                .collect(),
+            path_prefix: u.config.path_prefix.clone(),
+        })
+        .collect();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at_ms: unix_ms(started),
         uptime_secs: SystemTime::now()
             .duration_since(started)
             .map_or(0.0, |d| d.as_secs_f64()),
-        listen: listen.to_string(),
+        listen: listen.http.to_string(),
+        listeners,
+        routes,
         tunnels: gateway.tunnels().count(),
         upstreams: table.upstreams.iter().map(|u| upstream(u)).collect(),
         reloads: gateway.reload_history(),
@@ -402,6 +505,15 @@ fn backend(b: &Backend, checks: bool, latency: Option<(f64, f64)>, share: f64) -
         latency_ms: latency.map(|(p50, p99)| Latency { p50, p99 }),
         latency_estimate_ns: b.latency.peak_ewma_ns(),
         share,
+        since_ms: b.health.since_ms(),
+        down: b.health.why_down(),
+        connections: Connections {
+            idle: b.pool.idle(),
+            opened: b.connects(),
+        },
+        bytes_sent: b.bytes_sent(),
+        bytes_received: b.bytes_received(),
+        retried: b.retried(),
     }
 }
 
@@ -418,9 +530,30 @@ struct UpstreamStats {
     strategy: String,
     rps: f64,
     in_flight: u32,
+    #[serde(flatten)]
+    last: Option<LastSecond>,
     backends: Vec<BackendStats>,
     shadow: Option<ShadowStatus>,
     admission: Option<AdmissionStatus>,
+}
+
+/// The last second's point of the history.
+#[derive(Debug, Serialize)]
+struct LastSecond {
+    /// Time to response head of that second's responses; `null`: none.
+    p50_ms: Option<f32>,
+    p99_ms: Option<f32>,
+    /// Responses in that second, `1xx` first.
+    responses: [u32; 5],
+}
+
+fn last(p: Option<Point>) -> Option<LastSecond> {
+    let finite = |v: f32| v.is_finite().then_some(v);
+    p.map(|p| LastSecond {
+        p50_ms: finite(p.p50_ms),
+        p99_ms: finite(p.p99_ms),
+        responses: p.classes,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -432,10 +565,15 @@ struct BackendStats {
     healthy: bool,
     requests: u64,
     failures: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    retried: u64,
+    #[serde(flatten)]
+    last: Option<LastSecond>,
 }
 
-/// The `stats` event from the latest samples.
-pub fn stats(gateway: &Gateway) -> Stats {
+/// The `stats` event from the latest samples, taken at `t_ms` (Unix ms).
+pub fn stats(gateway: &Gateway, history: &History, t_ms: u64) -> Stats {
     let table = gateway.routes();
     let upstreams = table
         .upstreams
@@ -453,6 +591,10 @@ pub fn stats(gateway: &Gateway) -> Stats {
                     healthy: healthy(b),
                     requests: b.requests(),
                     failures: b.failures(),
+                    bytes_sent: b.bytes_sent(),
+                    bytes_received: b.bytes_received(),
+                    retried: b.retried(),
+                    last: last(history.latest(u.name(), Some(&b.id))),
                 })
                 .collect();
             UpstreamStats {
@@ -460,14 +602,12 @@ pub fn stats(gateway: &Gateway) -> Stats {
                 strategy: u.config.strategy.clone(),
                 rps: backends.iter().map(|b| b.rps).sum(),
                 in_flight: backends.iter().map(|b| b.in_flight).sum(),
+                last: last(history.latest(u.name(), None)),
                 backends,
                 shadow: shadow(u, &set),
                 admission: admission(u),
             }
         })
         .collect();
-    Stats {
-        t_ms: unix_ms(SystemTime::now()),
-        upstreams,
-    }
+    Stats { t_ms, upstreams }
 }

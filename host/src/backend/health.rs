@@ -17,10 +17,17 @@
 //! (`request.health-version`). Passive time-outs run out on their own; the
 //! health loop (`crate::gateway::background`) settles them every 100 ms, so
 //! the version moves then, and runs the active checks with [`probe`].
+//!
+//! For people, each backend also keeps why it is down and since when
+//! ([`Health::why_down`], [`Health::since_ms`]): the failed probe's path and
+//! answer or error for active checks, the failure count and the last error
+//! for passive health. These are written only when a backend changes state
+//! (a probe fails, a failure takes it out), never on a request that goes
+//! well.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -29,7 +36,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::base::clock::{self, now_ms};
+use crate::base::clock::{self, now_ms, unix_ms};
 use crate::base::config::{ActiveCheck, PassiveHealth};
 
 /// Health figures of one upstream, shared by its backends and kept across
@@ -74,6 +81,38 @@ pub struct Health {
     fails: AtomicU32,
     last_fail_ms: AtomicU64,
     down_until_ms: AtomicU64,
+    /// Wall-clock ms of the last change between up and down (or of the
+    /// backend's creation).
+    since_ms: AtomicU64,
+    /// The last failed probe (active checks), e.g. `GET /health answered
+    /// 503`.
+    active_why: Mutex<Option<String>>,
+    /// What took the backend out passively, e.g. `3 failures in a row
+    /// (max-fails 3); last: connect failed: Connection refused`.
+    passive_why: Mutex<Option<String>>,
+}
+
+/// Why a backend is down: one entry per kind of check that holds it out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DownReason {
+    /// `active` (health checks) or `passive` (failures of real requests).
+    pub check: &'static str,
+    /// What failed, in words.
+    pub reason: String,
+}
+
+fn wall_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+fn read(slot: &Mutex<Option<String>>) -> Option<String> {
+    slot.lock().ok().and_then(|s| s.clone())
+}
+
+fn write(slot: &Mutex<Option<String>>, why: String) {
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(why);
+    }
 }
 
 impl Health {
@@ -87,7 +126,43 @@ impl Health {
             fails: AtomicU32::new(0),
             last_fail_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            since_ms: AtomicU64::new(wall_ms()),
+            active_why: Mutex::new(None),
+            passive_why: Mutex::new(None),
         }
+    }
+
+    /// Wall-clock ms (Unix) since which the backend has been in its
+    /// current state: down since it went down, up since it came back (or
+    /// joined).
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Why the backend is down now: what holds it out, each check that
+    /// does (empty when up).
+    pub fn why_down(&self) -> Vec<DownReason> {
+        let mut out = Vec::new();
+        if !self.active_up() {
+            out.push(DownReason {
+                check: "active",
+                reason: read(&self.active_why).unwrap_or_else(|| "health check failed".to_owned()),
+            });
+        }
+        if !self.passive_up() {
+            out.push(DownReason {
+                check: "passive",
+                reason: read(&self.passive_why)
+                    .unwrap_or_else(|| "too many failed requests".to_owned()),
+            });
+        }
+        out
+    }
+
+    /// The last active check that failed, in words (kept for
+    /// [`Health::why_down`]); called by the health loop only.
+    pub fn probe_failed(&self, why: String) {
+        write(&self.active_why, why);
     }
 
     /// Whether the backend may receive traffic now.
@@ -125,6 +200,7 @@ impl Health {
 
     fn mark_down(&self) {
         if !self.counted.swap(true, Ordering::Relaxed) {
+            self.since_ms.store(wall_ms(), Ordering::Relaxed);
             self.upstream.went_down();
         }
     }
@@ -133,17 +209,19 @@ impl Health {
     /// from the set).
     pub fn forget(&self) {
         if self.counted.swap(false, Ordering::Relaxed) {
+            self.since_ms.store(wall_ms(), Ordering::Relaxed);
             self.upstream.came_back();
         }
     }
 
     /// A request to the backend failed (connect error, timeout, broken
-    /// connection). Returns true when this failure took it out.
+    /// connection) for the reason `why` (read only when this failure takes
+    /// the backend out). Returns true when this failure took it out.
     ///
     /// As in nginx, failures count while each comes within `fail-timeout`
     /// of the one before; successes in between do not wipe the count (a
     /// backend that drops every third connection is still taken out).
-    pub fn record_failure(&self, policy: &PassiveHealth) -> bool {
+    pub fn record_failure(&self, policy: &PassiveHealth, why: &dyn std::fmt::Display) -> bool {
         if policy.max_fails == 0 {
             return false;
         }
@@ -161,6 +239,21 @@ impl Health {
                 .store(now.saturating_add(window), Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             self.last_fail_ms.store(0, Ordering::Relaxed);
+            let count = if fails == 1 {
+                "a request failed".to_owned()
+            } else {
+                format!(
+                    "{fails} requests failed, each within {:?} of the one before",
+                    policy.fail_timeout
+                )
+            };
+            write(
+                &self.passive_why,
+                format!(
+                    "{count} (max-fails {}), out for {:?}; last: {why}",
+                    policy.max_fails, policy.fail_timeout
+                ),
+            );
             self.mark_down();
             return true;
         }
@@ -218,18 +311,40 @@ pub fn probe_client() -> ProbeClient {
 }
 
 /// Probes the backend at `authority`: a 2xx or 3xx answer within the
-/// timeout is a pass.
-pub async fn probe(client: &ProbeClient, authority: &Authority, check: &ActiveCheck) -> bool {
-    let uri = format!("http://{authority}{}", check.path);
-    let Ok(req) = http::Request::get(uri)
+/// timeout is a pass; a failure says what happened (`GET /health answered
+/// 503 Service Unavailable`, `GET /health: no answer within 2s`,
+/// `GET /health: connect failed: ...`).
+pub async fn probe(
+    client: &ProbeClient,
+    authority: &Authority,
+    check: &ActiveCheck,
+) -> Result<(), String> {
+    let path = &check.path;
+    let uri = format!("http://{authority}{path}");
+    let req = http::Request::get(uri)
         .header(http::header::USER_AGENT, "switchyard-health-check")
         .body(Empty::new())
-    else {
-        return false;
-    };
+        .map_err(|e| format!("GET {path}: invalid request: {e}"))?;
     match tokio::time::timeout(check.timeout, client.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
-        _ => false,
+        Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("GET {path} answered {}", resp.status())),
+        Ok(Err(e)) => {
+            // hyper-util's error says "client error (Connect)"; the cause
+            // says what happened.
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
+            let what = if e.is_connect() {
+                "connect failed"
+            } else {
+                "request failed"
+            };
+            Err(format!("GET {path}: {what}: {cause}"))
+        }
+        Err(_) => Err(format!("GET {path}: no answer within {:?}", check.timeout)),
     }
 }
 
@@ -263,12 +378,12 @@ mod tests {
         let upstream = Arc::new(UpstreamHealth::default());
         let health = Health::new(Arc::clone(&upstream));
         let policy = policy(3, 10_000);
-        assert!(!health.record_failure(&policy));
+        assert!(!health.record_failure(&policy, &"test"));
         advance(Duration::from_secs(9)).await;
-        assert!(!health.record_failure(&policy));
+        assert!(!health.record_failure(&policy, &"test"));
         advance(Duration::from_secs(9)).await;
         // The third within 10 s of the one before: out.
-        assert!(health.record_failure(&policy));
+        assert!(health.record_failure(&policy, &"test"));
         assert!(!health.healthy());
         assert_eq!(upstream.down(), 1);
         // Out for exactly `fail-timeout`.
@@ -283,12 +398,12 @@ mod tests {
     async fn a_failure_after_the_window_starts_the_count_again() {
         let health = Health::new(Arc::default());
         let policy = policy(2, 1_000);
-        assert!(!health.record_failure(&policy));
+        assert!(!health.record_failure(&policy, &"test"));
         advance(Duration::from_millis(1_001)).await;
         // More than `fail-timeout` after the first: counted as the first.
-        assert!(!health.record_failure(&policy));
+        assert!(!health.record_failure(&policy, &"test"));
         advance(Duration::from_millis(500)).await;
-        assert!(health.record_failure(&policy));
+        assert!(health.record_failure(&policy, &"test"));
         assert!(!health.passive_up());
     }
 
@@ -296,7 +411,7 @@ mod tests {
     async fn max_fails_zero_never_takes_a_backend_out() {
         let health = Health::new(Arc::default());
         for _ in 0..100 {
-            assert!(!health.record_failure(&policy(0, 1_000)));
+            assert!(!health.record_failure(&policy(0, 1_000), &"test"));
         }
         assert!(health.healthy());
     }
@@ -327,7 +442,7 @@ mod tests {
         let upstream = Arc::new(UpstreamHealth::default());
         let health = Health::new(Arc::clone(&upstream));
         let check = check(1, 1);
-        assert!(health.record_failure(&policy(1, 1_000)));
+        assert!(health.record_failure(&policy(1, 1_000), &"test"));
         assert_eq!(health.record_probe(false, &check), Some(false));
         // Counted once, though down for two reasons.
         assert_eq!(upstream.down(), 1);

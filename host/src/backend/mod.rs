@@ -68,6 +68,12 @@ pub struct Backend {
     requests: AtomicU64,
     failures: AtomicU64,
     shadow_picks: AtomicU64,
+    /// Request body bytes sent to the backend (shared with the request
+    /// bodies on their way there, see [`crate::wire::body::ClientBody`]).
+    pub bytes_sent: Arc<AtomicU64>,
+    bytes_received: AtomicU64,
+    retried: AtomicU64,
+    connects: AtomicU64,
 }
 
 impl Backend {
@@ -92,7 +98,47 @@ impl Backend {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             shadow_picks: AtomicU64::new(0),
+            bytes_sent: Arc::default(),
+            bytes_received: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
         }
+    }
+
+    /// Request body bytes sent to this backend since it joined.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Response body bytes received from this backend since it joined.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` response body bytes received.
+    pub fn record_received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Tries of this backend that failed (an error, or a status in
+    /// `retry-on-status`) and were tried again.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed try of this backend that is tried again.
+    pub fn record_retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// New connections opened to this backend since it joined.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection opened.
+    pub fn record_connect(&self) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether `server` describes this backend exactly (so it can be kept
@@ -169,9 +215,9 @@ pub trait Terms: Send + Sync + std::fmt::Debug {
     fn pool(&self) -> &PoolSettings;
     /// `read-timeout`: the longest silence of a backend in a response body.
     fn read_timeout(&self) -> Duration;
-    /// Counts a failure of `backend` in its totals and, as the upstream's
-    /// passive health says, against its health.
-    fn backend_failed(&self, backend: &Backend);
+    /// Counts a failure of `backend` (for the reason `why`) in its totals
+    /// and, as the upstream's passive health says, against its health.
+    fn backend_failed(&self, backend: &Backend, why: &dyn std::fmt::Display);
 }
 
 /// A backend's silence in a response body ran past `read-timeout`.
@@ -281,6 +327,11 @@ impl Lease {
         self.waiting = false;
     }
 
+    /// `n` bytes of the response body came from the backend.
+    pub fn received(&self, n: usize) {
+        self.in_flight.0.record_received(n);
+    }
+
     /// The upstream's `read-timeout` ran out in the response body: counts a
     /// failure of the backend (passive health), logs it, and ends the lease
     /// uncleanly (its connection, if it holds one, is closed; the access
@@ -288,7 +339,7 @@ impl Lease {
     pub fn timed_out(self) -> ReadTimeout {
         let (terms, backend) = (&self.terms, &self.in_flight.0);
         let after = terms.read_timeout();
-        terms.backend_failed(backend);
+        terms.backend_failed(backend, &ReadTimeout(after));
         tracing::warn!(
             upstream = terms.name(), backend = %backend.address,
             "backend sent nothing for {after:?} in the response body (read-timeout): response cut, connection closed"
@@ -411,7 +462,7 @@ mod tests {
             fail_timeout: Duration::from_secs(60),
         };
         let a = BackendSet::build(&servers(&[1, 2]), None);
-        assert!(a.backends[0].health.record_failure(&policy));
+        assert!(a.backends[0].health.record_failure(&policy, &"test"));
         assert_eq!(a.unhealthy(), 1);
         let version = a.health.version();
 
@@ -442,7 +493,7 @@ mod tests {
             fail_timeout: Duration::from_secs(60),
         };
         let a = BackendSet::build(&servers(&[1, 2]), None);
-        assert!(a.backends[0].health.record_failure(&policy));
+        assert!(a.backends[0].health.record_failure(&policy, &"test"));
         assert!(!a.backends[0].healthy());
         // DNS now resolves to backend 1 only: it is the lone backend.
         let b = BackendSet::build(&servers(&[1]), Some(&a));

@@ -151,13 +151,13 @@ impl Terms for Upstream {
     /// its passive health. As nginx does for a group of one server, a lone
     /// backend is never taken out (there is nowhere else to send): what
     /// counts is the current set, which DNS discovery may shrink or grow.
-    fn backend_failed(&self, backend: &Backend) {
+    fn backend_failed(&self, backend: &Backend, why: &dyn std::fmt::Display) {
         backend.record_failure();
         if self.backends.load().len() < 2 {
             return;
         }
         let policy = &self.config.passive;
-        if backend.health.record_failure(policy) {
+        if backend.health.record_failure(policy, why) {
             tracing::warn!(
                 upstream = self.name(), backend = %backend.address,
                 "backend taken out for {:?} after {} failure(s) (max-fails)",

@@ -127,9 +127,12 @@ impl Body for ProxyBody {
                 // every frame, not only at `None`.
                 let ended = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => {
+                    Poll::Ready(Some(Ok(frame))) => {
                         if let Some(lease) = lease {
                             lease.heard();
+                            if let Some(data) = frame.data_ref() {
+                                lease.received(data.len());
+                            }
                         }
                         inner.is_end_stream()
                     }
@@ -155,6 +158,11 @@ impl Body for ProxyBody {
                     && let Some(lease) = lease
                 {
                     lease.heard();
+                }
+                if let (Poll::Ready(Some(Ok(frame))), Some(lease)) = (&polled, &*lease)
+                    && let Some(data) = frame.data_ref()
+                {
+                    lease.received(data.len());
                 }
                 if let Some(end) = inner.take_end()
                     && let Some(lease) = lease.take()

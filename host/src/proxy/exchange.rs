@@ -623,6 +623,12 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail())
+    }
+}
+
 impl Exchange<'_> {
     /// What is left once `resp` goes to the client: a local answer is
     /// counted, and the access log line written unless a backend's response
@@ -683,7 +689,8 @@ impl Exchange<'_> {
                         };
                         let status = resp.status();
                         if retry::status_blames_backend(status) {
-                            self.upstream.backend_failed(&backend);
+                            self.upstream
+                                .backend_failed(&backend, &format_args!("answered {status}"));
                         }
                         // Kept (not logged) in case a retry answers instead.
                         let log = self.log.take();
@@ -693,6 +700,7 @@ impl Exchange<'_> {
                         if !self.budget(true) {
                             return resp;
                         }
+                        backend.record_retried();
                         tracing::info!(
                             upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
                             method = %self.method, path = self.uri.path(), status = status.as_u16(),
@@ -730,6 +738,7 @@ impl Exchange<'_> {
                 // `parts` and `body` hold the request again.
                 self.tried.push(index);
                 if more && self.budget(sent) {
+                    backend.record_retried();
                     self.failed(&backend, &failure, "; trying another backend");
                     last = Some(self.failure_response(&failure));
                 } else {
@@ -839,7 +848,10 @@ impl Exchange<'_> {
                 let Conn { sender, reused } = match pooled {
                     Some(conn) => conn,
                     None => match pool::connect(backend.addr, settings.connect_timeout).await {
-                        Ok(conn) => conn,
+                        Ok(conn) => {
+                            backend.record_connect();
+                            conn
+                        }
                         Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                     },
                 };
@@ -872,6 +884,7 @@ impl Exchange<'_> {
                                 Err(e) => return Tried::NotSent(request, Failure::Connect(e)),
                             },
                         };
+                        request.body_mut().count_sent(&backend.bytes_sent);
                         let replay = resendable.then(|| Replay::of(&request));
                         let answer = tokio::select! {
                             biased;
@@ -1025,7 +1038,8 @@ impl Exchange<'_> {
     /// A 101 to a request that did not ask to upgrade, or without
     /// `Upgrade`: the backend's fault.
     fn switched_unasked(&self, backend: &Backend) -> Response<ProxyBody> {
-        self.upstream.backend_failed(backend);
+        self.upstream
+            .backend_failed(backend, &"answered 101 Switching Protocols unasked");
         tracing::warn!(
             upstream = self.upstream.name(), backend = %backend.address, peer = %self.peer,
             method = %self.method, path = self.uri.path(),
@@ -1074,7 +1088,7 @@ impl Exchange<'_> {
     /// Counts and logs a failed try; `then` says what happens next.
     fn failed(&self, backend: &Backend, failure: &Failure, then: &str) {
         if failure.blames_backend() {
-            self.upstream.backend_failed(backend);
+            self.upstream.backend_failed(backend, failure);
         }
         let (status, what) = failure.status();
         tracing::warn!(

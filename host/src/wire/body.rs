@@ -1,13 +1,13 @@
 //! The client's request body on its way upstream, recording whether the
 //! client's side failed (so the proxy answers 400 and does not blame the
-//! backend).
+//! backend), and counting the bytes that went to the backend.
 
 // pin-project-lite cannot carry doc comments on variant fields.
 #![allow(missing_docs)]
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,6 +26,8 @@ pin_project! {
             #[pin]
             inner: Incoming,
             failed: Arc<AtomicBool>,
+            // Where the bytes read are counted (the backend's total).
+            sent: Option<Arc<AtomicU64>>,
         },
         /// No body (a bodiless request sent again).
         Empty,
@@ -35,7 +37,19 @@ pin_project! {
 impl ClientBody {
     /// Wraps `inner`; `failed` is set if reading it fails.
     pub fn new(inner: Incoming, failed: Arc<AtomicBool>) -> Self {
-        ClientBody::Streaming { inner, failed }
+        ClientBody::Streaming {
+            inner,
+            failed,
+            sent: None,
+        }
+    }
+
+    /// Counts the bytes read from now on into `sent` (one relaxed addition
+    /// per frame).
+    pub fn count_sent(&mut self, counter: &Arc<AtomicU64>) {
+        if let ClientBody::Streaming { sent, .. } = self {
+            *sent = Some(Arc::clone(counter));
+        }
     }
 
     /// No body.
@@ -59,10 +73,20 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ClientBodyProj::Streaming { inner, failed } => {
+            ClientBodyProj::Streaming {
+                inner,
+                failed,
+                sent,
+            } => {
                 let polled = inner.poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled {
-                    failed.store(true, Ordering::Relaxed);
+                match &polled {
+                    Poll::Ready(Some(Err(_))) => failed.store(true, Ordering::Relaxed),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(sent), Some(data)) = (sent, frame.data_ref()) {
+                            sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
                 }
                 polled
             }

@@ -3,14 +3,17 @@
 //
 //   node dashboard.mjs <admin-base-url> <screenshot.png>
 //
-// Opens the page in Debian's Chromium, waits until it is live and traffic is
-// flowing (total RPS and a backend's request count both change), prints
-// `READY`, then waits for a new entry in the reload log (the caller triggers
-// a reload after READY) and for the strategy shown to match /status, saves a
-// full-page screenshot and prints one JSON line with what it saw (the split
-// bars' legends among it). Exit 0 on
-// success; on any failed expectation a JSON line with ok:false and the
-// reason, exit 1. Hard limit: 40 s.
+// Opens the page in Debian's Chromium at 1280x800, checks that it starts
+// with the history the proxy kept (the caller sent traffic before), waits
+// until it is live and traffic is flowing (total RPS and a backend's request
+// count both change), prints `READY`, then waits for a new entry in the
+// reload log (the caller triggers a reload and kills a backend after READY),
+// for the strategy shown to match /status, and for a backend shown down
+// with a reason and a since-time; reads the routes, listeners, bytes and
+// retries shown and whether the page scrolls sideways (at 1280 and 1024 px);
+// saves a full-page screenshot and prints one JSON line with what it saw.
+// Exit 0 on success; on any failed expectation a JSON line with ok:false and
+// the reason, exit 1. Hard limit: 60 s.
 //
 // Optional environment: SWITCHYARD_CHROMIUM (default /usr/bin/chromium),
 // SWITCHYARD_THEME (dark, the default, or light), SWITCHYARD_MIN_LIVE_MS
@@ -25,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const CHROMIUM = process.env.SWITCHYARD_CHROMIUM || '/usr/bin/chromium';
-const TOTAL_MS = 40_000;
+const TOTAL_MS = 60_000;
 const READY_MS = 20_000;
 const RELOAD_MS = 15_000;
 // Optional: how long the page must have been live before READY, and how
@@ -99,7 +102,7 @@ async function main() {
       '--disable-component-update',
       '--disable-sync',
     ],
-    viewport: { width: 1440, height: 900 },
+    viewport: { width: 1280, height: 800 },
     deviceScaleFactor: 1,
     colorScheme: process.env.SWITCHYARD_THEME === 'light' ? 'light' : 'dark',
   });
@@ -122,6 +125,11 @@ async function main() {
         requests: q('[data-testid="backend-requests"]', r).textContent,
         rps: q('[data-testid="backend-rps"]', r).textContent,
         health: q('[data-testid="backend-health"]', r).textContent,
+        since: q('[data-testid="backend-since"]', r).textContent,
+        reason: q('[data-testid="backend-down-reason"]', r).textContent,
+        retried: q('[data-testid="backend-retried"]', r).textContent,
+        bytesIn: q('[data-testid="backend-bytes-received"]', r).textContent,
+        bytesOut: q('[data-testid="backend-bytes-sent"]', r).textContent,
       }));
       const entries = [...document.querySelectorAll('[data-testid="reload-entry"]')].map((e) => ({
         key: e.dataset.key,
@@ -157,9 +165,13 @@ async function main() {
       };
     });
 
-  // 1. Live.
+  // 1. Live, with the history the proxy kept before the page was opened.
   await until('connection-state "live"', 10_000, async () => (await text('connection-state')).trim() === 'live');
   const liveAt = Date.now();
+  await until('the history to load', 5_000, async () =>
+    page.evaluate(() => document.body.dataset.history === 'loaded'));
+  observed.historyPoints = await page.evaluate(() => Number(document.body.dataset.historyPoints || 0));
+  observed.historySecondsAfterLive = (Date.now() - liveAt) / 1000;
   let s = await snapshot();
   if (!s.reloadLog) await fail('no reload-log on the page');
   if (s.rows.length === 0) await fail('no backend-row on the page');
@@ -236,7 +248,53 @@ async function main() {
   if (s.state !== 'live') await fail(`connection-state is ${JSON.stringify(s.state)} after the reload`);
   if (consoleErrors.length) await fail(`console errors: ${consoleErrors.slice(0, 3).join(' | ')}`);
 
-  // 4. Screenshot: let the line chart grow for a few seconds if time allows,
+  // 4. The backend the caller killed after READY: down, why, since when.
+  const downRow = await until('a backend shown down with a reason', 20_000, async () => {
+    s = await snapshot();
+    return s.rows.find((r) => r.health === 'down' && r.reason.trim() && r.since.includes('down since')) || null;
+  });
+  observed.down = downRow;
+  observed.retried = s.rows.map((r) => r.retried);
+  observed.bytesIn = s.rows.map((r) => r.bytesIn);
+  observed.bytesOut = s.rows.map((r) => r.bytesOut);
+  observed.upSince = s.rows.filter((r) => r.health === 'up').map((r) => r.since);
+  // Routes and listeners, and the latency chart's legend.
+  Object.assign(observed, await page.evaluate(() => ({
+    routes: [...document.querySelectorAll('[data-testid="route-row"]')].map((r) => r.textContent),
+    listeners: [...document.querySelectorAll('[data-testid="listener"]')].map((l) => l.textContent),
+    latencyLegend: [...document.querySelectorAll('[data-testid="latency-legend"] > span')].map((l) => l.textContent),
+  })));
+  // No sideways scroll, and the backend table's last column inside its box.
+  const layout = () => page.evaluate(() => {
+    const d = document.documentElement;
+    const wrap = document.querySelector('.table-wrap');
+    const p99 = document.querySelector('table.backends th:last-child');
+    return {
+      scrollWidth: d.scrollWidth,
+      clientWidth: d.clientWidth,
+      tableFits: !!wrap && !!p99 && p99.getBoundingClientRect().right <= wrap.getBoundingClientRect().right + 0.5,
+      tableWidth: wrap ? wrap.scrollWidth : 0,
+      tableBox: wrap ? wrap.clientWidth : 0,
+    };
+  });
+  // The total line is the user's choice (off by default: next to a few
+  // backends it flattens them), and so is a log scale.
+  const legend = () => page.evaluate(() =>
+    [...document.querySelectorAll('[data-testid="rps-legend"] > span > span')].map((n) => n.textContent));
+  observed.legendBefore = await legend();
+  await page.locator('[data-testid="show-total"]').first().check();
+  await page.locator('[data-testid="log-scale"]').first().check();
+  await page.waitForTimeout(200);
+  observed.legendWithTotal = await legend();
+  observed.layout1280 = await layout();
+  await page.setViewportSize({ width: 1024, height: 768 });
+  await page.waitForTimeout(300);
+  observed.layout1024 = await layout();
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.waitForTimeout(300);
+  if (consoleErrors.length) await fail(`console errors: ${consoleErrors.slice(0, 3).join(' | ')}`);
+
+  // 5. Screenshot: let the line chart grow for a few seconds if time allows,
   // and leave the mouse off the page.
   await page.mouse.move(0, 0);
   const settle = Math.min(SHOT_DELAY_MS, left(10_000) - 3000);
