@@ -84,7 +84,7 @@ fn check_rejects_bad_files_naming_the_key_and_the_expected_form() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
     let cases = [
-        ("plugin = \"x\"\n", "unknown field `plugin`"),
+        ("plugin = \"x\"\n", "unknown key `plugin`"),
         (
             "listen = \"nowhere\"\n[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n",
             "`listen`",

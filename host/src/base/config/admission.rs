@@ -581,7 +581,7 @@ mod tests {
         }
         // Unknown keys and wrong shapes come from the parser, with the line.
         let err = parse("", "limit-req = { rate = \"1/s\", brust = 2 }").expect_err("an error");
-        assert!(err.contains("unknown field `brust`"), "{err}");
+        assert!(err.contains("unknown key `brust`"), "{err}");
         let err = parse("", "limit-req = \"on\"").expect_err("an error");
         assert!(err.contains("\"off\""), "{err}");
     }

@@ -12,16 +12,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use toml::Spanned;
+use toml::de::DeTable;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 mod admission;
+mod place;
 
 pub use admission::{
     Admission, DEFAULT_LIMIT_KEYS, LimitConn, LimitKey, LimitReq, MAX_LIMIT_KEYS, Rate,
 };
 use admission::{RawAdmission, RawLimitConn, RawLimitReq, RawLimits, Written};
+pub use place::{Location, closest};
 
 /// `strategy = "host:round-robin"`: the host's own round robin, no plugin
 /// (the baseline the Wasm overhead is measured against).
@@ -314,8 +318,8 @@ impl RetryPolicy {
     }
 }
 
-/// Why a configuration was rejected. The message names the key and what was
-/// expected.
+/// Why a configuration was rejected. The message names the file, the line
+/// and column where the error has a place, the key, and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -326,25 +330,66 @@ pub enum ConfigError {
         /// The I/O error.
         error: std::io::Error,
     },
-    /// TOML syntax, a wrong type or an unknown key (the TOML error carries the
-    /// line and the key).
-    #[error("{path}: {message}")]
+    /// No `-c/--config` and none of the [`DEFAULT_PATHS`] exists.
+    #[error(
+        "no config file: neither {} nor ./{} exists; name one with `-c <file>` (e.g. `switchyard check -c examples/switchyard.toml`)",
+        DEFAULT_PATHS[0],
+        DEFAULT_PATHS[1]
+    )]
+    NoFile,
+    /// TOML syntax, a wrong type or an unknown key.
+    #[error("{path}{}: {}{message}{}", place(at), named(key), snippet(at))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with line and column.
+        /// Where, when the parser said.
+        at: Option<Location>,
+        /// Dotted path of the key the error is at, when known.
+        key: Option<String>,
+        /// What is wrong and what is expected, in words.
         message: String,
     },
     /// A value of the right type but not acceptable.
-    #[error("{path}: `{key}`: {message}")]
+    #[error("{path}{}: `{key}`: {message}{}", place(at), snippet(at))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// Where the key is written (None: it is not, a default is wrong).
+        at: Option<Location>,
         /// Dotted path of the offending key (`upstream[0].servers[2]`).
         key: String,
         /// What is wrong and what is expected.
         message: String,
     },
+}
+
+fn place(at: &Option<Location>) -> String {
+    at.as_ref().map(|a| format!(":{a}")).unwrap_or_default()
+}
+
+fn snippet(at: &Option<Location>) -> &str {
+    at.as_ref().map_or("", Location::snippet)
+}
+
+fn named(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default()
+}
+
+/// Where `run` and `check` look for the config file when not given one
+/// (`-c`), first that exists: the system's, then the working directory's.
+pub const DEFAULT_PATHS: [&str; 2] = ["/etc/switchyard/switchyard.toml", "switchyard.toml"];
+
+/// The config file to read: `given` (`-c`), else the first of
+/// [`DEFAULT_PATHS`] that exists.
+pub fn config_path(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    DEFAULT_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(ConfigError::NoFile)
 }
 
 // ---------------------------------------------------------------------------
@@ -787,14 +832,26 @@ impl Config {
     /// assert_eq!(config.upstreams[0].passive.max_fails, 1);
     ///
     /// let err = Config::parse(&text.replace("servers", "server"), Path::new("x.toml")).unwrap_err();
-    /// assert!(err.to_string().contains("unknown field `server`"));
+    /// assert!(err.to_string().contains("unknown key `server`"));
     /// ```
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Validator { path }.config(raw)
+        let parse_error = |e: toml::de::Error, doc: Option<&Spanned<DeTable<'_>>>| {
+            let span = e.span();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                at: span.clone().map(|s| Location::of(text, s)),
+                key: doc.zip(span).and_then(|(doc, s)| place::key_at(doc, &s)),
+                message: place::humane(e.message()),
+            }
+        };
+        let doc = DeTable::parse(text).map_err(|e| parse_error(e, None))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, Some(&doc)))?;
+        Validator {
+            path,
+            text,
+            doc: &doc,
+        }
+        .config(raw)
     }
 
     /// The upstream named `name`.
@@ -805,13 +862,18 @@ impl Config {
 
 struct Validator<'a> {
     path: &'a Path,
+    text: &'a str,
+    doc: &'a Spanned<DeTable<'a>>,
 }
 
 impl Validator<'_> {
+    /// The error of `key`, at the line where it is written.
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
         ConfigError::Invalid {
             path: self.path.to_owned(),
-            key: key.into(),
+            at: place::span_of(self.doc, &key).map(|s| Location::of(self.text, s)),
+            key,
             message: message.into(),
         }
     }
@@ -969,7 +1031,7 @@ impl Validator<'_> {
             self.err(
                 "client.max-body-size",
                 format!(
-                    "`{}` is not a size (expected bytes, or e.g. \"512k\", \"10m\", \"1g\"; 0 for no limit)",
+                    "{} is not a size (expected a whole number of bytes, or a number with k, m or g in quotes, e.g. \"512k\", \"10m\", \"1g\"; 0 for no limit)",
                     c.max_body_size
                 ),
             )
@@ -1513,14 +1575,14 @@ health-check = { interval = "500ms" }
     #[test]
     fn unknown_keys_are_named() {
         let e = error_of(&MINIMAL.replace("plugins = \"plugins\"", "plugin = \"plugins\""));
-        assert!(e.contains("unknown field `plugin`"), "{e}");
+        assert!(e.contains("unknown key `plugin`"), "{e}");
         let e = error_of(&format!("{MINIMAL}wieght = 2\n"));
         assert!(e.contains("wieght"), "{e}");
         let e = error_of(&MINIMAL.replace(
             "\"127.0.0.1:5003\"",
             "{ address = \"127.0.0.1:5003\", wieght = 2 }",
         ));
-        assert!(e.contains("unknown field `wieght`"), "{e}");
+        assert!(e.contains("unknown key `wieght`"), "{e}");
     }
 
     #[test]
@@ -1643,14 +1705,17 @@ health-check = { interval = "500ms" }
         assert_eq!(tls.key, Path::new("certs/key.pem"));
         assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(90));
         let e = error_of(&format!("{MINIMAL}\n[tls]\ncert = \"c.pem\"\n"));
-        assert!(e.contains("missing field `key`"), "{e}");
+        assert!(e.contains("`tls`: missing key `key`"), "{e}");
     }
 
     #[test]
     fn type_errors_come_with_line_and_key() {
         let e = error_of(&MINIMAL.replace("\"127.0.0.1:5001\", ", "5001, "));
-        assert!(e.contains("line"), "{e}");
+        assert!(e.starts_with("test.toml:8:12: `upstream[0].servers[0]`: "), "{e}");
         let e = error_of(&format!("{MINIMAL}connect-timeout = \"soon\"\n"));
-        assert!(e.contains("connect-timeout") || e.contains("line"), "{e}");
+        assert!(
+            e.starts_with("test.toml:9:19: `upstream[0].connect-timeout`: expected a duration"),
+            "{e}"
+        );
     }
 }
