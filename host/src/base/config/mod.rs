@@ -375,6 +375,13 @@ fn named(key: &Option<String>) -> String {
     key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default()
 }
 
+/// Where `key` (`upstream[0].strategy`) is written in the config `text`,
+/// for errors found after validation (a plugin file that is missing).
+pub fn locate(text: &str, key: &str) -> Option<Location> {
+    let doc = DeTable::parse(text).ok()?;
+    place::span_of(&doc, key).map(|s| Location::of(text, s))
+}
+
 /// Where `run` and `check` look for the config file when not given one
 /// (`-c`), first that exists: the system's, then the working directory's.
 pub const DEFAULT_PATHS: [&str; 2] = ["/etc/switchyard/switchyard.toml", "switchyard.toml"];
@@ -837,11 +844,18 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_error = |e: toml::de::Error, doc: Option<&Spanned<DeTable<'_>>>| {
             let span = e.span();
+            let key = doc
+                .zip(span.clone())
+                .and_then(|(doc, s)| place::key_at(doc, &s));
+            let mut message = place::humane(e.message());
+            if key.as_deref() == Some("upstream") && message.ends_with("found a table") {
+                message = "each upstream is written `[[upstream]]`, with two brackets (an entry of the list of upstreams)".to_owned();
+            }
             ConfigError::Parse {
                 path: path.to_owned(),
-                at: span.clone().map(|s| Location::of(text, s)),
-                key: doc.zip(span).and_then(|(doc, s)| place::key_at(doc, &s)),
-                message: place::humane(e.message()),
+                at: span.map(|s| Location::of(text, s)),
+                key,
+                message,
             }
         };
         let doc = DeTable::parse(text).map_err(|e| parse_error(e, None))?;
@@ -1711,7 +1725,10 @@ health-check = { interval = "500ms" }
     #[test]
     fn type_errors_come_with_line_and_key() {
         let e = error_of(&MINIMAL.replace("\"127.0.0.1:5001\", ", "5001, "));
-        assert!(e.starts_with("test.toml:8:12: `upstream[0].servers[0]`: "), "{e}");
+        assert!(
+            e.starts_with("test.toml:8:12: `upstream[0].servers[0]`: "),
+            "{e}"
+        );
         let e = error_of(&format!("{MINIMAL}connect-timeout = \"soon\"\n"));
         assert!(
             e.starts_with("test.toml:9:19: `upstream[0].connect-timeout`: expected a duration"),

@@ -170,7 +170,11 @@ pub(super) fn humane(message: &str) -> String {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
-            return format!("expected {}, found {}", expected_words(expected), found_words(found));
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found_words(found)
+            );
         }
     }
     if let Some(rest) = message.strip_prefix("unknown field `")
@@ -182,6 +186,10 @@ pub(super) fn humane(message: &str) -> String {
         && let Some((name, rest)) = rest.split_once('`')
     {
         return unknown("value", name, rest);
+    }
+    if message == "wanted string or table" {
+        // An enum (`plugin-failure`) written as something else.
+        return "expected a name in quotes".to_owned();
     }
     if let Some(rest) = message.strip_prefix("missing field ") {
         return format!("missing key {rest}");
@@ -219,7 +227,12 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let lower = name.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -235,9 +248,7 @@ fn expected_words(expected: &str) -> String {
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
         "f32" | "f64" => "a number",
         "a boolean" => "true or false",
-        "a string" | "a borrowed string" | "path string" | "a string key" => {
-            "a string in quotes"
-        }
+        "a string" | "a borrowed string" | "path string" | "a string key" => "a string in quotes",
         "a character" | "a char" => "a single character in quotes",
         "a sequence" => "a list, e.g. [\"a\", \"b\"]",
         "a map" => "a table, e.g. { key = \"value\" }",
@@ -313,7 +324,11 @@ mod tests {
     #[test]
     fn spans_lead_back_to_their_key() {
         let doc = DeTable::parse(TEXT).expect("parses");
-        for key in ["listen", "upstream[0].servers[1].weight", "upstream[0].name"] {
+        for key in [
+            "listen",
+            "upstream[0].servers[1].weight",
+            "upstream[0].name",
+        ] {
             let span = span_of(&doc, key).expect("written");
             assert_eq!(key_at(&doc, &span).as_deref(), Some(key));
         }
