@@ -541,7 +541,7 @@ fn check_explains_broken_files_in_words_at_their_line() {
         (
             format!("{top}{servers}retries = 11\n"),
             &[],
-            "error: <dir>/switchyard.toml:6:11: `upstream[0].retries`: 11 is too many (expected 0..=10: tries after the first)
+            "error: <dir>/switchyard.toml:6:11: `upstream[0].retries`: 11 is too many (expected 0 to 10: tries after the first)
   |
 6 | retries = 11
   |           ^^

@@ -1,6 +1,11 @@
 //! The configuration file: TOML -> raw serde structs that reject unknown keys
 //! -> a typed, validated [`Config`] (socket addresses, durations, CIDRs).
 //!
+//! Every error names the file and the key, and, where the key is written,
+//! its line and column with the line shown ([`place`]); messages say what
+//! is accepted, with examples, never a Rust type. Without `-c`, `run` and
+//! `check` read the first of [`DEFAULT_PATHS`] that exists.
+//!
 //! Nothing on the request path reads TOML: the proxy is built from the typed
 //! config, and a reload is a comparison of two typed configs. Every key and
 //! its default is documented in the README's configuration reference; keep
@@ -1158,7 +1163,7 @@ impl Validator<'_> {
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
                 return Err(self.err(
                     format!("{skey}.weight"),
-                    format!("{} is out of range (expected 1..={MAX_WEIGHT})", s.weight),
+                    format!("{} is out of range (expected 1 to {MAX_WEIGHT})", s.weight),
                 ));
             }
             match parse_server(&s.address).map_err(|why| self.err(skey.clone(), why.to_string()))? {
@@ -1242,7 +1247,7 @@ impl Validator<'_> {
             return Err(self.err(
                 key("retries"),
                 format!(
-                    "{} is too many (expected 0..={MAX_RETRIES}: tries after the first)",
+                    "{} is too many (expected 0 to {MAX_RETRIES}: tries after the first)",
                     u.retries
                 ),
             ));
@@ -1255,14 +1260,14 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 key(&format!("retry-on-status[{j}]")),
-                format!("{code} is not an error status (expected 400..=599, e.g. 502, 503)"),
+                format!("{code} is not an error status (expected 400 to 599, e.g. 502, 503)"),
             ));
         }
         if u.retry_budget_percent > 100 {
             return Err(self.err(
                 key("retry-budget-percent"),
                 format!(
-                    "{} is not a percentage (expected 0..=100)",
+                    "{} is not a percentage (expected 0 to 100)",
                     u.retry_budget_percent
                 ),
             ));
@@ -1407,7 +1412,9 @@ enum AddressError {
         address: String,
     },
     /// The part after the last `:` is not a port.
-    #[error("`{address}`: `{port}` is not a port (1..=65535; {SERVER_FORMS})")]
+    #[error(
+        "`{address}`: `{port}` is not a port (a port is a number from 1 to 65535; {SERVER_FORMS})"
+    )]
     BadPort {
         /// The address as written.
         address: String,
