@@ -575,6 +575,15 @@ fn check_explains_broken_files_in_words_at_their_line() {
 ",
         ),
         (
+            format!("listen = \"127.0.0.1:9090\"\n{top}{servers}"),
+            &[],
+            "error: <dir>/switchyard.toml:1:10: `listen`: 127.0.0.1:9090 is where the admin API listens by default (`admin`); choose another address, or set `admin` to another one or to \"off\"
+  |
+1 | listen = \"127.0.0.1:9090\"
+  |          ^^^^^^^^^^^^^^^^
+",
+        ),
+        (
             format!("{top}{servers}plugin-failure = 5\n"),
             &[],
             "error: <dir>/switchyard.toml:6:18: `upstream[0].plugin-failure`: expected a name in quotes

@@ -914,7 +914,15 @@ impl Validator<'_> {
             })?),
         };
         if admin.is_some_and(|a| a == listen && a.port() != 0) {
-            return Err(self.err("admin", "must differ from `listen`"));
+            // Often `listen` moved onto the admin API's default port.
+            return Err(if place::span_of(self.doc, "admin").is_some() {
+                self.err("admin", "must differ from `listen`")
+            } else {
+                self.err(
+                    "listen",
+                    format!("{listen} is where the admin API listens by default (`admin`); choose another address, or set `admin` to another one or to \"off\""),
+                )
+            });
         }
         let tls = raw.tls.map(|t| self.tls(t, listen, admin)).transpose()?;
         let resolver = match &raw.resolver {
