@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use switchyard::base::config::Config;
+use switchyard::base::config::{self, Config};
+use switchyard::gateway::BuildError;
 use switchyard::plugin::builtin::BUILTIN;
 use switchyard::{Gateway, Options, Proxy};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -44,9 +45,10 @@ enum Command {
     /// Run the proxy from a config file; the file and the plugins directory
     /// are watched and reloaded on change.
     Run {
-        /// The TOML config file.
+        /// The TOML config file [default: /etc/switchyard/switchyard.toml,
+        /// else ./switchyard.toml].
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Do not watch files; reload only on SIGHUP (like nginx -s reload).
         #[arg(long)]
         no_watch: bool,
@@ -54,9 +56,10 @@ enum Command {
     /// Validate a config file, compile and initialise its plugins, and exit:
     /// 0 when it would start, 1 with the reason when not.
     Check {
-        /// The TOML config file.
+        /// The TOML config file [default: /etc/switchyard/switchyard.toml,
+        /// else ./switchyard.toml].
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Start three demo backends (127.0.0.1:5001-5003, answering
     /// "Hello from backend N") behind the round-robin plugin.
@@ -128,13 +131,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Check { config } => check(&config).await,
+        Command::Check { config } => check(&config::config_path(config)?).await,
         Command::Run {
             config: path,
             no_watch,
         } => {
+            let path = config::config_path(path)?;
             let config = Config::load(&path)?;
-            let shown = path.display().to_string();
             let proxy = Proxy::start(
                 config,
                 Options {
@@ -143,7 +146,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 },
             )
             .await
-            .context(shown)?;
+            .map_err(|e| in_file(&path, e))?;
             if let Some(https) = proxy.tls_addr() {
                 tracing::info!(%https, "HTTPS listener serving the same routes");
             }
@@ -206,16 +209,23 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     let names: Vec<_> = config
         .upstreams
         .iter()
-        .flat_map(|u| u.names.iter().map(move |n| (u.name.clone(), n.clone())))
+        .flat_map(|u| {
+            u.names
+                .iter()
+                .map(move |n| (u.name.clone(), n.clone(), u.resolve_interval))
+        })
         .collect();
     tokio::task::spawn_blocking(move || Gateway::build(config))
         .await?
-        .with_context(|| path.display().to_string())?;
+        .map_err(|e| in_file(path, e.into()))?;
     // Building loaded the certificate and key: they parse and match.
     // Host names are resolved while running; say what they resolve to now,
     // but a name that does not resolve yet (a container not started) is
     // not an error.
-    for (upstream, name) in names {
+    for (upstream, name, every) in names {
+        let next = format!(
+            "`run` starts without it and looks it up again every {every:?} (resolve-interval)"
+        );
         match switchyard::backend::discovery::lookup(&resolver, &name).await {
             Ok(addrs) if !addrs.is_empty() => println!(
                 "{upstream}: `{}` resolves to {} address(es) now",
@@ -223,12 +233,10 @@ async fn check(path: &Path) -> anyhow::Result<()> {
                 addrs.len()
             ),
             Ok(_) => println!(
-                "warning: {upstream}: `{}` resolves to no address now; it is looked up again every resolve-interval",
+                "warning: upstream `{upstream}`: `{}` resolves to no address now; {next}",
                 name.address
             ),
-            Err(e) => {
-                println!("warning: {upstream}: {e}; it is looked up again every resolve-interval")
-            }
+            Err(e) => println!("warning: upstream `{upstream}`: {e}; {next}"),
         }
     }
     println!(
@@ -238,6 +246,18 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         tls.unwrap_or_default()
     );
     Ok(())
+}
+
+/// A start-up error in the config file `path`, at the line of the key it
+/// is about when there is one (a plugin named there has no file).
+fn in_file(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let at = (e.downcast_ref::<BuildError>())
+        .and_then(BuildError::key)
+        .and_then(|key| config::locate(&std::fs::read_to_string(path).ok()?, key));
+    match at {
+        Some(at) => anyhow::anyhow!("{}:{at}: {e:#}{}", path.display(), at.snippet()),
+        None => e.context(path.display().to_string()),
+    }
 }
 
 async fn demo(

@@ -212,7 +212,7 @@ async fn a_plugin_that_refuses_its_params_stops_start_up_with_the_reason() {
         .expect_err("missing plugin")
         .to_string();
     assert!(
-        err.contains("missing.wasm") && err.contains("cannot read"),
+        err.contains("missing.wasm") && err.contains("no plugin file"),
         "{err}"
     );
 }

@@ -17,8 +17,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::NetError;
+use hickory_resolver::net::proto::op::ResponseCode;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{Resolver, TokioResolver};
 
 use crate::base::clock::{self, Instant};
@@ -111,13 +112,36 @@ pub enum LookupError {
         after: Duration,
     },
     /// The resolver answered with an error (no such name, refused, ...).
-    #[error("`{address}` does not resolve: {error}")]
+    #[error("`{address}` does not resolve: {}", in_words(error, address))]
     Failed {
         /// The server as configured (`host:port`).
         address: String,
         /// What the resolver said.
         error: NetError,
     },
+}
+
+/// What a resolver error means, in a sentence (the resolver's own
+/// messages print its query structures).
+fn in_words(error: &NetError, address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(none))
+            if none.response_code == ResponseCode::NXDomain =>
+        {
+            format!("DNS has no name `{host}`")
+        }
+        NetError::Dns(DnsError::NoRecordsFound(_)) => {
+            format!("DNS has no IPv4 or IPv6 address for `{host}`")
+        }
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            format!("the DNS server answered `{code}` for `{host}`")
+        }
+        NetError::Timeout => format!("the DNS server did not answer in time for `{host}`"),
+        NetError::NoConnections => "no DNS server could be reached".to_owned(),
+        NetError::Io(e) => format!("cannot reach the DNS server: {e}"),
+        other => other.to_string(),
+    }
 }
 
 /// The addresses `name` resolves to now, sorted.

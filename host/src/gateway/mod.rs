@@ -36,7 +36,7 @@ use crate::plugin::{
     Admission, Compiled, PluginError, Runtime, Shadow, Strategy, Succession, builtin, content_hash,
     plugin_path,
 };
-use crate::wire::tls::{Tls, TlsError};
+use crate::wire::tls::{Tls, TlsError, TlsFile};
 
 /// Shared state of one proxy.
 pub struct Gateway {
@@ -185,6 +185,115 @@ pub enum BuildError {
         /// The path, as configured.
         path: PathBuf,
     },
+    /// A plugin the config names has no file (and no built-in copy).
+    #[error("{0}")]
+    MissingPlugin(Box<MissingPlugin>),
+}
+
+/// A plugin the config names that has no file ([`BuildError::MissingPlugin`]).
+#[derive(Debug)]
+pub struct MissingPlugin {
+    /// The upstream naming it.
+    pub upstream: String,
+    /// The config key naming it (`upstream[0].strategy`).
+    pub key: String,
+    /// The name as written.
+    pub stem: String,
+    /// The file looked for.
+    pub path: PathBuf,
+    /// Stems of the `*.wasm` files in the plugins directory, sorted.
+    pub available: Vec<String>,
+    /// The built-in strategies served when their file is missing (none
+    /// for an admission plugin: they are strategies).
+    pub builtin: Vec<&'static str>,
+}
+
+impl BuildError {
+    /// The config key the error is about, when it is one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            BuildError::MissingPlugin(missing) => Some(&missing.key),
+            BuildError::Tls(TlsError::Read { file, .. } | TlsError::Pem { file, .. }) => {
+                Some(match file {
+                    TlsFile::Cert => "tls.cert",
+                    TlsFile::Key => "tls.key",
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `upstream `a`: strategy `least-con`: no plugin file
+/// plugins/least-con.wasm; did you mean `least-conn`?`, then what there is.
+impl std::fmt::Display for MissingPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl MissingPlugin {
+    fn message(&self) -> String {
+        let MissingPlugin {
+            upstream,
+            key,
+            stem,
+            path,
+            available,
+            builtin,
+        } = self;
+        let what = key.rsplit('.').next().unwrap_or(key);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut out = format!(
+            "upstream `{upstream}`: {what} `{stem}`: no plugin file {}",
+            path.display()
+        );
+        let candidates = available
+            .iter()
+            .map(String::as_str)
+            .chain(builtin.iter().copied());
+        if let Some(close) = crate::base::config::closest(stem, candidates) {
+            out.push_str(&format!("; did you mean `{close}`?"));
+        }
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let files: Vec<&str> = available.iter().map(String::as_str).collect();
+        if files.is_empty() {
+            out.push_str(&format!("\n  {} has no .wasm plugins", dir.display()));
+        } else {
+            out.push_str(&format!(
+                "\n  plugins in {}: {}",
+                dir.display(),
+                list(&files)
+            ));
+        }
+        if !builtin.is_empty() {
+            out.push_str(&format!(
+                "\n  built in (served when no file of that name exists): {}",
+                list(builtin)
+            ));
+        }
+        out
+    }
+}
+
+/// Stems of the `*.wasm` files in `dir`, sorted.
+fn plugin_stems(dir: &Path) -> Vec<String> {
+    let mut stems: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
+        .collect();
+    stems.sort();
+    stems
 }
 
 /// What a plugin-file change did.
@@ -614,24 +723,45 @@ fn build_table(
 ) -> Result<RouteTable, BuildError> {
     check_plugins_dir(&config.plugins)?;
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
-    for uc in &config.upstreams {
+    for (i, uc) in config.upstreams.iter().enumerate() {
         let plugin_err = |error| BuildError::Plugin {
             upstream: uc.name.clone(),
             error,
         };
-        let mut compiled_for = |stem: &str| -> Result<Arc<Compiled>, BuildError> {
+        let mut compiled_for = |stem: &str, key: &str| -> Result<Arc<Compiled>, BuildError> {
             let path = plugin_path(&config.plugins, stem);
             if let Some(c) = compiled.get(&path) {
                 return Ok(Arc::clone(c));
             }
-            let c = compile_plugin(runtime, &path, stem).map_err(plugin_err)?;
+            let c = compile_plugin(runtime, &path, stem).map_err(|error| match error {
+                PluginError::Read { path, error }
+                    if error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    BuildError::MissingPlugin(Box::new(MissingPlugin {
+                        upstream: uc.name.clone(),
+                        key: format!("upstream[{i}].{key}"),
+                        stem: stem.to_owned(),
+                        available: plugin_stems(&config.plugins),
+                        // The built-in copies stand in for strategies only.
+                        builtin: if key == "admission" {
+                            Vec::new()
+                        } else {
+                            builtin::BUILTIN.iter().map(|(name, _)| *name).collect()
+                        },
+                        path,
+                    }))
+                }
+                error => plugin_err(error),
+            })?;
             compiled.insert(path, Arc::clone(&c));
             Ok(c)
         };
-        let plugin = compiled_for(&uc.strategy)?;
-        let shadow_plugin = uc.shadow.as_deref().map(&mut compiled_for).transpose()?;
+        let plugin = compiled_for(&uc.strategy, "strategy")?;
+        let shadow_plugin = (uc.shadow.as_deref())
+            .map(|s| compiled_for(s, "shadow"))
+            .transpose()?;
         let gate_plugin = (uc.admission_plugin.as_deref())
-            .map(&mut compiled_for)
+            .map(|s| compiled_for(s, "admission"))
             .transpose()?;
         let prev = previous.and_then(|t| t.upstream(&uc.name));
         if let Some(prev) = prev {

@@ -329,7 +329,7 @@ impl Validator<'_> {
                     .ok_or_else(|| {
                         self.err(
                             key("limit-keys"),
-                            format!("{n} is out of range (expected 1..={MAX_LIMIT_KEYS}: distinct keys each limiter remembers)"),
+                            format!("{n} is out of range (expected 1 to {MAX_LIMIT_KEYS}: distinct keys each limiter remembers)"),
                         )
                     })
             })
@@ -356,7 +356,7 @@ impl Validator<'_> {
             .ok_or_else(|| {
                 self.err(
                     format!("{at}.burst"),
-                    format!("{} is out of range (expected 1..=1000000: requests that may come at once; nginx's `burst=N nodelay` is `burst = N + 1`)", r.burst),
+                    format!("{} is out of range (expected 1 to 1000000: requests that may come at once; nginx's `burst=N nodelay` is `burst = N + 1`)", r.burst),
                 )
             })?;
         Ok(LimitReq {
@@ -422,7 +422,7 @@ impl Validator<'_> {
                 self.err(
                     format!("{at}.status"),
                     format!(
-                        "{status} is not an error status (expected 400..=599, e.g. 429 or 503)"
+                        "{status} is not an error status (expected 400 to 599, e.g. 429 or 503)"
                     ),
                 )
             })
@@ -581,7 +581,7 @@ mod tests {
         }
         // Unknown keys and wrong shapes come from the parser, with the line.
         let err = parse("", "limit-req = { rate = \"1/s\", brust = 2 }").expect_err("an error");
-        assert!(err.contains("unknown field `brust`"), "{err}");
+        assert!(err.contains("unknown key `brust`"), "{err}");
         let err = parse("", "limit-req = \"on\"").expect_err("an error");
         assert!(err.contains("\"off\""), "{err}");
     }

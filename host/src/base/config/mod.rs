@@ -1,6 +1,11 @@
 //! The configuration file: TOML -> raw serde structs that reject unknown keys
 //! -> a typed, validated [`Config`] (socket addresses, durations, CIDRs).
 //!
+//! Every error names the file and the key, and, where the key is written,
+//! its line and column with the line shown ([`place`]); messages say what
+//! is accepted, with examples, never a Rust type. Without `-c`, `run` and
+//! `check` read the first of [`DEFAULT_PATHS`] that exists.
+//!
 //! Nothing on the request path reads TOML: the proxy is built from the typed
 //! config, and a reload is a comparison of two typed configs. Every key and
 //! its default is documented in the README's configuration reference; keep
@@ -12,16 +17,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use toml::Spanned;
+use toml::de::DeTable;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 mod admission;
+mod place;
 
 pub use admission::{
     Admission, DEFAULT_LIMIT_KEYS, LimitConn, LimitKey, LimitReq, MAX_LIMIT_KEYS, Rate,
 };
 use admission::{RawAdmission, RawLimitConn, RawLimitReq, RawLimits, Written};
+pub use place::{Location, closest};
 
 /// `strategy = "host:round-robin"`: the host's own round robin, no plugin
 /// (the baseline the Wasm overhead is measured against).
@@ -314,8 +323,8 @@ impl RetryPolicy {
     }
 }
 
-/// Why a configuration was rejected. The message names the key and what was
-/// expected.
+/// Why a configuration was rejected. The message names the file, the line
+/// and column where the error has a place, the key, and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -326,25 +335,73 @@ pub enum ConfigError {
         /// The I/O error.
         error: std::io::Error,
     },
-    /// TOML syntax, a wrong type or an unknown key (the TOML error carries the
-    /// line and the key).
-    #[error("{path}: {message}")]
+    /// No `-c/--config` and none of the [`DEFAULT_PATHS`] exists.
+    #[error(
+        "no config file: neither {} nor ./{} exists; name one with `-c <file>` (e.g. `switchyard check -c examples/switchyard.toml`)",
+        DEFAULT_PATHS[0],
+        DEFAULT_PATHS[1]
+    )]
+    NoFile,
+    /// TOML syntax, a wrong type or an unknown key.
+    #[error("{path}{}: {}{message}{}", place(at), named(key), snippet(at))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with line and column.
+        /// Where, when the parser said.
+        at: Option<Location>,
+        /// Dotted path of the key the error is at, when known.
+        key: Option<String>,
+        /// What is wrong and what is expected, in words.
         message: String,
     },
     /// A value of the right type but not acceptable.
-    #[error("{path}: `{key}`: {message}")]
+    #[error("{path}{}: `{key}`: {message}{}", place(at), snippet(at))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// Where the key is written (None: it is not, a default is wrong).
+        at: Option<Location>,
         /// Dotted path of the offending key (`upstream[0].servers[2]`).
         key: String,
         /// What is wrong and what is expected.
         message: String,
     },
+}
+
+fn place(at: &Option<Location>) -> String {
+    at.as_ref().map(|a| format!(":{a}")).unwrap_or_default()
+}
+
+fn snippet(at: &Option<Location>) -> &str {
+    at.as_ref().map_or("", Location::snippet)
+}
+
+fn named(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default()
+}
+
+/// Where `key` (`upstream[0].strategy`) is written in the config `text`,
+/// for errors found after validation (a plugin file that is missing).
+pub fn locate(text: &str, key: &str) -> Option<Location> {
+    let doc = DeTable::parse(text).ok()?;
+    place::span_of(&doc, key).map(|s| Location::of(text, s))
+}
+
+/// Where `run` and `check` look for the config file when not given one
+/// (`-c`), first that exists: the system's, then the working directory's.
+pub const DEFAULT_PATHS: [&str; 2] = ["/etc/switchyard/switchyard.toml", "switchyard.toml"];
+
+/// The config file to read: `given` (`-c`), else the first of
+/// [`DEFAULT_PATHS`] that exists.
+pub fn config_path(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    DEFAULT_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(ConfigError::NoFile)
 }
 
 // ---------------------------------------------------------------------------
@@ -787,14 +844,33 @@ impl Config {
     /// assert_eq!(config.upstreams[0].passive.max_fails, 1);
     ///
     /// let err = Config::parse(&text.replace("servers", "server"), Path::new("x.toml")).unwrap_err();
-    /// assert!(err.to_string().contains("unknown field `server`"));
+    /// assert!(err.to_string().contains("unknown key `server`"));
     /// ```
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Validator { path }.config(raw)
+        let parse_error = |e: toml::de::Error, doc: Option<&Spanned<DeTable<'_>>>| {
+            let span = e.span();
+            let key = doc
+                .zip(span.clone())
+                .and_then(|(doc, s)| place::key_at(doc, &s));
+            let mut message = place::humane(e.message());
+            if key.as_deref() == Some("upstream") && message.ends_with("found a table") {
+                message = "each upstream is written `[[upstream]]`, with two brackets (an entry of the list of upstreams)".to_owned();
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                at: span.map(|s| Location::of(text, s)),
+                key,
+                message,
+            }
+        };
+        let doc = DeTable::parse(text).map_err(|e| parse_error(e, None))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, Some(&doc)))?;
+        Validator {
+            path,
+            text,
+            doc: &doc,
+        }
+        .config(raw)
     }
 
     /// The upstream named `name`.
@@ -805,13 +881,18 @@ impl Config {
 
 struct Validator<'a> {
     path: &'a Path,
+    text: &'a str,
+    doc: &'a Spanned<DeTable<'a>>,
 }
 
 impl Validator<'_> {
+    /// The error of `key`, at the line where it is written.
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
         ConfigError::Invalid {
             path: self.path.to_owned(),
-            key: key.into(),
+            at: place::span_of(self.doc, &key).map(|s| Location::of(self.text, s)),
+            key,
             message: message.into(),
         }
     }
@@ -833,7 +914,15 @@ impl Validator<'_> {
             })?),
         };
         if admin.is_some_and(|a| a == listen && a.port() != 0) {
-            return Err(self.err("admin", "must differ from `listen`"));
+            // Often `listen` moved onto the admin API's default port.
+            return Err(if place::span_of(self.doc, "admin").is_some() {
+                self.err("admin", "must differ from `listen`")
+            } else {
+                self.err(
+                    "listen",
+                    format!("{listen} is where the admin API listens by default (`admin`); choose another address, or set `admin` to another one or to \"off\""),
+                )
+            });
         }
         let tls = raw.tls.map(|t| self.tls(t, listen, admin)).transpose()?;
         let resolver = match &raw.resolver {
@@ -969,7 +1058,7 @@ impl Validator<'_> {
             self.err(
                 "client.max-body-size",
                 format!(
-                    "`{}` is not a size (expected bytes, or e.g. \"512k\", \"10m\", \"1g\"; 0 for no limit)",
+                    "{} is not a size (expected a whole number of bytes, or a number with k, m or g in quotes, e.g. \"512k\", \"10m\", \"1g\"; 0 for no limit)",
                     c.max_body_size
                 ),
             )
@@ -1082,7 +1171,7 @@ impl Validator<'_> {
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
                 return Err(self.err(
                     format!("{skey}.weight"),
-                    format!("{} is out of range (expected 1..={MAX_WEIGHT})", s.weight),
+                    format!("{} is out of range (expected 1 to {MAX_WEIGHT})", s.weight),
                 ));
             }
             match parse_server(&s.address).map_err(|why| self.err(skey.clone(), why.to_string()))? {
@@ -1166,7 +1255,7 @@ impl Validator<'_> {
             return Err(self.err(
                 key("retries"),
                 format!(
-                    "{} is too many (expected 0..={MAX_RETRIES}: tries after the first)",
+                    "{} is too many (expected 0 to {MAX_RETRIES}: tries after the first)",
                     u.retries
                 ),
             ));
@@ -1179,14 +1268,14 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 key(&format!("retry-on-status[{j}]")),
-                format!("{code} is not an error status (expected 400..=599, e.g. 502, 503)"),
+                format!("{code} is not an error status (expected 400 to 599, e.g. 502, 503)"),
             ));
         }
         if u.retry_budget_percent > 100 {
             return Err(self.err(
                 key("retry-budget-percent"),
                 format!(
-                    "{} is not a percentage (expected 0..=100)",
+                    "{} is not a percentage (expected 0 to 100)",
                     u.retry_budget_percent
                 ),
             ));
@@ -1331,7 +1420,9 @@ enum AddressError {
         address: String,
     },
     /// The part after the last `:` is not a port.
-    #[error("`{address}`: `{port}` is not a port (1..=65535; {SERVER_FORMS})")]
+    #[error(
+        "`{address}`: `{port}` is not a port (a port is a number from 1 to 65535; {SERVER_FORMS})"
+    )]
     BadPort {
         /// The address as written.
         address: String,
@@ -1513,14 +1604,14 @@ health-check = { interval = "500ms" }
     #[test]
     fn unknown_keys_are_named() {
         let e = error_of(&MINIMAL.replace("plugins = \"plugins\"", "plugin = \"plugins\""));
-        assert!(e.contains("unknown field `plugin`"), "{e}");
+        assert!(e.contains("unknown key `plugin`"), "{e}");
         let e = error_of(&format!("{MINIMAL}wieght = 2\n"));
         assert!(e.contains("wieght"), "{e}");
         let e = error_of(&MINIMAL.replace(
             "\"127.0.0.1:5003\"",
             "{ address = \"127.0.0.1:5003\", wieght = 2 }",
         ));
-        assert!(e.contains("unknown field `wieght`"), "{e}");
+        assert!(e.contains("unknown key `wieght`"), "{e}");
     }
 
     #[test]
@@ -1643,14 +1734,20 @@ health-check = { interval = "500ms" }
         assert_eq!(tls.key, Path::new("certs/key.pem"));
         assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(90));
         let e = error_of(&format!("{MINIMAL}\n[tls]\ncert = \"c.pem\"\n"));
-        assert!(e.contains("missing field `key`"), "{e}");
+        assert!(e.contains("`tls`: missing key `key`"), "{e}");
     }
 
     #[test]
     fn type_errors_come_with_line_and_key() {
         let e = error_of(&MINIMAL.replace("\"127.0.0.1:5001\", ", "5001, "));
-        assert!(e.contains("line"), "{e}");
+        assert!(
+            e.starts_with("test.toml:8:12: `upstream[0].servers[0]`: "),
+            "{e}"
+        );
         let e = error_of(&format!("{MINIMAL}connect-timeout = \"soon\"\n"));
-        assert!(e.contains("connect-timeout") || e.contains("line"), "{e}");
+        assert!(
+            e.starts_with("test.toml:9:19: `upstream[0].connect-timeout`: expected a duration"),
+            "{e}"
+        );
     }
 }
