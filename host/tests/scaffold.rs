@@ -8,7 +8,9 @@
 //! The builds use the `cargo` on PATH, as a user would (rustup reads the
 //! project's own `rust-toolchain.toml`). Each project's `target/` is a link
 //! into this workspace's `target/scaffold/`, so reruns are incremental;
-//! the first run downloads and compiles wit-bindgen.
+//! the first run downloads and compiles wit-bindgen. The JavaScript
+//! project needs Node.js 20 or newer with npm (the test fails, never
+//! skips, without them) and npm's registry or its cache.
 
 #![cfg(unix)]
 
@@ -346,4 +348,107 @@ fn a_bad_name_or_an_existing_directory_is_refused_and_nothing_is_written() {
     std::fs::create_dir(&empty).expect("mkdir");
     new(root.path(), &["strategy", "fine", "--dir", "empty"]);
     assert!(empty.join("src/lib.rs").is_file());
+}
+
+/// Runs `npm <args>` in `dir`; fails the test, with what to install, when
+/// npm is missing or the command fails.
+fn npm(dir: &Path, args: &[&str]) {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run npm ({e}): the JavaScript template needs Node.js 20 or newer with npm \
+                 (Debian/Ubuntu: `apt-get install nodejs npm`, or https://nodejs.org)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "npm {args:?} in {} failed:\n{}{}",
+        dir.display(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_new_javascript_strategy_builds_with_npm_checks_and_simulates() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let said = new(root.path(), &["strategy", "my-js", "--lang", "js"]);
+    assert!(
+        said.contains("created the strategy `my-js` (JavaScript)"),
+        "{said}"
+    );
+    let dir = root.path().join("my-js");
+    for file in [
+        "package.json",
+        "package-lock.json",
+        "strategy.js",
+        "wit/balancer.wit",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing; said {said}");
+    }
+    // The README's build step (the npm cache makes reruns quick).
+    npm(&dir, &["install", "--no-audit", "--no-fund"]);
+    npm(&dir, &["run", "build"]);
+    assert!(dir.join("dist/my-js.wasm").is_file());
+
+    let ok = check(&dir);
+    assert!(
+        ok.contains(
+            "switchyard.toml: configuration OK; upstreams: app (3 servers, strategy my-js)"
+        ),
+        "{ok}"
+    );
+    let out = switchyard(
+        &dir,
+        &[
+            "simulate",
+            "--plugin",
+            "dist/my-js.wasm",
+            "--generate",
+            "3000",
+            "--rate",
+            "300",
+            "--latency",
+            "10ms,3=50ms",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        text(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let split: Vec<u64> = report["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["requests"].as_u64().expect("requests"))
+        .collect();
+    assert_eq!(split.iter().sum::<u64>(), 3000, "{report:#}");
+    assert!(split.iter().all(|&n| n > 0), "{split:?}");
+    assert!(split[2] < split[0] && split[2] < split[1], "{split:?}");
+    assert_eq!(report["plugin_failures"]["total"], 0, "{report:#}");
+
+    let out = switchyard(
+        &dir,
+        &[
+            "simulate",
+            "--plugin",
+            "dist/my-js.wasm",
+            "--generate",
+            "10",
+            "--param",
+            "colour=1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("my-js: unknown or invalid parameter `colour`"),
+        "{}",
+        text(&out.stderr)
+    );
 }

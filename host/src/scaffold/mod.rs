@@ -31,6 +31,11 @@ const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
 /// (Cargo.lock; a unit test keeps the two equal).
 const WIT_BINDGEN: &str = "0.63.0";
 
+/// The locked jco toolchain of `examples/js-strategy`, and that package's
+/// name in it.
+const JS_LOCK: &str = include_str!("../../../examples/js-strategy/package-lock.json");
+const JS_EXAMPLE: &str = "switchyard-js-strategy";
+
 /// Longest NAME: a file stem and crate name a person types.
 const MAX_NAME: usize = 64;
 
@@ -346,9 +351,35 @@ fn files(kind: Kind, lang: Lang, name: &str) -> anyhow::Result<Vec<(&'static str
         (Lang::Js, Kind::Admission) => bail!(
             "admission plugins have no JavaScript template yet; use --lang rust (the world `admission` in wit/balancer.wit works from any language with a component toolchain)"
         ),
-        (Lang::Js, Kind::Strategy) => bail!("--lang js is not available yet; use --lang rust"),
+        (Lang::Js, Kind::Strategy) => vec![
+            (
+                "package.json",
+                fill(include_str!("templates/js/package.json")),
+            ),
+            ("package-lock.json", js_lock(name)),
+            (
+                "strategy.js",
+                fill(include_str!("templates/js/strategy.js")),
+            ),
+            ("wit/balancer.wit", WIT.to_owned()),
+            (
+                "switchyard.toml",
+                fill(include_str!("templates/js/switchyard.toml")),
+            ),
+            ("README.md", fill(include_str!("templates/js/README.md"))),
+            (".gitignore", fill(include_str!("templates/js/gitignore"))),
+        ],
     };
     Ok(files)
+}
+
+/// The lock file of `examples/js-strategy` (the jco toolchain its build
+/// and tests use), as the lock of package `name`.
+fn js_lock(name: &str) -> String {
+    JS_LOCK.replace(
+        &format!("\"name\": \"{JS_EXAMPLE}\""),
+        &format!("\"name\": \"{name}\""),
+    )
 }
 
 /// `text` quoted for a POSIX shell when it needs to be.
@@ -416,10 +447,35 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled() {
-        for what in [Kind::Strategy, Kind::Admission] {
-            for (path, text) in files(what, Lang::Rust, "my-plugin").expect("files") {
+        let projects = [
+            (Kind::Strategy, Lang::Rust),
+            (Kind::Admission, Lang::Rust),
+            (Kind::Strategy, Lang::Js),
+        ];
+        for (what, lang) in projects {
+            for (path, text) in files(what, lang, "my-plugin").expect("files") {
                 assert!(!text.contains("{{"), "{path}: {text}");
+                assert!(!text.contains(JS_EXAMPLE), "{path}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn the_js_toolchain_is_the_one_the_example_locks() {
+        let example: serde_json::Value =
+            serde_json::from_str(include_str!("../../../examples/js-strategy/package.json"))
+                .expect("the example's package.json");
+        let ours: serde_json::Value =
+            serde_json::from_str(include_str!("templates/js/package.json"))
+                .expect("the template is JSON");
+        assert_eq!(ours["devDependencies"], example["devDependencies"]);
+        let lock: serde_json::Value =
+            serde_json::from_str(&js_lock("my-plugin")).expect("the lock is JSON");
+        assert_eq!(lock["name"], "my-plugin");
+        assert_eq!(lock["packages"][""]["name"], "my-plugin");
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            example["devDependencies"]
+        );
     }
 }
