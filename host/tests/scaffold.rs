@@ -243,13 +243,19 @@ async fn a_new_admission_plugin_builds_alone_checks_and_limits_live_traffic() {
         text(&out.stderr)
     );
 
-    // Served from the project directory with its own config, only the
-    // addresses changed (free ports, real backends) and a small burst.
+    limits_live_traffic(&dir, "my-gate").await;
+}
+
+/// Serves the admission project in `dir` from its directory with its own
+/// config, only the addresses changed (free ports, real backends) and a
+/// small burst, and checks that plugin `name` lets the burst in and then
+/// answers 429 with its reason and `Retry-After`.
+async fn limits_live_traffic(dir: &Path, name: &str) {
     let live = backends(3).await;
     let config = std::fs::read_to_string(dir.join("switchyard.toml"))
         .expect("config")
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace("admin = \"127.0.0.1:9090\"", "admin = \"off\"")
+        .replace("admin = \"127.0.0.1:9090\"", "admin = \"127.0.0.1:0\"")
         .replace("{ rate = 10, burst = 20 }", "{ rate = 1, burst = 5 }")
         .replace(
             "[\"127.0.0.1:5001\", \"127.0.0.1:5002\", \"127.0.0.1:5003\"]",
@@ -263,7 +269,7 @@ async fn a_new_admission_plugin_builds_alone_checks_and_limits_live_traffic() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
     command
         .args(["run", "--config", "test.toml"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("RUST_LOG", "info");
     let proxy = Running::spawn(command);
 
@@ -289,10 +295,25 @@ async fn a_new_admission_plugin_builds_alone_checks_and_limits_live_traffic() {
     assert!(
         refused
             .body
-            .contains("too many requests from your address (my-gate)"),
+            .contains(&format!("too many requests from your address ({name})")),
         "{refused:?}"
     );
     assert!(refused.headers.contains_key("retry-after"), "{refused:?}");
+    // Every answer was the plugin's own: none was a failure the proxy
+    // covered for (`fail-open` would let a bad answer through).
+    let admin = proxy.admin.expect("the admin API is on");
+    let metrics = admin_get_at(admin, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let calls: f64 = samples(&metrics.body, "switchyard_admission_plugin_calls_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    let failures: f64 = samples(&metrics.body, "switchyard_admission_plugin_failures_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(calls, statuses.len() as f64, "{}", metrics.body);
+    assert_eq!(failures, 0.0, "{}", metrics.body);
     drop(proxy);
 }
 
@@ -451,4 +472,27 @@ fn a_new_javascript_strategy_builds_with_npm_checks_and_simulates() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_javascript_admission_plugin_builds_with_npm_checks_and_limits_live_traffic() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let said = new(root.path(), &["admission", "my-js-gate", "--lang", "js"]);
+    assert!(
+        said.contains("created the admission plugin `my-js-gate` (JavaScript)"),
+        "{said}"
+    );
+    let dir = root.path().join("my-js-gate");
+    assert!(dir.join("admission.js").is_file(), "{said}");
+    let at = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        npm(&at, &["install", "--no-audit", "--no-fund"]);
+        npm(&at, &["run", "build"]);
+    })
+    .await
+    .expect("npm");
+    assert!(dir.join("dist/my-js-gate.wasm").is_file());
+    let ok = check(&dir);
+    assert!(ok.contains("switchyard.toml: configuration OK"), "{ok}");
+    limits_live_traffic(&dir, "my-js-gate").await;
 }

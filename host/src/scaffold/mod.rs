@@ -348,27 +348,37 @@ fn files(kind: Kind, lang: Lang, name: &str) -> anyhow::Result<Vec<(&'static str
                 (".gitignore", fill(include_str!("templates/rust/gitignore"))),
             ]
         }
-        (Lang::Js, Kind::Admission) => bail!(
-            "admission plugins have no JavaScript template yet; use --lang rust (the world `admission` in wit/balancer.wit works from any language with a component toolchain)"
-        ),
-        (Lang::Js, Kind::Strategy) => vec![
-            (
-                "package.json",
-                fill(include_str!("templates/js/package.json")),
-            ),
-            ("package-lock.json", js_lock(name)),
-            (
-                "strategy.js",
-                fill(include_str!("templates/js/strategy.js")),
-            ),
-            ("wit/balancer.wit", WIT.to_owned()),
-            (
-                "switchyard.toml",
-                fill(include_str!("templates/js/switchyard.toml")),
-            ),
-            ("README.md", fill(include_str!("templates/js/README.md"))),
-            (".gitignore", fill(include_str!("templates/js/gitignore"))),
-        ],
+        (Lang::Js, _) => {
+            let (source, code, world, config, readme) = match kind {
+                Kind::Strategy => (
+                    "strategy.js",
+                    include_str!("templates/js/strategy.js"),
+                    "balancer",
+                    include_str!("templates/js/strategy.switchyard.toml"),
+                    include_str!("templates/js/strategy.README.md"),
+                ),
+                Kind::Admission => (
+                    "admission.js",
+                    include_str!("templates/js/admission.js"),
+                    "admission",
+                    include_str!("templates/js/admission.switchyard.toml"),
+                    include_str!("templates/js/admission.README.md"),
+                ),
+            };
+            let package = include_str!("templates/js/package.json")
+                .replace("{{source}}", source)
+                .replace("{{world}}", world)
+                .replace("{{noun}}", kind.noun());
+            vec![
+                ("package.json", fill(&package)),
+                ("package-lock.json", js_lock(name)),
+                (source, fill(code)),
+                ("wit/balancer.wit", WIT.to_owned()),
+                ("switchyard.toml", fill(config)),
+                ("README.md", fill(readme)),
+                (".gitignore", fill(include_str!("templates/js/gitignore"))),
+            ]
+        }
     };
     Ok(files)
 }
@@ -451,6 +461,7 @@ mod tests {
             (Kind::Strategy, Lang::Rust),
             (Kind::Admission, Lang::Rust),
             (Kind::Strategy, Lang::Js),
+            (Kind::Admission, Lang::Js),
         ];
         for (what, lang) in projects {
             for (path, text) in files(what, lang, "my-plugin").expect("files") {
@@ -465,9 +476,10 @@ mod tests {
         let example: serde_json::Value =
             serde_json::from_str(include_str!("../../../examples/js-strategy/package.json"))
                 .expect("the example's package.json");
-        let ours: serde_json::Value =
-            serde_json::from_str(include_str!("templates/js/package.json"))
-                .expect("the template is JSON");
+        let ours: serde_json::Value = serde_json::from_str(
+            &files(Kind::Strategy, Lang::Js, "my-plugin").expect("files")[0].1,
+        )
+        .expect("package.json is JSON");
         assert_eq!(ours["devDependencies"], example["devDependencies"]);
         let lock: serde_json::Value =
             serde_json::from_str(&js_lock("my-plugin")).expect("the lock is JSON");
