@@ -1,7 +1,10 @@
 //! `switchyard simulate`: replays a request trace through a strategy
 //! offline, in virtual time, and reports the split, the simulated latency
 //! and how many decisions per second the plugin makes, so a strategy can be
-//! compared with another before it is deployed.
+//! compared with another before it is deployed. `--compare A,B,...` runs
+//! several strategies one after the other on the same requests (same
+//! inputs and seed: the same arrivals, clients and service-time draws) and
+//! prints them side by side.
 //!
 //! The strategy runs exactly as in the proxy: the same [`Runtime`] compiles
 //! it, [`Strategy::prepare`] runs its `init` and `set-backends`, and every

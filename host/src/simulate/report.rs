@@ -1,7 +1,9 @@
 //! What `switchyard simulate` prints: the split, simulated latency
 //! (overall and per backend), rejects and plugin failures, how clients
 //! spread, and the plugin's decisions per second. A text table by default,
-//! one JSON object with `--json` (same figures, latencies in ms).
+//! one JSON object with `--json` (same figures, latencies in ms). With
+//! `--compare`, one column per strategy (`compare_text`), or every full
+//! report under `strategies` as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
