@@ -120,6 +120,7 @@ fn a_new_strategy_builds_alone_checks_and_simulates() {
     );
     for file in [
         "Cargo.toml",
+        "Cargo.lock",
         "rust-toolchain.toml",
         "src/lib.rs",
         "wit/balancer.wit",
@@ -139,6 +140,30 @@ fn a_new_strategy_builds_alone_checks_and_simulates() {
     build(&dir, "strategy");
     let wasm = dir.join("target/wasm32-wasip2/release/my_strategy.wasm");
     assert!(wasm.is_file(), "the build wrote no {}", wasm.display());
+    // It built with the crates this repository builds its plugins with.
+    let locked = |path: &Path| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(path).expect("read a Cargo.lock");
+        let lock: toml::Table = toml::from_str(&text).expect("Cargo.lock is TOML");
+        lock["package"]
+            .as_array()
+            .expect("packages")
+            .iter()
+            .filter(|p| p.get("source").is_some())
+            .map(|p| {
+                let field = |k: &str| p[k].as_str().expect("name and version").to_owned();
+                (field("name"), field("version"))
+            })
+            .collect()
+    };
+    let ours = locked(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"));
+    let theirs = locked(&dir.join("Cargo.lock"));
+    assert!(theirs.iter().any(|(n, _)| n == "wit-bindgen"), "{theirs:?}");
+    for package in &theirs {
+        assert!(
+            ours.contains(package),
+            "{package:?} is not in this repository's Cargo.lock"
+        );
+    }
 
     let ok = check(&dir);
     assert!(

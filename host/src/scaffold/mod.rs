@@ -6,7 +6,9 @@
 //! A Rust project is a crate with a `[workspace]` of its own (so an
 //! enclosing workspace neither swallows it nor imposes its lints), built as
 //! a `cdylib` for `wasm32-wasip2` with the `wit-bindgen` version this
-//! repository builds its own plugins with, the toolchain file of this
+//! repository builds its own plugins with (and a `Cargo.lock` holding the
+//! versions of its dependencies from this repository's), the toolchain
+//! file of this
 //! repository (so rustup installs the same channel and the target), a copy
 //! of the WIT contract, a working `src/lib.rs` to change, a
 //! `switchyard.toml` that serves the build output, and a README with the
@@ -16,6 +18,7 @@
 //! Nothing is ever overwritten: an existing non-empty directory is refused
 //! before anything is written, and every file is created new.
 
+use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,10 @@ const WIT_BINDGEN: &str = "0.63.0";
 /// name in it.
 const JS_LOCK: &str = include_str!("../../../examples/js-strategy/package-lock.json");
 const JS_EXAMPLE: &str = "switchyard-js-strategy";
+
+/// This repository's lock file: a new Rust project's `Cargo.lock` is the
+/// part of it that `wit-bindgen` needs (see [`rust_lock`]).
+const WORKSPACE_LOCK: &str = include_str!("../../../Cargo.lock");
 
 /// Longest NAME: a file stem and crate name a person types.
 const MAX_NAME: usize = 64;
@@ -340,6 +347,7 @@ fn files(kind: Kind, lang: Lang, name: &str) -> anyhow::Result<Vec<(&'static str
                     "Cargo.toml",
                     fill(include_str!("templates/rust/Cargo.toml")),
                 ),
+                ("Cargo.lock", rust_lock(name)?),
                 ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
                 ("src/lib.rs", fill(lib)),
                 ("wit/balancer.wit", WIT.to_owned()),
@@ -381,6 +389,128 @@ fn files(kind: Kind, lang: Lang, name: &str) -> anyhow::Result<Vec<(&'static str
         }
     };
     Ok(files)
+}
+
+/// One `[[package]]` of a Cargo.lock.
+struct Locked<'a> {
+    name: &'a str,
+    version: &'a str,
+    source: Option<&'a str>,
+    checksum: Option<&'a str>,
+    dependencies: Vec<&'a str>,
+}
+
+/// The `Cargo.lock` of a new Rust project `name`: `wit-bindgen`
+/// [`WIT_BINDGEN`] and everything it depends on, at the versions this
+/// repository's lock holds, in Cargo's format. The first build thus uses
+/// exactly the crates this repository builds its plugins with, rather than
+/// whatever is newest that day, and works offline once they are
+/// downloaded. (It may drop a few dependency edges there: this
+/// repository's lock also holds those that features enabled by its other
+/// crates add; the versions stay.)
+fn rust_lock(name: &str) -> anyhow::Result<String> {
+    let lock: toml::Table =
+        toml::from_str(WORKSPACE_LOCK).context("the built-in Cargo.lock is not TOML")?;
+    fn text<'a>(v: &'a toml::Value, key: &str) -> Option<&'a str> {
+        v.get(key).and_then(toml::Value::as_str)
+    }
+    let packages: Vec<Locked<'_>> = lock
+        .get("package")
+        .and_then(toml::Value::as_array)
+        .context("the built-in Cargo.lock has no packages")?
+        .iter()
+        .map(|p| {
+            Ok(Locked {
+                name: text(p, "name").context("a locked package without a name")?,
+                version: text(p, "version").context("a locked package without a version")?,
+                source: text(p, "source"),
+                checksum: text(p, "checksum"),
+                dependencies: p
+                    .get("dependencies")
+                    .and_then(toml::Value::as_array)
+                    .map(|d| d.iter().filter_map(toml::Value::as_str).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // A dependency is written `name`, `name version` or `name version (source)`.
+    let find = |dep: &str| {
+        let mut words = dep.split(' ');
+        let name = words.next().unwrap_or_default();
+        let version = words.next();
+        packages
+            .iter()
+            .position(|p| p.name == name && version.is_none_or(|v| p.version == v))
+            .with_context(|| format!("the built-in Cargo.lock lacks `{dep}`"))
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    let mut todo = vec![find(&format!("wit-bindgen {WIT_BINDGEN}"))?];
+    while let Some(i) = todo.pop() {
+        if needed.insert(i) {
+            for dep in &packages[i].dependencies {
+                todo.push(find(dep)?);
+            }
+        }
+    }
+    let root = Locked {
+        name,
+        version: "0.1.0",
+        source: None,
+        checksum: None,
+        dependencies: Vec::new(),
+    };
+    let mut kept: Vec<&Locked<'_>> = needed.iter().map(|&i| &packages[i]).collect();
+    kept.push(&root);
+    let order = |p: &Locked<'_>| (p.name.to_owned(), version_key(p.version));
+    kept.sort_by_key(|p| order(p));
+    // Cargo writes a dependency's version only where its name is ambiguous.
+    let ambiguous = |name: &str| kept.iter().filter(|p| p.name == name).count() > 1;
+    let mut out = String::from(
+        "# This file is automatically @generated by Cargo.\n# It is not intended for manual editing.\nversion = 4\n",
+    );
+    for p in &kept {
+        let mut deps: Vec<&Locked<'_>> = if std::ptr::eq(*p, &root) {
+            vec![&packages[find(&format!("wit-bindgen {WIT_BINDGEN}"))?]]
+        } else {
+            p.dependencies
+                .iter()
+                .map(|d| find(d).map(|i| &packages[i]))
+                .collect::<anyhow::Result<_>>()?
+        };
+        deps.sort_by_key(|d| order(d));
+        let _ = write!(
+            out,
+            "\n[[package]]\nname = \"{}\"\nversion = \"{}\"\n",
+            p.name, p.version
+        );
+        if let Some(source) = p.source {
+            let _ = writeln!(out, "source = \"{source}\"");
+        }
+        if let Some(checksum) = p.checksum {
+            let _ = writeln!(out, "checksum = \"{checksum}\"");
+        }
+        if !deps.is_empty() {
+            out.push_str("dependencies = [\n");
+            for d in deps {
+                if ambiguous(d.name) {
+                    let _ = writeln!(out, " \"{} {}\",", d.name, d.version);
+                } else {
+                    let _ = writeln!(out, " \"{}\",", d.name);
+                }
+            }
+            out.push_str("]\n");
+        }
+    }
+    Ok(out)
+}
+
+/// `1.0.104` as numbers, for ordering versions as Cargo does (a
+/// pre-release part, rare among these, compares as text).
+fn version_key(version: &str) -> Vec<(u64, String)> {
+    version
+        .split(['.', '-', '+'])
+        .map(|part| (part.parse().unwrap_or(u64::MAX), part.to_owned()))
+        .collect()
 }
 
 /// The lock file of `examples/js-strategy` (the jco toolchain its build
@@ -440,6 +570,33 @@ mod tests {
     /// `0.63` -> `0.63.`, so that `0.63.0` matches and `0.630.0` does not.
     fn semver_prefix(version: &str) -> String {
         format!("{}.", version.trim_start_matches(['^', '=']))
+    }
+
+    #[test]
+    fn the_lock_holds_what_wit_bindgen_needs_at_this_repositorys_versions() {
+        let text = rust_lock("my-plugin").expect("a lock");
+        let lock: toml::Table = toml::from_str(&text).expect("TOML");
+        let packages = lock["package"].as_array().expect("packages");
+        let find = |name: &str| {
+            packages
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert_eq!(find("wit-bindgen")["version"].as_str(), Some(WIT_BINDGEN));
+        assert_eq!(
+            find("my-plugin")["dependencies"],
+            toml::Value::Array(vec!["wit-bindgen".into()])
+        );
+        find("wit-bindgen-rust-macro");
+        for p in packages {
+            let name = p["name"].as_str().expect("name");
+            assert!(
+                name != "wasmtime" && name != "switchyard",
+                "{name} is not needed"
+            );
+        }
+        assert!(text.starts_with("# This file is automatically @generated by Cargo."));
     }
 
     #[test]
