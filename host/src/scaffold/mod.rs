@@ -6,14 +6,15 @@
 //! A Rust project is a crate with a `[workspace]` of its own (so an
 //! enclosing workspace neither swallows it nor imposes its lints), built as
 //! a `cdylib` for `wasm32-wasip2` with the `wit-bindgen` version this
-//! repository builds its own plugins with (and a `Cargo.lock` holding the
-//! versions of its dependencies from this repository's), the toolchain
-//! file of this
-//! repository (so rustup installs the same channel and the target), a copy
-//! of the WIT contract, a working `src/lib.rs` to change, a
+//! repository builds its own plugins with (and a `Cargo.lock` holding its
+//! dependencies at this repository's versions), this repository's
+//! toolchain file (so rustup installs the same channel and the target), a
+//! copy of the WIT contract, a working `src/lib.rs` to change, a
 //! `switchyard.toml` that serves the build output, and a README with the
-//! build, test and deploy steps. The templates are the files under
-//! `templates/`, built into the binary.
+//! build, test and deploy steps. A JavaScript project (`--lang js`) is the
+//! same around `strategy.js` or `admission.js`, built by `npm run build`
+//! with the jco toolchain `examples/js-strategy` locks. The templates are
+//! the files under `templates/`, built into the binary.
 //!
 //! Nothing is ever overwritten: an existing non-empty directory is refused
 //! before anything is written, and every file is created new.
