@@ -14,7 +14,7 @@
 //! | 3 | [`plugin`] | the Wasm strategy runtime (compile, per-thread instances, deadlines, fallback), the built-in strategies |
 //! | 4 | [`gateway`] | the running state reloads swap: upstreams, routes, the reloader, the health and discovery loops |
 //! | 5 | [`proxy`] | the request path: listeners, the exchange, the response body, tunnels |
-//! | 6 | [`admin`], [`simulate`], [`demo`] | the admin API and dashboard, offline replay, demo backends |
+//! | 6 | [`admin`], [`simulate`], [`demo`], [`scaffold`] | the admin API and dashboard, offline replay, demo backends, `switchyard new` |
 //! | 7 | this file, `main.rs` | starting and stopping a [`Proxy`]; the command line |
 
 #![forbid(unsafe_code)]
@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod limit;
 pub mod plugin;
 pub mod proxy;
+pub mod scaffold;
 pub mod simulate;
 pub mod wire;
 

@@ -88,6 +88,11 @@ enum Command {
     /// through a strategy offline, in virtual time, and print the split,
     /// simulated latency and the plugin's decisions per second.
     Simulate(switchyard::simulate::Args),
+    /// Start a strategy or admission plugin of your own: write a standalone
+    /// project (Rust or JavaScript) that builds to a component, with the
+    /// WIT, a working skeleton, a switchyard.toml serving the build, and a
+    /// README with the build, test and deploy steps.
+    New(switchyard::scaffold::Args),
 }
 
 fn main() -> ExitCode {
@@ -174,6 +179,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::New(args) => switchyard::scaffold::run(&args, &mut std::io::stdout().lock()),
     }
 }
 

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("admin", 6),
     ("simulate", 6),
     ("demo", 6),
+    ("scaffold", 6),
 ];
 
 /// The crate root (`lib.rs`) sits on top of everything.

@@ -568,3 +568,117 @@ async fn a_real_text_access_log_replays_every_request() {
     assert_eq!(r["trace"]["lines"]["access-text"], 12);
     assert_eq!(r["clients"]["on_several_backends"], 0);
 }
+
+/// The cells of the `--compare` table row that starts with `label`.
+fn row<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no row {label:?} in:\n{text}"));
+    line[label.len()..]
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[test]
+fn compare_prints_one_column_per_strategy_on_the_same_requests() {
+    let pair = format!("{ROUND_ROBIN},{LEAST_CONN}");
+    let common = [
+        "--generate",
+        "3000",
+        "--rate",
+        "300",
+        "--latency",
+        "10ms,3=200ms",
+        "--seed",
+        "7",
+    ];
+    let mut args = vec!["--compare", pair.as_str()];
+    args.extend(common);
+    let (code, text, stderr) = simulate(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.starts_with("2 strategies over 3 backends on the same requests, seed 7\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  round_robin: {ROUND_ROBIN}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  least_conn: {LEAST_CONN}\n")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["round_robin", "least_conn"])),
+        "a title row with one column per strategy: {text}"
+    );
+    // Round robin's column: the exact split; least-conn's: the slow b3 avoided.
+    for b in ["b1 (10ms)", "b2 (10ms)"] {
+        assert_eq!(row(&text, b)[0], "1000 33.3%", "{text}");
+    }
+    let slow = row(&text, "b3 (200ms)");
+    assert_eq!(slow[0], "1000 33.3%", "{text}");
+    let least: u64 = slow[1]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count: {text}"));
+    assert!(least < 500, "{text}");
+    for label in ["rejected", "plugin failures"] {
+        assert_eq!(row(&text, label), ["0", "0"], "{text}");
+    }
+    for label in ["p50 ms", "p99 ms", "decisions/s", "ns per pick"] {
+        assert_eq!(row(&text, label).len(), 2, "{label}: {text}");
+    }
+
+    // The same runs as --plugin gives, one after the other.
+    let mut json = args.clone();
+    json.push("--json");
+    let (code, out, stderr) = simulate(&json);
+    assert_eq!(code, 0, "{stderr}");
+    let both: Value = serde_json::from_str(&out).expect("JSON");
+    let reports = both["strategies"].as_array().expect("strategies");
+    assert_eq!(reports.len(), 2, "{both:#}");
+    assert_eq!(reports[0]["plugin"], ROUND_ROBIN);
+    assert_eq!(reports[1]["plugin"], LEAST_CONN);
+    assert_eq!(split(&reports[0]), vec![1000, 1000, 1000]);
+    assert_eq!(
+        reports[0]["trace"], reports[1]["trace"],
+        "the same requests"
+    );
+    let mut alone = vec!["--plugin", LEAST_CONN];
+    alone.extend(common);
+    assert_eq!(split(&reports[1]), split(&report(&alone)));
+    assert_eq!(split(&reports[1])[2], least);
+}
+
+#[test]
+fn compare_needs_two_strategies_that_all_load() {
+    let (code, _, stderr) = simulate(&["--compare", ROUND_ROBIN, "--generate", "10"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--compare needs at least two strategies"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.wasm").display().to_string();
+    let pair = format!("round-robin,{missing}");
+    let (code, _, stderr) = simulate(&["--compare", &pair, "--generate", "10"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("--compare: strategy {missing}")),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = simulate(&["--generate", "10"]);
+    assert_eq!(code, 2, "clap's usage error");
+    assert!(
+        stderr.contains("--plugin <FILE>|--compare <A,B,...>"),
+        "{stderr}"
+    );
+}

@@ -14,12 +14,18 @@ use crate::base::config::{MAX_WEIGHT, ServerConfig};
 /// The arguments of `switchyard simulate`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "generate"])))]
+#[command(group(clap::ArgGroup::new("strategy").required(true).args(["plugin", "compare"])))]
 pub struct Args {
     /// The strategy component (a `.wasm` file), or the name of a reference
     /// strategy built into the binary (`round-robin`, `least-conn`,
     /// `ip-hash`) when no such file exists.
     #[arg(long, value_name = "FILE")]
-    pub plugin: PathBuf,
+    pub plugin: Option<PathBuf>,
+    /// Run two or more strategies (files or reference names, as
+    /// --plugin) on the same requests, seed and model, and print them side
+    /// by side: one column per strategy.
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',', num_args = 1.., conflicts_with = "by_client")]
+    pub compare: Vec<PathBuf>,
     /// Number of backends: ids b1..bN, addresses 10.0.0.1:80, 10.0.0.2:80, ...
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub backends: u32,

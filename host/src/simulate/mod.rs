@@ -1,7 +1,10 @@
 //! `switchyard simulate`: replays a request trace through a strategy
 //! offline, in virtual time, and reports the split, the simulated latency
 //! and how many decisions per second the plugin makes, so a strategy can be
-//! compared with another before it is deployed.
+//! compared with another before it is deployed. `--compare A,B,...` runs
+//! several strategies one after the other on the same requests (same
+//! inputs and seed: the same arrivals, clients and service-time draws) and
+//! prints them side by side.
 //!
 //! The strategy runs exactly as in the proxy: the same [`Runtime`] compiles
 //! it, [`Strategy::prepare`] runs its `init` and `set-backends`, and every
@@ -39,7 +42,13 @@ use crate::plugin::{Runtime, Strategy};
 /// Runs the simulation `args` describe and writes the report to `out`.
 /// Blocking and CPU-bound (one thread): call it off an async runtime.
 pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
-    let report = simulate(args)?;
+    if !args.compare.is_empty() {
+        return compare(args, out);
+    }
+    let Some(plugin) = &args.plugin else {
+        bail!("give a strategy (--plugin FILE) or several (--compare A,B,...)");
+    };
+    let report = simulate(args, plugin)?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
@@ -50,7 +59,34 @@ pub fn run(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn simulate(args: &Args) -> anyhow::Result<Report> {
+/// `--compare`: every strategy on the same requests (same inputs and
+/// seed, so the same arrivals, clients and service-time draws), one after
+/// the other, side by side.
+fn compare(args: &Args, out: &mut dyn Write) -> anyhow::Result<()> {
+    if args.compare.len() < 2 {
+        bail!(
+            "--compare needs at least two strategies, comma-separated (`--compare round-robin,plugins/mine.wasm`); for one, use --plugin"
+        );
+    }
+    let reports = args
+        .compare
+        .iter()
+        .map(|plugin| {
+            simulate(args, plugin)
+                .with_context(|| format!("--compare: strategy {}", plugin.display()))
+        })
+        .collect::<anyhow::Result<Vec<Report>>>()?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report::Comparison::new(&reports))?;
+        writeln!(out)?;
+    } else {
+        out.write_all(report::compare_text(&reports).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn simulate(args: &Args, plugin: &std::path::Path) -> anyhow::Result<Report> {
     check_numbers(args)?;
     let servers = servers(args)?;
     let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
@@ -78,7 +114,7 @@ fn simulate(args: &Args) -> anyhow::Result<Report> {
     }
 
     let runtime = Runtime::new().context("cannot start the plugin runtime")?;
-    let (plugin_label, compiled) = compile(&runtime, &args.plugin)?;
+    let (plugin_label, compiled) = compile(&runtime, plugin)?;
     let set = Arc::new(BackendSet::build(&servers, None));
     let limits = PluginLimits {
         pick_deadline: pick_deadline(&args.pick_deadline)?,

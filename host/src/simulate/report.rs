@@ -1,7 +1,9 @@
 //! What `switchyard simulate` prints: the split, simulated latency
 //! (overall and per backend), rejects and plugin failures, how clients
 //! spread, and the plugin's decisions per second. A text table by default,
-//! one JSON object with `--json` (same figures, latencies in ms).
+//! one JSON object with `--json` (same figures, latencies in ms). With
+//! `--compare`, one column per strategy (`compare_text`), or every full
+//! report under `strategies` as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -324,7 +326,6 @@ impl Report {
     }
 
     fn write_text(&self, out: &mut String) -> std::fmt::Result {
-        let t = &self.trace;
         writeln!(
             out,
             "strategy {} over {} backends, seed {}",
@@ -332,6 +333,13 @@ impl Report {
             self.backends.len(),
             self.seed
         )?;
+        self.write_inputs(out)?;
+        self.write_results(out)
+    }
+
+    /// The trace and the service-time model.
+    fn write_inputs(&self, out: &mut String) -> std::fmt::Result {
+        let t = &self.trace;
         match &t.file {
             None => writeln!(
                 out,
@@ -365,9 +373,11 @@ impl Report {
             Some(sigma) => format!("lognormal (sigma {sigma})"),
             None => format!("{:?}", self.model.distribution).to_lowercase(),
         };
-        writeln!(out, "service times: {shape} around each backend's mean")?;
-        writeln!(out)?;
+        writeln!(out, "service times: {shape} around each backend's mean")
+    }
 
+    fn write_results(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out)?;
         let header = [
             "backend", "address", "weight", "mean", "slots", "requests", "share", "p50 ms",
             "p90 ms", "p99 ms", "max ms", "peak", "queued",
@@ -465,6 +475,130 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `--compare --json`: the full report of every strategy, in the order
+/// given.
+#[derive(Debug, Serialize)]
+pub(super) struct Comparison<'a> {
+    strategies: &'a [Report],
+}
+
+impl<'a> Comparison<'a> {
+    pub(super) fn new(reports: &'a [Report]) -> Self {
+        Self {
+            strategies: reports,
+        }
+    }
+}
+
+/// A strategy's column title: the file stem or the built-in name.
+fn short_name(label: &str) -> String {
+    match label.strip_suffix(" (built in)") {
+        Some(name) => name.to_owned(),
+        None => std::path::Path::new(label)
+            .file_stem()
+            .map_or_else(|| label.to_owned(), |s| s.to_string_lossy().into_owned()),
+    }
+}
+
+/// `--compare`: the inputs once (they are the same for every strategy),
+/// then one column per strategy: the split per backend, rejects, failures,
+/// latency percentiles, stickiness and decisions per second.
+pub(super) fn compare_text(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let _ = write_comparison(&mut out, reports);
+    out
+}
+
+fn write_comparison(out: &mut String, reports: &[Report]) -> std::fmt::Result {
+    let Some(first) = reports.first() else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = reports.iter().map(|r| short_name(&r.plugin)).collect();
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    if distinct.len() < names.len() {
+        names = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{}:{n}", i + 1))
+            .collect();
+    }
+    writeln!(
+        out,
+        "{} strategies over {} backends on the same requests, seed {}",
+        reports.len(),
+        first.backends.len(),
+        first.seed
+    )?;
+    for (name, r) in names.iter().zip(reports) {
+        writeln!(out, "  {name}: {}", r.plugin)?;
+    }
+    first.write_inputs(out)?;
+    writeln!(out)?;
+
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut row = |label: String, cell: &dyn Fn(&Report) -> String| {
+        let mut line = vec![label];
+        line.extend(reports.iter().map(cell));
+        rows.push(line);
+    };
+    row(String::new(), &|_| String::new());
+    for (i, b) in first.backends.iter().enumerate() {
+        let slots = b.slots.map(|s| format!(", {s} slots")).unwrap_or_default();
+        let weight = if b.weight == 1 {
+            String::new()
+        } else {
+            format!(", weight {}", b.weight)
+        };
+        row(
+            format!("{} ({}{weight}{slots})", b.id, b.latency_model),
+            &|r| {
+                r.backends.get(i).map_or("-".into(), |b| {
+                    format!("{} {:.1}%", b.requests, b.share * 100.0)
+                })
+            },
+        );
+    }
+    row("rejected".into(), &|r| r.rejected.to_string());
+    row("plugin failures".into(), &|r| {
+        r.plugin_failures.total.to_string()
+    });
+    type Pick = fn(&Quantiles) -> f64;
+    let quantiles: [(&str, Pick); 5] = [
+        ("p50 ms", |q| q.p50),
+        ("p90 ms", |q| q.p90),
+        ("p99 ms", |q| q.p99),
+        ("max ms", |q| q.max),
+        ("mean ms", |q| q.mean),
+    ];
+    for (label, pick) in quantiles {
+        row(label.into(), &|r| {
+            r.latency_ms
+                .as_ref()
+                .map_or("-".into(), |q| format!("{:.3}", pick(q)))
+        });
+    }
+    row("clients on >1 backend".into(), &|r| {
+        format!("{}/{}", r.clients.on_several_backends, r.clients.distinct)
+    });
+    row("decisions/s".into(), &|r| {
+        format!("{:.0}", r.decisions.per_second)
+    });
+    row("ns per pick".into(), &|r| {
+        format!("{:.0}", r.decisions.mean_ns)
+    });
+    if let Some(header) = rows.first_mut() {
+        for (cell, name) in header.iter_mut().skip(1).zip(&names) {
+            cell.clone_from(name);
+        }
+    }
+    table(out, &rows, &[0])?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "same requests, seed and model for every column; decisions/s is wall-clock and varies between runs"
+    )
 }
 
 fn rate(requests: u64, span_ns: u64) -> f64 {

@@ -31,12 +31,21 @@ impl Running {
 
     /// [`Running::start`] with `RUST_LOG=<filter>`.
     pub fn start_logging(fx: &Fixture, args: &[&str], filter: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
             .arg("run")
             .arg("--config")
             .arg(fx.config_path())
             .args(args)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", filter);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `switchyard run ...` set up by the caller: its
+    /// working directory, config, environment), and waits (up to 20 s)
+    /// for it to log its address.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
