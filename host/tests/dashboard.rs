@@ -11,8 +11,8 @@
 //! `docs/dashboard.png`, shown in the README.
 //!
 //! Needs Chromium at /usr/bin/chromium, Node.js >= 20 and
-//! `npm ci --prefix host/tests/browser`; without them the test fails and
-//! says what to install.
+//! `npm ci --prefix host/tests/browser`: `.ci/setup browser` installs what
+//! is missing; when it cannot, the test fails and says what to install.
 
 mod common;
 
@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// What `.ci/run` has to provide for this test.
+/// What `.ci/setup browser` provides for this test.
 const INSTALL: &str = "apt-get install -y --no-install-recommends chromium (Debian's Chromium \
      at /usr/bin/chromium), Node.js >= 20 with npm on PATH, then `npm ci --prefix host/tests/browser` \
      (playwright-core, pinned in host/tests/browser/package-lock.json)";
@@ -39,9 +39,11 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Fails the test, naming everything that is missing, unless Chromium,
-/// Node.js >= 20 and playwright-core are all there.
+/// Installs Chromium, Node.js and playwright-core when missing
+/// (`.ci/setup browser`, as `.ci/run` does), then fails the test, naming
+/// everything that is still missing, unless all are there.
 fn require_browser_tools(browser_dir: &Path) {
+    setup("browser");
     let mut missing = Vec::new();
     if !Path::new(CHROMIUM).is_file() {
         missing.push(format!("{CHROMIUM} (Debian package `chromium`)"));
@@ -70,7 +72,7 @@ fn require_browser_tools(browser_dir: &Path) {
     }
     assert!(
         missing.is_empty(),
-        "the dashboard browser test cannot run; missing: {}.\n.ci/run must install: {INSTALL}",
+        "the dashboard browser test cannot run; missing: {}.\nIt needs: {INSTALL}",
         missing.join("; ")
     );
 }

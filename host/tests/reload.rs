@@ -427,7 +427,7 @@ async fn in_flight_requests_finish_on_the_old_plugin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_plugins_directory_serves_the_built_in_strategies_until_a_file_arrives_and_after_it_goes() {
+async fn built_in_strategies_serve_until_a_file_arrives_and_after_it_goes() {
     let (_be, fx, proxy) = serve_three(&[], "round-robin", "").await;
     let client = client();
     let mut replies = Vec::new();

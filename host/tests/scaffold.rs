@@ -174,33 +174,7 @@ fn a_new_strategy_builds_alone_checks_and_simulates() {
     );
 
     // The README's test step: b3 five times slower.
-    let out = switchyard(
-        &dir,
-        &[
-            "simulate",
-            "--plugin",
-            "target/wasm32-wasip2/release/my_strategy.wasm",
-            "--generate",
-            "3000",
-            "--rate",
-            "300",
-            "--latency",
-            "10ms,3=50ms",
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "simulate failed: {}",
-        text(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    let split: Vec<u64> = report["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| b["requests"].as_u64().expect("requests"))
-        .collect();
+    let (report, split) = simulated(&dir, "target/wasm32-wasip2/release/my_strategy.wasm");
     assert_eq!(split.iter().sum::<u64>(), 3000, "{report:#}");
     assert!(
         split.iter().all(|&n| n > 0),
@@ -447,33 +421,7 @@ fn a_new_javascript_strategy_builds_with_npm_checks_and_simulates() {
         ),
         "{ok}"
     );
-    let out = switchyard(
-        &dir,
-        &[
-            "simulate",
-            "--plugin",
-            "dist/my-js.wasm",
-            "--generate",
-            "3000",
-            "--rate",
-            "300",
-            "--latency",
-            "10ms,3=50ms",
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "simulate failed: {}",
-        text(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
-    let split: Vec<u64> = report["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| b["requests"].as_u64().expect("requests"))
-        .collect();
+    let (report, split) = simulated(&dir, "dist/my-js.wasm");
     assert_eq!(split.iter().sum::<u64>(), 3000, "{report:#}");
     assert!(split.iter().all(|&n| n > 0), "{split:?}");
     assert!(split[2] < split[0] && split[2] < split[1], "{split:?}");
@@ -520,4 +468,37 @@ async fn a_new_javascript_admission_plugin_builds_with_npm_checks_and_limits_liv
     let ok = check(&dir);
     assert!(ok.contains("switchyard.toml: configuration OK"), "{ok}");
     limits_live_traffic(&dir, "my-js-gate").await;
+}
+
+/// The README's test step on `plugin` (in `dir`): 3000 requests, b3 five
+/// times slower. The JSON report and the requests per backend.
+fn simulated(dir: &Path, plugin: &str) -> (Value, Vec<u64>) {
+    let out = switchyard(
+        dir,
+        &[
+            "simulate",
+            "--plugin",
+            plugin,
+            "--generate",
+            "3000",
+            "--rate",
+            "300",
+            "--latency",
+            "10ms,3=50ms",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        text(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let split = report["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["requests"].as_u64().expect("requests"))
+        .collect();
+    (report, split)
 }
