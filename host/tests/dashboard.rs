@@ -423,6 +423,15 @@ async fn dashboard_shows_live_traffic_and_a_hot_swap() {
         "the log shows no successful plugin reload: {new_reloads:?}"
     );
     assert_eq!(report["strategy"], "round-robin", "strategy shown");
+    // The reference round robin names itself; the test strategy swapped in
+    // over its file declares nothing.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        report["algorithmBefore"],
+        format!("round-robin@{version}"),
+        "algorithm shown before the swap"
+    );
+    assert_eq!(report["algorithm"], "not declared", "algorithm shown after");
     // Both split bars: one segment and one legend line per backend that
     // took picks, named as the backend rows are.
     let backends = report["backends"].as_array().cloned().unwrap_or_default();

@@ -582,3 +582,65 @@ async fn reading_watched_files_triggers_no_reload_and_one_edit_one_reload() {
         "one edit, one reload"
     );
 }
+
+/// A plugin is shown as what it declares itself (its `switchyard:plugin`
+/// section), whatever its file is called: the README's hot swap, least-conn
+/// copied over `round-robin.wasm`, shows as least-conn in `/status`, the
+/// reload log and the metrics; a plugin that declares nothing shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_shown_as_what_it_declares_whatever_its_file_is_called() {
+    let version = env!("CARGO_PKG_VERSION");
+    let (_be, fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
+    let algorithm = |s: &Status| s.upstream(0)["strategy"]["algorithm"].clone();
+    assert_eq!(
+        algorithm(&status(&proxy).await),
+        json!(format!("round-robin@{version}"))
+    );
+
+    fx.install("round-robin", LEAST_CONN);
+    let least_conn = json!(format!("least-conn@{version}"));
+    let shown = eventually(Duration::from_secs(5), || {
+        let (proxy, least_conn) = (&proxy, &least_conn);
+        async move { algorithm(&status(proxy).await) == *least_conn }
+    })
+    .await;
+    assert!(shown.is_some(), "least-conn never shown");
+    let s = status(&proxy).await;
+    assert_eq!(
+        s.upstream(0)["strategy"]["name"],
+        "round-robin",
+        "the file's name stays"
+    );
+    let reloads = s.0["reloads"].as_array().expect("reloads").clone();
+    assert!(
+        reloads.iter().any(|r| r["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(&format!("(least-conn@{version})")))),
+        "{reloads:#?}"
+    );
+    let admin = proxy.admin_addr().expect("admin");
+    let metrics = admin_get_at(admin, "/metrics").await.body;
+    let info = samples(&metrics, "switchyard_plugin_info");
+    let strategy = info
+        .iter()
+        .find(|(l, _)| l["role"] == "strategy")
+        .expect("info");
+    assert_eq!(
+        (
+            strategy.0["plugin"].as_str(),
+            strategy.0["algorithm"].as_str()
+        ),
+        ("round-robin", "least-conn"),
+        "{metrics}"
+    );
+    assert_eq!(strategy.0["version"], version);
+
+    // The test strategy declares nothing.
+    fx.install("round-robin", TEST_STRATEGY);
+    let cleared = eventually(Duration::from_secs(5), || {
+        let proxy = &proxy;
+        async move { algorithm(&status(proxy).await).is_null() }
+    })
+    .await;
+    assert!(cleared.is_some(), "an undeclared plugin still shows a name");
+}

@@ -242,14 +242,16 @@ async fn a_new_admission_plugin_builds_alone_checks_and_limits_live_traffic() {
         text(&out.stderr)
     );
 
-    limits_live_traffic(&dir, "my-gate").await;
+    limits_live_traffic(&dir, "my-gate", "my-gate").await;
 }
 
 /// Serves the admission project in `dir` from its directory with its own
 /// config, only the addresses changed (free ports, real backends) and a
 /// small burst, and checks that plugin `name` lets the burst in and then
-/// answers 429 with its reason and `Retry-After`.
-async fn limits_live_traffic(dir: &Path, name: &str) {
+/// answers 429 with its reason and `Retry-After`; the plugin declares
+/// itself as `declared` (version 0.1.0) in the metrics, or not at all
+/// (`""`).
+async fn limits_live_traffic(dir: &Path, name: &str, declared: &str) {
     let live = backends(3).await;
     let config = std::fs::read_to_string(dir.join("switchyard.toml"))
         .expect("config")
@@ -313,6 +315,14 @@ async fn limits_live_traffic(dir: &Path, name: &str) {
         .sum();
     assert_eq!(calls, statuses.len() as f64, "{}", metrics.body);
     assert_eq!(failures, 0.0, "{}", metrics.body);
+    let info = samples(&metrics.body, "switchyard_plugin_info");
+    let admission = info
+        .iter()
+        .find(|(l, _)| l["role"] == "admission")
+        .unwrap_or_else(|| panic!("no admission plugin in {}", metrics.body));
+    assert_eq!(admission.0["algorithm"], declared, "{}", metrics.body);
+    let version = if declared.is_empty() { "" } else { "0.1.0" };
+    assert_eq!(admission.0["version"], version, "{}", metrics.body);
     drop(proxy);
 }
 
@@ -467,7 +477,7 @@ async fn a_new_javascript_admission_plugin_builds_with_npm_checks_and_limits_liv
     assert!(dir.join("dist/my-js-gate.wasm").is_file());
     let ok = check(&dir);
     assert!(ok.contains("switchyard.toml: configuration OK"), "{ok}");
-    limits_live_traffic(&dir, "my-js-gate").await;
+    limits_live_traffic(&dir, "my-js-gate", "").await;
 }
 
 /// The README's test step on `plugin` (in `dir`): 3000 requests, b3 five

@@ -238,6 +238,12 @@ const FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "plugin_info",
+        help: "1 for each plugin an upstream runs (role strategy, shadow or admission), with the name and version it declares itself (empty when it does not).",
+        unit: None,
+        samples: Samples::Gauge(|s| s.plugin_info()),
+    },
+    Family {
         name: "plugin_picks",
         help: "Picks answered by the plugin.",
         unit: None,
@@ -584,6 +590,37 @@ impl Scrape {
         backends
             .map(|row| (row.labels(), value(&row.backend)))
             .collect()
+    }
+
+    /// One sample per plugin an upstream runs: its role, its file stem and
+    /// what it declares itself.
+    fn plugin_info(&self) -> Vec<(Labels<'_>, i64)> {
+        let mut out = Vec::new();
+        for u in &self.table.upstreams {
+            let mut runs = vec![(
+                "strategy",
+                u.config.strategy.as_str(),
+                Arc::clone(&u.strategy.load().compiled),
+            )];
+            if let Some(shadow) = &u.shadow {
+                let compiled = Arc::clone(&shadow.strategy.load().compiled);
+                runs.push(("shadow", shadow.name.as_str(), compiled));
+            }
+            if let (Some(admission), Some(stem)) = (&u.admission, &u.config.admission_plugin) {
+                let compiled = Arc::clone(&admission.load().compiled);
+                runs.push(("admission", stem.as_str(), compiled));
+            }
+            for (role, stem, compiled) in runs {
+                let declared = compiled.declared.as_ref();
+                let name = declared.map_or(String::new(), |d| d.name.clone());
+                let version = declared.and_then(|d| d.version.clone()).unwrap_or_default();
+                let mut set = labels([("upstream", u.name()), ("plugin", stem), ("role", role)]);
+                set.push(("algorithm", Cow::Owned(name)));
+                set.push(("version", Cow::Owned(version)));
+                out.push((set, 1));
+            }
+        }
+        out
     }
 
     /// One sample per plugin of `rows` and `(value, counter)` pair that

@@ -123,6 +123,9 @@ struct AdmissionStatus {
 struct AdmissionPluginStatus {
     name: String,
     plugin: String,
+    /// What the plugin declares itself, `NAME@VERSION` (`null`: it does
+    /// not; the `switchyard:plugin` custom section).
+    algorithm: Option<String>,
     hash: String,
     loaded_at_ms: u64,
     /// Calls the plugin answered.
@@ -152,6 +155,7 @@ fn admission_plugin(u: &Upstream) -> Option<AdmissionPluginStatus> {
     Some(AdmissionPluginStatus {
         name: u.config.admission_plugin.clone().unwrap_or_default(),
         plugin: compiled.path.display().to_string(),
+        algorithm: compiled.algorithm(),
         hash: format!("{:016x}", compiled.hash),
         loaded_at_ms: unix_ms(compiled.loaded_at),
         calls: st.picks.load(Ordering::Relaxed),
@@ -217,6 +221,10 @@ fn admission(u: &Upstream) -> Option<AdmissionStatus> {
 struct StrategyStatus {
     name: String,
     plugin: String,
+    /// What the plugin declares itself, `NAME@VERSION` (`null`: it does
+    /// not): a least-conn build copied over `round-robin.wasm` has `name`
+    /// `round-robin` and `algorithm` `least-conn@0.1.0`.
+    algorithm: Option<String>,
     hash: String,
     /// The build is the reference copy compiled into the binary.
     builtin: bool,
@@ -239,6 +247,8 @@ struct StrategyStatus {
 struct ShadowStatus {
     name: String,
     plugin: String,
+    /// What the plugin declares itself (`null`: it does not).
+    algorithm: Option<String>,
     hash: String,
     loaded_at_ms: u64,
     /// Picks the shadow was asked for: `agreements + disagreements +
@@ -424,6 +434,7 @@ fn upstream(u: &Upstream) -> UpstreamStatus {
         strategy: StrategyStatus {
             name: u.config.strategy.clone(),
             plugin: compiled.path.display().to_string(),
+            algorithm: compiled.algorithm(),
             hash: format!("{:016x}", compiled.hash),
             builtin,
             loaded_at_ms: unix_ms(compiled.loaded_at),
@@ -454,6 +465,7 @@ fn shadow(u: &Upstream, set: &BackendSet) -> Option<ShadowStatus> {
     Some(ShadowStatus {
         name: shadow.name.clone(),
         plugin: compiled.path.display().to_string(),
+        algorithm: compiled.algorithm(),
         hash: format!("{:016x}", compiled.hash),
         loaded_at_ms: unix_ms(compiled.loaded_at),
         picks: st.picks.load(Ordering::Relaxed),

@@ -305,6 +305,8 @@ pub enum PluginReload {
         path: PathBuf,
         /// Upstreams that switched.
         upstreams: Vec<String>,
+        /// What the new build declares itself (`least-conn@0.1.0`).
+        algorithm: Option<String>,
     },
     /// Same bytes as the loaded build: nothing to do.
     Unchanged {
@@ -631,6 +633,7 @@ impl Gateway {
                 }
             }
         }
+        let algorithm = compiled.algorithm();
         state.compiled.insert(path.to_owned(), compiled);
         if prepared.is_empty() && gates.is_empty() {
             return PluginReload::Unused {
@@ -657,6 +660,7 @@ impl Gateway {
         PluginReload::Swapped {
             path: path.to_owned(),
             upstreams,
+            algorithm,
         }
     }
 }

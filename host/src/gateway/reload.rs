@@ -362,9 +362,17 @@ pub fn reload_config(gateway: &Gateway, path: &Path) -> bool {
 
 fn log_plugin_reload(gateway: &Gateway, outcome: &PluginReload) {
     match outcome {
-        PluginReload::Swapped { path, upstreams } => {
-            tracing::info!(file = %path.display(), upstreams = ?upstreams, "plugin reloaded");
-            let detail = format!("now serving {}", upstreams.join(", "));
+        PluginReload::Swapped {
+            path,
+            upstreams,
+            algorithm,
+        } => {
+            let shown = algorithm.as_deref().unwrap_or("undeclared");
+            tracing::info!(file = %path.display(), upstreams = ?upstreams, algorithm = shown, "plugin reloaded");
+            let detail = match algorithm {
+                Some(algorithm) => format!("now serving {} ({algorithm})", upstreams.join(", ")),
+                None => format!("now serving {}", upstreams.join(", ")),
+            };
             gateway.record_reload(
                 ReloadKind::Plugin,
                 path,

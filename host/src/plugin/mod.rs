@@ -26,6 +26,7 @@ pub mod admission;
 mod bindings;
 pub mod builtin;
 pub mod choice;
+pub mod identity;
 mod imports;
 mod instance;
 pub mod runtime;

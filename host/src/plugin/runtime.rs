@@ -14,6 +14,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 
 use super::bindings::{self, AdmissionIndices, BalancerIndices};
+use super::identity::{self, Declared};
 use super::imports::GuestState;
 use super::sandbox;
 use crate::base::clock::Stopwatch;
@@ -206,6 +207,10 @@ impl Runtime {
             let state = StateExports::find(&component).map_err(mismatch)?;
             (Some(indices), None, state)
         };
+        let declared = identity::declared(bytes).unwrap_or_else(|why| {
+            tracing::warn!(file = %path.display(), "{why}; the plugin is shown by its file name");
+            None
+        });
         let reads_request = component
             .component_type()
             .imports(&self.engine)
@@ -219,6 +224,7 @@ impl Runtime {
             hash: content_hash(bytes),
             size: bytes.len(),
             loaded_at: SystemTime::now(),
+            declared,
             pre,
             indices,
             gate,
@@ -260,6 +266,9 @@ pub struct Compiled {
     pub size: usize,
     /// When it was compiled.
     pub loaded_at: SystemTime,
+    /// The name and version it declares itself (`None`: shown by its file
+    /// stem), see [`super::identity`].
+    pub declared: Option<Declared>,
     pub(super) pre: InstancePre<GuestState>,
     /// A strategy's exports (None: an admission plugin).
     pub(super) indices: Option<BalancerIndices>,
@@ -272,6 +281,11 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// What the plugin declares itself (`least-conn@0.1.0`), if it does.
+    pub fn algorithm(&self) -> Option<String> {
+        self.declared.as_ref().map(ToString::to_string)
+    }
+
     /// Whether the plugin exports the optional `state` interface (carries
     /// its state across reloads).
     pub fn stateful(&self) -> bool {

@@ -153,6 +153,7 @@ async function main() {
         rows,
         entries,
         strategy: q('[data-testid="strategy-name"]') ? q('[data-testid="strategy-name"]').textContent.trim() : null,
+        algorithm: q('[data-testid="strategy-algorithm"]') ? q('[data-testid="strategy-algorithm"]').textContent.trim() : null,
         hash: strategy ? strategy.dataset.hash : null,
         reloadLog: !!q('[data-testid="reload-log"]'),
         // The live split bar and the shadow's: segments, legend names, shares.
@@ -205,6 +206,7 @@ async function main() {
   observed.healthBefore = Object.fromEntries(s.rows.map((r) => [r.id, r.health]));
   observed.splits = s.splits;
   observed.strategyBefore = s.strategy;
+  observed.algorithmBefore = s.algorithm;
   observed.hashBefore = s.hash;
   const known = new Set(s.entries.map((e) => e.key));
   observed.reloadsBefore = s.entries.length;
@@ -245,6 +247,9 @@ async function main() {
   if (!s.strategy || s.strategy === '—') await fail('no strategy name shown');
   if (want && s.strategy !== want.name) await fail(`strategy shown ${JSON.stringify(s.strategy)}, /status says ${JSON.stringify(want.name)}`);
   if (want && s.hash !== want.hash) await fail(`strategy hash shown ${s.hash}, /status says ${want.hash}`);
+  // The test strategy declares no name: the page says so, as /status does.
+  observed.algorithm = s.algorithm;
+  if (want && s.algorithm !== (want.algorithm || 'not declared')) await fail(`algorithm shown ${JSON.stringify(s.algorithm)}, /status says ${JSON.stringify(want.algorithm)}`);
   if (s.state !== 'live') await fail(`connection-state is ${JSON.stringify(s.state)} after the reload`);
   if (consoleErrors.length) await fail(`console errors: ${consoleErrors.slice(0, 3).join(' | ')}`);
 

@@ -203,6 +203,11 @@ impl Guest for ApiKey {
 #[cfg(target_arch = "wasm32")]
 export!(ApiKey);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 13] = *b"api-key@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,3 +161,8 @@ impl Guest for IpHash {
 // this crate runs its unit tests; the linker refuses their WIT names).
 #[cfg(target_arch = "wasm32")]
 export!(IpHash);
+
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 13] = *b"ip-hash@0.1.0";

@@ -247,6 +247,11 @@ impl Guest for LeastConn {
 #[cfg(target_arch = "wasm32")]
 export!(LeastConn);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 16] = *b"least-conn@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::*;

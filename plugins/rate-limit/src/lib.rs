@@ -236,6 +236,11 @@ impl Guest for RateLimit {
 #[cfg(target_arch = "wasm32")]
 export!(RateLimit);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 16] = *b"rate-limit@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::*;

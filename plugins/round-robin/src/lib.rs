@@ -202,3 +202,8 @@ impl Guest for RoundRobin {
 // this crate runs its unit tests; the linker refuses their WIT names).
 #[cfg(target_arch = "wasm32")]
 export!(RoundRobin);
+
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 17] = *b"round-robin@0.1.0";

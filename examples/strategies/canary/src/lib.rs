@@ -205,6 +205,11 @@ impl Guest for Canary {
 #[cfg(target_arch = "wasm32")]
 export!(Canary);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 12] = *b"canary@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::string_array;

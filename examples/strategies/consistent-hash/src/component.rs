@@ -159,3 +159,8 @@ impl Guest for ConsistentHash {
 }
 
 export!(ConsistentHash with_types_in self);
+
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 21] = *b"consistent-hash@0.1.0";

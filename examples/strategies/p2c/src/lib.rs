@@ -225,6 +225,11 @@ impl Guest for P2c {
 #[cfg(target_arch = "wasm32")]
 export!(P2c);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 9] = *b"p2c@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -218,6 +218,11 @@ impl Guest for PeakEwma {
 #[cfg(target_arch = "wasm32")]
 export!(PeakEwma);
 
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 15] = *b"peak-ewma@0.1.0";
+
 #[cfg(test)]
 mod tests {
     use super::Load;

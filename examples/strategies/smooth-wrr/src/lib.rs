@@ -151,3 +151,8 @@ fn decode(bytes: &[u8]) -> Option<Vec<(&str, i64)>> {
 // this crate runs its unit tests; the linker refuses their WIT names).
 #[cfg(target_arch = "wasm32")]
 export!(SmoothWrr);
+
+/// What the proxy shows this build as, whatever its file is called.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; 16] = *b"smooth-wrr@0.1.0";

@@ -132,3 +132,23 @@ impl Guest for Strategy {
 // can also run unit tests of this crate natively.
 #[cfg(target_arch = "wasm32")]
 export!(Strategy);
+
+/// What the proxy shows this build as (in `/status`, the metrics, the
+/// dashboard and the reload log), whatever its file is called:
+/// `name@version` from Cargo.toml, in the `switchyard:plugin` custom
+/// section.
+#[unsafe(link_section = "switchyard:plugin")]
+#[used]
+static PLUGIN: [u8; DECLARED.len()] = declared();
+
+const DECLARED: &str = concat!(env!("CARGO_PKG_NAME"), "@", env!("CARGO_PKG_VERSION"));
+
+const fn declared() -> [u8; DECLARED.len()] {
+    let mut out = [0; DECLARED.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = DECLARED.as_bytes()[i];
+        i += 1;
+    }
+    out
+}
