@@ -73,14 +73,12 @@ impl Proxy {
     /// Binds `config.listen` (and `tls.listen`), loads the certificate,
     /// compiles the plugins and starts serving.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let tls_listener = match &config.tls {
             Some(tls) => Some(
-                TcpListener::bind(tls.listen)
-                    .await
+                bind(tls.listen)
                     .with_context(|| format!("cannot listen on {} (tls.listen)", tls.listen))?,
             ),
             None => None,
@@ -185,4 +183,26 @@ impl Drop for Proxy {
         self.health.abort();
         self.discovery.abort();
     }
+}
+
+/// Connections the kernel queues for a client listener until they are
+/// accepted (capped by `net.core.somaxconn`, 4096 by default since Linux
+/// 5.4). tokio's `TcpListener::bind` asks for 128, like std: a crowd of
+/// clients connecting at once (or `client.max-connections` reached) then
+/// overflows the queue and waits for SYN retries, a second or more each
+/// (examples/bench/HISTORY.md, -c5000). nginx asks for 511, HAProxy for
+/// its `maxconn`.
+pub const BACKLOG: u32 = 4096;
+
+/// A client listener on `addr` with a [`BACKLOG`] queue (and
+/// `SO_REUSEADDR`, as `TcpListener::bind` sets).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }

@@ -445,3 +445,30 @@ async fn http2_cookie_crumbs_reach_the_backend_as_one_line_and_too_many_fields_g
         "nothing more reached the backend"
     );
 }
+
+/// The client listener queues as many connections as the kernel allows up
+/// to `switchyard::BACKLOG` (what `ss -lnt` shows as its Send-Q), not
+/// tokio's default 128: a crowd connecting at once is not left to SYN
+/// retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_listener_has_a_deep_backlog() {
+    let (_be, _fx, proxy) = serve_three(&[("round-robin", ROUND_ROBIN)], "round-robin", "").await;
+    let port = proxy.addr().port();
+    setup("ss");
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("`ss` (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listener on port {port} in `ss` output: {text:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert_eq!(backlog, switchyard::BACKLOG.min(somaxconn), "{text}");
+}
