@@ -593,34 +593,54 @@ impl Scrape {
     }
 
     /// One sample per plugin an upstream runs: its role, its file stem and
-    /// what it declares itself.
+    /// what it declares itself. Strategies and admission plugins as this
+    /// scrape gathered them; shadows from its table.
     fn plugin_info(&self) -> Vec<(Labels<'_>, i64)> {
-        let mut out = Vec::new();
-        for u in &self.table.upstreams {
-            let mut runs = vec![(
+        let strategies = self.strategies.iter().map(|row| {
+            let stem = row.upstream.config.strategy.as_str();
+            (
+                &row.upstream,
                 "strategy",
-                u.config.strategy.as_str(),
-                Arc::clone(&u.strategy.load().compiled),
-            )];
-            if let Some(shadow) = &u.shadow {
-                let compiled = Arc::clone(&shadow.strategy.load().compiled);
-                runs.push(("shadow", shadow.name.as_str(), compiled));
-            }
-            if let (Some(admission), Some(stem)) = (&u.admission, &u.config.admission_plugin) {
-                let compiled = Arc::clone(&admission.load().compiled);
-                runs.push(("admission", stem.as_str(), compiled));
-            }
-            for (role, stem, compiled) in runs {
+                stem,
+                Arc::clone(&row.strategy.compiled),
+            )
+        });
+        let shadows = self.table.upstreams.iter().filter_map(|u| {
+            let shadow = u.shadow.as_ref()?;
+            let compiled = Arc::clone(&shadow.strategy.load().compiled);
+            Some((u, "shadow", shadow.name.as_str(), compiled))
+        });
+        let admissions = self.admissions.iter().map(|row| {
+            let stem = row
+                .upstream
+                .config
+                .admission_plugin
+                .as_deref()
+                .unwrap_or("");
+            (
+                &row.upstream,
+                "admission",
+                stem,
+                Arc::clone(&row.admission.compiled),
+            )
+        });
+        strategies
+            .chain(shadows)
+            .chain(admissions)
+            .map(|(upstream, role, stem, compiled)| {
                 let declared = compiled.declared.as_ref();
                 let name = declared.map_or(String::new(), |d| d.name.clone());
                 let version = declared.and_then(|d| d.version.clone()).unwrap_or_default();
-                let mut set = labels([("upstream", u.name()), ("plugin", stem), ("role", role)]);
+                let mut set = labels([
+                    ("upstream", upstream.name()),
+                    ("plugin", stem),
+                    ("role", role),
+                ]);
                 set.push(("algorithm", Cow::Owned(name)));
                 set.push(("version", Cow::Owned(version)));
-                out.push((set, 1));
-            }
-        }
-        out
+                (set, 1)
+            })
+            .collect()
     }
 
     /// One sample per plugin of `rows` and `(value, counter)` pair that

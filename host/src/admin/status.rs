@@ -491,13 +491,6 @@ fn shadow(u: &Upstream, set: &BackendSet) -> Option<ShadowStatus> {
     })
 }
 
-/// Whether `b` may take traffic, as `Backend::healthy` says, without
-/// settling the upstream's down-count: looking does not change what
-/// strategies see (the health task does that).
-fn healthy(b: &Backend) -> bool {
-    b.health.active_up() && b.health.passive_up()
-}
-
 fn backend(b: &Backend, checks: bool, latency: Option<(f64, f64)>, share: f64) -> BackendStatus {
     let [c1, c2, c3, c4, c5] = b.responses.counts();
     let (active, passive) = (b.health.active_up(), b.health.passive_up());
@@ -600,7 +593,7 @@ pub fn stats(gateway: &Gateway, history: &History, t_ms: u64) -> Stats {
                     address: b.address.clone(),
                     rps: b.window.recent(&LATENCY_BOUNDS_US).rps,
                     in_flight: b.in_flight(),
-                    healthy: healthy(b),
+                    healthy: b.health.looks_up(),
                     requests: b.requests(),
                     failures: b.failures(),
                     bytes_sent: b.bytes_sent(),

@@ -167,12 +167,20 @@ impl Health {
 
     /// Whether the backend may receive traffic now.
     pub fn healthy(&self) -> bool {
-        let up = self.active_up.load(Ordering::Relaxed) && self.passive_up();
+        let up = self.looks_up();
         if up && self.counted.load(Ordering::Relaxed) {
             // A passive time-out ran out, or active checks passed: it is back.
             self.forget();
         }
         up
+    }
+
+    /// Whether the backend may take traffic, as [`Health::healthy`] says,
+    /// without settling the upstream's down-count: for readers that only
+    /// look (the admin API), so that looking does not change what
+    /// strategies see (the health task settles it).
+    pub fn looks_up(&self) -> bool {
+        self.active_up() && self.passive_up()
     }
 
     /// Whether active checks pass (true when the upstream has none).

@@ -130,11 +130,14 @@ impl Periodic for Health {
                 for backend in set.backends.iter().cloned() {
                     let (client, check, name) = (client.clone(), check.clone(), name.clone());
                     probes.spawn(async move {
-                        let probed = health::probe(&client, &backend.authority, &check).await;
-                        if let Err(why) = &probed {
-                            backend.health.probe_failed(why.clone());
-                        }
-                        match backend.health.record_probe(probed.is_ok(), &check) {
+                        let passed = match health::probe(&client, &backend.authority, &check).await {
+                            Ok(()) => true,
+                            Err(why) => {
+                                backend.health.probe_failed(why);
+                                false
+                            }
+                        };
+                        match backend.health.record_probe(passed, &check) {
                             Some(true) => tracing::info!(upstream = name, backend = %backend.address, "health check: backend is up again"),
                             Some(false) => tracing::warn!(upstream = name, backend = %backend.address, path = check.path, "health check: backend is down"),
                             None => {}

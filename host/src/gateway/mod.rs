@@ -228,12 +228,6 @@ impl BuildError {
 /// plugins/least-con.wasm; did you mean `least-conn`?`, then what there is.
 impl std::fmt::Display for MissingPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message())
-    }
-}
-
-impl MissingPlugin {
-    fn message(&self) -> String {
         let MissingPlugin {
             upstream,
             key,
@@ -244,41 +238,38 @@ impl MissingPlugin {
         } = self;
         let what = key.rsplit('.').next().unwrap_or(key);
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut out = format!(
+        write!(
+            f,
             "upstream `{upstream}`: {what} `{stem}`: no plugin file {}",
             path.display()
-        );
+        )?;
         let candidates = available
             .iter()
             .map(String::as_str)
             .chain(builtin.iter().copied());
         if let Some(close) = crate::base::config::closest(stem, candidates) {
-            out.push_str(&format!("; did you mean `{close}`?"));
+            write!(f, "; did you mean `{close}`?")?;
         }
-        let list = |names: &[&str]| {
+        let list = |names: &mut dyn Iterator<Item = &str>| {
             names
-                .iter()
                 .map(|n| format!("`{n}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let files: Vec<&str> = available.iter().map(String::as_str).collect();
-        if files.is_empty() {
-            out.push_str(&format!("\n  {} has no .wasm plugins", dir.display()));
+        if available.is_empty() {
+            write!(f, "\n  {} has no .wasm plugins", dir.display())?;
         } else {
-            out.push_str(&format!(
-                "\n  plugins in {}: {}",
-                dir.display(),
-                list(&files)
-            ));
+            let files = list(&mut available.iter().map(String::as_str));
+            write!(f, "\n  plugins in {}: {files}", dir.display())?;
         }
         if !builtin.is_empty() {
-            out.push_str(&format!(
-                "\n  built in (served when no file of that name exists): {}",
-                list(builtin)
-            ));
+            let names = list(&mut builtin.iter().copied());
+            write!(
+                f,
+                "\n  built in (served when no file of that name exists): {names}"
+            )?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -533,25 +524,20 @@ impl Gateway {
                 users.push((u, true));
             }
         }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => Cow::Owned(bytes),
+        // A reference strategy's file removed is served from the copy
+        // built into the binary again, as at start without the file (so the
+        // README's hot swap is undone with `rm`); any other plugin keeps the
+        // build it loaded.
+        let bytes = match plugin_bytes(path) {
+            Ok(Cow::Borrowed(builtin)) => {
+                tracing::info!(file = %path.display(), "plugin file removed: serving the built-in copy");
+                Cow::Borrowed(builtin)
+            }
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A reference plugin's file removed: back to the copy built
-                // into the binary, as at start without the file (so the
-                // README's hot swap is undone with `rm`). Any other plugin
-                // keeps the build it loaded.
-                let stem = path.file_stem().and_then(|s| s.to_str());
-                match stem.and_then(builtin::named) {
-                    Some(bytes) => {
-                        tracing::info!(file = %path.display(), "plugin file removed: serving the built-in `{}`", stem.unwrap_or_default());
-                        Cow::Borrowed(bytes)
-                    }
-                    None => {
-                        return PluginReload::Removed {
-                            path: path.to_owned(),
-                        };
-                    }
-                }
+                return PluginReload::Removed {
+                    path: path.to_owned(),
+                };
             }
             Err(error) => {
                 return PluginReload::Rejected {
@@ -671,10 +657,10 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Reads and compiles the plugin file `path`. A reference strategy whose
-/// file is missing (a fresh checkout, an empty mounted directory) is served
-/// from the copy built into the binary; a file that appears later replaces
-/// it like any changed plugin.
+/// Reads and compiles the plugin file `path` ([`plugin_bytes`]: a
+/// reference strategy whose file is missing, in a fresh checkout or an
+/// empty mounted directory, is the copy built into the binary; a file that
+/// appears later replaces it like any changed plugin).
 fn compile_plugin(
     runtime: &Runtime,
     path: &Path,
@@ -686,18 +672,35 @@ fn compile_plugin(
         let (_, bytes) = builtin::BUILTIN[0];
         return runtime.compile_bytes(path, bytes);
     }
-    match std::fs::read(path) {
-        Ok(bytes) => runtime.compile_bytes(path, &bytes),
-        Err(error) => match builtin::named(stem) {
-            Some(bytes) if error.kind() == std::io::ErrorKind::NotFound => {
+    match plugin_bytes(path) {
+        Ok(bytes) => {
+            if matches!(bytes, Cow::Borrowed(_)) {
                 tracing::info!(file = %path.display(), "no such plugin file: using the built-in `{stem}`");
-                runtime.compile_bytes(path, bytes)
             }
-            _ => Err(PluginError::Read {
-                path: path.to_owned(),
-                error,
-            }),
-        },
+            runtime.compile_bytes(path, &bytes)
+        }
+        Err(error) => Err(PluginError::Read {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// The bytes of the plugin file `path`, or, when there is no such file and
+/// its stem names a reference strategy, the copy built into the binary
+/// (borrowed).
+fn plugin_bytes(path: &Path) -> std::io::Result<Cow<'static, [u8]>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Cow::Owned(bytes)),
+        Err(error) => {
+            let stem = path.file_stem().and_then(|s| s.to_str());
+            match stem.and_then(builtin::named) {
+                Some(bytes) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(Cow::Borrowed(bytes))
+                }
+                _ => Err(error),
+            }
+        }
     }
 }
 
